@@ -1,0 +1,289 @@
+//! Xenstore: the wire protocol, a client, a store and a daemon.
+//!
+//! The [`XenStore`] trait is the one interface every user of the store programs against (vchan's
+//! negotiation, the tools): it is implemented by the socket client and by a connection to the
+//! in-process store, so the same code runs on real Xen, on the simulated host and in unit tests.
+#![forbid(unsafe_code)]
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+pub use xen_types::DomId;
+
+/// A transaction id; [`TxId::NONE`] means "outside any transaction".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TxId(pub u32);
+
+impl TxId {
+    /// No transaction.
+    pub const NONE: TxId = TxId(0);
+}
+
+/// The errors a xenstore daemon names on the wire (`ERROR` replies carry the name).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[allow(missing_docs)]
+pub enum Errno {
+    EINVAL,
+    EACCES,
+    EEXIST,
+    EISDIR,
+    ENOENT,
+    ENOMEM,
+    ENOSPC,
+    EIO,
+    ENOTEMPTY,
+    ENOSYS,
+    EROFS,
+    EBUSY,
+    EAGAIN,
+    EISCONN,
+    E2BIG,
+    EPERM,
+}
+
+impl Errno {
+    /// Every error name, in the order of xs_wire.h's table.
+    pub const ALL: [Errno; 16] = [
+        Errno::EINVAL,
+        Errno::EACCES,
+        Errno::EEXIST,
+        Errno::EISDIR,
+        Errno::ENOENT,
+        Errno::ENOMEM,
+        Errno::ENOSPC,
+        Errno::EIO,
+        Errno::ENOTEMPTY,
+        Errno::ENOSYS,
+        Errno::EROFS,
+        Errno::EBUSY,
+        Errno::EAGAIN,
+        Errno::EISCONN,
+        Errno::E2BIG,
+        Errno::EPERM,
+    ];
+
+    /// The name as it appears on the wire (without the NUL).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Errno::EINVAL => "EINVAL",
+            Errno::EACCES => "EACCES",
+            Errno::EEXIST => "EEXIST",
+            Errno::EISDIR => "EISDIR",
+            Errno::ENOENT => "ENOENT",
+            Errno::ENOMEM => "ENOMEM",
+            Errno::ENOSPC => "ENOSPC",
+            Errno::EIO => "EIO",
+            Errno::ENOTEMPTY => "ENOTEMPTY",
+            Errno::ENOSYS => "ENOSYS",
+            Errno::EROFS => "EROFS",
+            Errno::EBUSY => "EBUSY",
+            Errno::EAGAIN => "EAGAIN",
+            Errno::EISCONN => "EISCONN",
+            Errno::E2BIG => "E2BIG",
+            Errno::EPERM => "EPERM",
+        }
+    }
+
+    /// The matching Linux errno value (for `io::Error` conversion and C shims).
+    pub const fn raw_os_error(self) -> i32 {
+        match self {
+            Errno::EINVAL => libc::EINVAL,
+            Errno::EACCES => libc::EACCES,
+            Errno::EEXIST => libc::EEXIST,
+            Errno::EISDIR => libc::EISDIR,
+            Errno::ENOENT => libc::ENOENT,
+            Errno::ENOMEM => libc::ENOMEM,
+            Errno::ENOSPC => libc::ENOSPC,
+            Errno::EIO => libc::EIO,
+            Errno::ENOTEMPTY => libc::ENOTEMPTY,
+            Errno::ENOSYS => libc::ENOSYS,
+            Errno::EROFS => libc::EROFS,
+            Errno::EBUSY => libc::EBUSY,
+            Errno::EAGAIN => libc::EAGAIN,
+            Errno::EISCONN => libc::EISCONN,
+            Errno::E2BIG => libc::E2BIG,
+            Errno::EPERM => libc::EPERM,
+        }
+    }
+}
+
+impl fmt::Display for Errno {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Errno {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        Errno::ALL.into_iter().find(|e| e.name() == s).ok_or(())
+    }
+}
+
+/// What a domain may do with a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Access {
+    /// `n`: nothing.
+    None,
+    /// `r`: read.
+    Read,
+    /// `w`: write.
+    Write,
+    /// `b`: read and write.
+    Both,
+}
+
+/// One entry of a node's permission list. The first entry names the owner, and its access is the
+/// default for every domain not listed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Perm {
+    /// The domain this entry is about.
+    pub domid: DomId,
+    /// What it may do.
+    pub access: Access,
+}
+
+impl Perm {
+    /// A permission entry.
+    pub const fn new(domid: DomId, access: Access) -> Perm {
+        Perm { domid, access }
+    }
+}
+
+impl fmt::Display for Perm {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let letter = match self.access {
+            Access::None => 'n',
+            Access::Read => 'r',
+            Access::Write => 'w',
+            Access::Both => 'b',
+        };
+        write!(f, "{letter}{}", self.domid)
+    }
+}
+
+impl FromStr for Perm {
+    type Err = XenstoreError;
+    fn from_str(s: &str) -> Result<Self> {
+        let bad = || XenstoreError::Protocol(format!("invalid permission {s:?}"));
+        let mut chars = s.chars();
+        let access = match chars.next().ok_or_else(bad)? {
+            'n' => Access::None,
+            'r' => Access::Read,
+            'w' => Access::Write,
+            'b' => Access::Both,
+            _ => return Err(bad()),
+        };
+        let domid = chars.as_str().parse().map_err(|_| bad())?;
+        Ok(Perm { domid, access })
+    }
+}
+
+/// A watch firing: the path that changed (or the watched special path) and the watch's token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchEvent {
+    /// The node that changed.
+    pub path: String,
+    /// The token given when the watch was registered.
+    pub token: String,
+}
+
+/// Everything that can go wrong talking to a xenstore.
+#[derive(Debug, thiserror::Error)]
+pub enum XenstoreError {
+    /// The daemon answered with an error name.
+    #[error("xenstore replied {0}")]
+    Errno(Errno),
+    /// The connection to the daemon failed.
+    #[error("xenstore connection failed")]
+    Io(#[from] std::io::Error),
+    /// A message broke the wire protocol.
+    #[error("xenstore protocol violation: {0}")]
+    Protocol(String),
+}
+
+impl XenstoreError {
+    /// The wire error name, if the daemon sent one.
+    pub fn errno(&self) -> Option<Errno> {
+        match self {
+            XenstoreError::Errno(e) => Some(*e),
+            _ => None,
+        }
+    }
+}
+
+impl From<Errno> for XenstoreError {
+    fn from(e: Errno) -> Self {
+        XenstoreError::Errno(e)
+    }
+}
+
+impl From<XenstoreError> for std::io::Error {
+    fn from(e: XenstoreError) -> Self {
+        match e {
+            XenstoreError::Io(io) => io,
+            XenstoreError::Errno(errno) => std::io::Error::from_raw_os_error(errno.raw_os_error()),
+            XenstoreError::Protocol(_) => std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        }
+    }
+}
+
+/// Result alias for this crate.
+pub type Result<T, E = XenstoreError> = std::result::Result<T, E>;
+
+/// The operations of a xenstore connection, as one domain sees the store.
+///
+/// Relative paths resolve under `/local/domain/<the connection's domid>/`.
+pub trait XenStore {
+    /// Read a node's value.
+    fn read(&self, tx: TxId, path: &str) -> Result<Vec<u8>>;
+    /// Write a node's value, creating it and any missing parents.
+    fn write(&self, tx: TxId, path: &str, value: &[u8]) -> Result<()>;
+    /// Create a node with an empty value (no error if it exists).
+    fn mkdir(&self, tx: TxId, path: &str) -> Result<()>;
+    /// Remove a node and everything under it.
+    fn rm(&self, tx: TxId, path: &str) -> Result<()>;
+    /// The names of a node's children.
+    fn directory(&self, tx: TxId, path: &str) -> Result<Vec<String>>;
+    /// A node's permission list (owner first).
+    fn get_perms(&self, tx: TxId, path: &str) -> Result<Vec<Perm>>;
+    /// Replace a node's permission list (owner first).
+    fn set_perms(&self, tx: TxId, path: &str, perms: &[Perm]) -> Result<()>;
+    /// Begin a transaction.
+    fn transaction_start(&self) -> Result<TxId>;
+    /// Commit (`commit = true`) or abort a transaction; a conflicting commit fails with `EAGAIN`.
+    fn transaction_end(&self, tx: TxId, commit: bool) -> Result<()>;
+    /// Register a watch; it fires once at once, then on every change at or under `path`.
+    fn watch(&self, path: &str, token: &str) -> Result<()>;
+    /// Remove a watch.
+    fn unwatch(&self, path: &str, token: &str) -> Result<()>;
+    /// Wait for the next watch event on this connection: `Ok(None)` when `timeout` passes first.
+    fn next_watch_event(&self, timeout: Option<Duration>) -> Result<Option<WatchEvent>>;
+    /// The home path of a domain (`/local/domain/<domid>`).
+    fn get_domain_path(&self, domid: DomId) -> Result<String>;
+
+    /// Run `body` in a transaction and commit it, starting again while the commit reports `EAGAIN`.
+    /// An error from `body` aborts the transaction and is returned.
+    fn transaction<T>(&self, mut body: impl FnMut(TxId) -> Result<T>) -> Result<T>
+    where
+        Self: Sized,
+    {
+        loop {
+            let tx = self.transaction_start()?;
+            let value = match body(tx) {
+                Ok(value) => value,
+                Err(e) => {
+                    // The body's error is the one worth reporting; an abort failure adds nothing.
+                    let _ = self.transaction_end(tx, false);
+                    return Err(e);
+                }
+            };
+            match self.transaction_end(tx, true) {
+                Ok(()) => return Ok(value),
+                Err(XenstoreError::Errno(Errno::EAGAIN)) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
