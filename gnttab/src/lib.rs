@@ -1,1 +1,99 @@
-//! gnttab
+//! Xen grant tables: sharing pages with another domain and mapping pages another domain shared.
+//!
+//! [`GrantShare`] (libxengnttab's `xengntshr_*`, the kernel's gntalloc) and [`GrantMap`]
+//! (`xengnttab_*`, gntdev) are the portable surface a consumer such as vchan needs. Backends:
+//! - [`sim`]: an in-process simulation over page-aligned heap pages, with the kernel's unmap
+//!   notifications played on drop.
+//!
+//! Granted memory can be written by the peer domain at any moment, so it is only ever handed out
+//! as a raw pointer and a length ([`SharedMemory`]): never as a Rust reference or slice.
+//!
+//! ```
+//! use evtchn::sim::SimEventHub;
+//! use gnttab::{sim::SimGrantTable, GrantMap, GrantShare, SharedMemory, SharedPages};
+//! use xen_types::DomId;
+//!
+//! let table = SimGrantTable::new(SimEventHub::new());
+//! let server = table.open(DomId(0));
+//! let client = table.open(DomId(5));
+//! let shared = server.share_pages(DomId(5), 2, true, None).unwrap();
+//! let mapped = client.map_grant_refs(DomId(0), shared.refs(), true, None).unwrap();
+//! assert_eq!(mapped.len(), 2 * 4096);
+//! assert_eq!(table.live_grants(), 2);
+//! drop((mapped, shared));
+//! assert_eq!(table.live_grants(), 0);
+//! ```
+#![deny(unsafe_code)]
+
+use std::io;
+use std::ptr::NonNull;
+
+pub use xen_types::{DomId, GrantRef, Port, PAGE_SIZE};
+
+pub mod sim;
+
+/// What the kernel does for us when a shared or mapped region goes away, whether by an orderly
+/// unmap or because the process died: clear one byte of the region, send one event, or both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct UnmapNotify {
+    /// Byte offset within the region to set to 0.
+    pub clear_byte: Option<usize>,
+    /// A port of the calling domain to send an event on.
+    pub event: Option<Port>,
+}
+
+/// A region of memory shared with another domain. Dropping it ends the sharing or mapping.
+///
+/// # Safety
+///
+/// Implementors guarantee that `as_ptr()` stays valid for reads (and for writes, when the region
+/// was made writable) of `len()` bytes, page-aligned, for as long as the value lives, and that
+/// `len()` is a non-zero multiple of [`PAGE_SIZE`]. The memory may change at any time under the
+/// caller's feet: callers access it with atomics or raw copies only.
+#[allow(unsafe_code)]
+pub unsafe trait SharedMemory: Send + Sync {
+    /// The first byte of the region.
+    fn as_ptr(&self) -> NonNull<u8>;
+    /// The length of the region in bytes.
+    fn len(&self) -> usize;
+    /// Whether the region is empty (never, for a valid region).
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Pages this domain shares with another; exposes the grant refs the peer needs to map them.
+pub trait SharedPages: SharedMemory {
+    /// One grant ref per page, in page order.
+    fn refs(&self) -> &[GrantRef];
+}
+
+/// A handle that shares this domain's pages with other domains (`xengntshr_handle`, gntalloc).
+pub trait GrantShare: Send + Sync {
+    /// The shared region's type.
+    type Pages: SharedPages;
+    /// Allocate `count` zeroed, contiguous pages and grant `domid` access to them, read-only
+    /// unless `writable`. `notify` fires when this side's mapping goes away.
+    fn share_pages(
+        &self,
+        domid: DomId,
+        count: usize,
+        writable: bool,
+        notify: Option<UnmapNotify>,
+    ) -> io::Result<Self::Pages>;
+}
+
+/// A handle that maps pages other domains granted (`xengnttab_handle`, gntdev).
+pub trait GrantMap: Send + Sync {
+    /// The mapping's type.
+    type Mapping: SharedMemory;
+    /// Map `refs`, granted by `domid`, into one contiguous region, read-only unless `writable`.
+    /// `notify` fires when the mapping goes away.
+    fn map_grant_refs(
+        &self,
+        domid: DomId,
+        refs: &[GrantRef],
+        writable: bool,
+        notify: Option<UnmapNotify>,
+    ) -> io::Result<Self::Mapping>;
+}
