@@ -1,0 +1,635 @@
+//! The ring protocol over shared memory: the control-page view, and the producer and consumer
+//! halves of a ring with libxenvchan's notify protocol.
+//!
+//! This module is the only one that touches memory the peer can write. Nothing here forms a
+//! reference or slice into it: control words are reached through atomics at fixed, aligned
+//! offsets, and ring bytes are moved with raw copies into or out of private buffers. Every value
+//! the peer can write is read once per decision and validated; what must be trusted (ring sizes,
+//! buffer addresses, our own indices) is kept in private memory.
+
+use core::fmt;
+use core::ptr::{self, NonNull};
+use core::sync::atomic::{fence, AtomicU16, AtomicU32, AtomicU8, Ordering};
+
+use crate::abi;
+use crate::layout::Side;
+
+/// A view of a mapped vchan control page.
+///
+/// It is `Copy` and holds only the address: the owner of the mapping must keep it mapped for as
+/// long as any copy of the view is used (the endpoint types guarantee this).
+#[derive(Clone, Copy)]
+pub struct ControlPage {
+    base: NonNull<u8>,
+}
+
+// SAFETY: the view is an address of memory meant for concurrent use by several parties; every
+// access through it is atomic or a raw copy, so sharing it between threads adds no new hazard.
+unsafe impl Send for ControlPage {}
+// SAFETY: as above.
+unsafe impl Sync for ControlPage {}
+
+impl fmt::Debug for ControlPage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ControlPage")
+            .field("base", &self.base)
+            .finish()
+    }
+}
+
+impl ControlPage {
+    /// A view of the control page at `base`.
+    ///
+    /// # Safety
+    ///
+    /// `base` must be aligned to 4 bytes and valid for reads and writes of [`abi::PAGE_SIZE`] bytes
+    /// for as long as the returned value or any copy of it is used. Other parties may access the
+    /// memory concurrently, but only with atomics or raw copies (never through references).
+    pub unsafe fn new(base: NonNull<u8>) -> ControlPage {
+        debug_assert!(base.as_ptr() as usize % 4 == 0);
+        ControlPage { base }
+    }
+
+    /// The first byte of the page.
+    pub fn as_ptr(&self) -> NonNull<u8> {
+        self.base
+    }
+
+    fn u32_at(&self, offset: usize) -> &AtomicU32 {
+        assert!(offset % 4 == 0 && offset + 4 <= abi::PAGE_SIZE);
+        // SAFETY: the offset is in the page and 4-aligned (checked above; the page base is
+        // 4-aligned by `new`'s contract). AtomicU32 has interior mutability, so the reference
+        // permits the peer's concurrent writes; it lives only for this access.
+        unsafe { AtomicU32::from_ptr(self.base.as_ptr().add(offset).cast()) }
+    }
+
+    fn u16_at(&self, offset: usize) -> &AtomicU16 {
+        assert!(offset % 2 == 0 && offset + 2 <= abi::PAGE_SIZE);
+        // SAFETY: as for `u32_at`, with 2-byte alignment.
+        unsafe { AtomicU16::from_ptr(self.base.as_ptr().add(offset).cast()) }
+    }
+
+    fn u8_at(&self, offset: usize) -> &AtomicU8 {
+        assert!(offset < abi::PAGE_SIZE);
+        // SAFETY: as for `u32_at`; a byte needs no alignment.
+        unsafe { AtomicU8::from_ptr(self.base.as_ptr().add(offset)) }
+    }
+
+    /// Zero the whole page (the server does this before filling it in).
+    pub fn zero(&self) {
+        // SAFETY: the page is valid for writes of PAGE_SIZE bytes (see `new`); no reference to it
+        // exists, and nobody else has mapped it yet when the server calls this.
+        unsafe { ptr::write_bytes(self.base.as_ptr(), 0, abi::PAGE_SIZE) };
+    }
+
+    /// Read a ring's order (once: the caller keeps the value).
+    pub fn order(&self, side: Side) -> u16 {
+        let offset = match side {
+            Side::Left => abi::LEFT_ORDER,
+            Side::Right => abi::RIGHT_ORDER,
+        };
+        // ORDERING: Relaxed; read once before the rings are used, after the mapping itself.
+        self.u16_at(offset).load(Ordering::Relaxed)
+    }
+
+    /// Write a ring's order (the server, before publishing the page).
+    pub fn set_order(&self, side: Side, order: u16) {
+        let offset = match side {
+            Side::Left => abi::LEFT_ORDER,
+            Side::Right => abi::RIGHT_ORDER,
+        };
+        // ORDERING: Relaxed; the page is published to the peer through xenstore afterwards,
+        // which orders it.
+        self.u16_at(offset).store(order, Ordering::Relaxed);
+    }
+
+    /// Read entry `index` of the grant list (once).
+    pub fn grant(&self, index: usize) -> u32 {
+        // ORDERING: Relaxed; as for `order`.
+        self.u32_at(abi::GRANTS + 4 * index).load(Ordering::Relaxed)
+    }
+
+    /// Write entry `index` of the grant list.
+    pub fn set_grant(&self, index: usize, gref: u32) {
+        // ORDERING: Relaxed; as for `set_order`.
+        self.u32_at(abi::GRANTS + 4 * index)
+            .store(gref, Ordering::Relaxed);
+    }
+
+    /// Read a live byte (`abi::CLI_LIVE` or `abi::SRV_LIVE`).
+    pub fn live(&self, offset: usize) -> u8 {
+        // ORDERING: SeqCst; a close is "set live = 0, then notify", and the reader that woke on
+        // that notification re-checks the ring after reading the byte (see the endpoint's EOF
+        // re-check), so this load must not be reordered with the index loads around it.
+        self.u8_at(offset).load(Ordering::SeqCst)
+    }
+
+    /// Write a live byte.
+    pub fn set_live(&self, offset: usize, value: u8) {
+        // ORDERING: SeqCst; pairs with the peer's `live` load: every index store before this one
+        // (our last data) is visible to a peer that sees the new value.
+        self.u8_at(offset).store(value, Ordering::SeqCst);
+    }
+
+    /// Write a notify byte outright (the handshake's initial request).
+    pub fn set_notify(&self, offset: usize, bits: u8) {
+        // ORDERING: SeqCst; the handshake's writes are then published with the event or xenstore.
+        self.u8_at(offset).store(bits, Ordering::SeqCst);
+    }
+
+    /// Read an index (once), with Acquire: bytes the peer published before it are visible.
+    fn load_index(&self, offset: usize) -> u32 {
+        // ORDERING: Acquire pairs with the peer's Release store of the same index: for `prod`,
+        // the ring bytes it wrote are visible before we copy them; for `cons`, its reads of the
+        // bytes it consumed are done before we overwrite them.
+        self.u32_at(offset).load(Ordering::Acquire)
+    }
+
+    /// Read an index with no ordering (the handshake's initial copy of our own indices).
+    pub fn index_relaxed(&self, offset: usize) -> u32 {
+        // ORDERING: Relaxed; used once at connect, before any data moves.
+        self.u32_at(offset).load(Ordering::Relaxed)
+    }
+
+    /// Publish one of our own indices, with Release.
+    fn store_index(&self, offset: usize, value: u32) {
+        // ORDERING: Release pairs with the peer's Acquire load in `load_index`: our copies into
+        // or out of the ring happen-before the peer sees the index move.
+        self.u32_at(offset).store(value, Ordering::Release);
+    }
+
+    /// Ask the peer for a notification: OR `bit` into the peer's notify byte, then a full fence.
+    fn request_notify(&self, peer_notify: usize, bit: u8) {
+        // ORDERING: the RMW itself may be Relaxed; what matters is the SeqCst fence after it,
+        // which pairs with the fence in `take_notify_request` on the peer's side. Without it the
+        // caller's re-read of the peer's index could be satisfied before our request is visible,
+        // the peer could publish in between, see no request, send no event, and we would sleep
+        // on data that is already there: the lost wake-up this protocol exists to prevent.
+        self.u8_at(peer_notify).fetch_or(bit, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+    }
+
+    /// After publishing an index: a full fence, then fetch-and-clear `bit` in our own notify
+    /// byte. Returns whether the peer asked for an event.
+    fn take_notify_request(&self, own_notify: usize, bit: u8) -> bool {
+        // ORDERING: the SeqCst fence orders our index store (just made) before the load of the
+        // request bit; it pairs with the fence in the peer's `request_notify`. Either the peer
+        // re-reads our index after our store, or we see its request and send the event.
+        fence(Ordering::SeqCst);
+        self.u8_at(own_notify).fetch_and(!bit, Ordering::Relaxed) & bit != 0
+    }
+}
+
+/// A peer broke the ring's invariants: its index claims more bytes than the ring holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RingCorrupted {
+    /// Which ring.
+    pub ring: Side,
+    /// The producer index seen.
+    pub prod: u32,
+    /// The consumer index seen.
+    pub cons: u32,
+    /// The ring's size.
+    pub size: u32,
+}
+
+impl fmt::Display for RingCorrupted {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "the {} ring's indices (prod {}, cons {}) claim {} bytes in a ring of {}",
+            self.ring,
+            self.prod,
+            self.cons,
+            self.prod.wrapping_sub(self.cons),
+            self.size
+        )
+    }
+}
+
+impl core::error::Error for RingCorrupted {}
+
+/// The shape of one ring as seen from one endpoint, all in private memory.
+#[derive(Clone, Copy, Debug)]
+pub struct RingGeometry {
+    /// Which ring.
+    pub side: Side,
+    /// First byte of the ring's data.
+    pub data: NonNull<u8>,
+    /// Size in bytes, a power of two.
+    pub size: u32,
+}
+
+/// Which notify bytes belong to which endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// The server (granted the pages; reads left, writes right).
+    Server,
+    /// The client (mapped the pages; writes left, reads right).
+    Client,
+}
+
+impl Role {
+    /// The notify byte this side must honour.
+    pub fn own_notify(self) -> usize {
+        match self {
+            Role::Server => abi::SRV_NOTIFY,
+            Role::Client => abi::CLI_NOTIFY,
+        }
+    }
+
+    /// The notify byte the peer must honour.
+    pub fn peer_notify(self) -> usize {
+        match self {
+            Role::Server => abi::CLI_NOTIFY,
+            Role::Client => abi::SRV_NOTIFY,
+        }
+    }
+
+    /// This side's live byte.
+    pub fn own_live(self) -> usize {
+        match self {
+            Role::Server => abi::SRV_LIVE,
+            Role::Client => abi::CLI_LIVE,
+        }
+    }
+
+    /// The peer's live byte.
+    pub fn peer_live(self) -> usize {
+        match self {
+            Role::Server => abi::CLI_LIVE,
+            Role::Client => abi::SRV_LIVE,
+        }
+    }
+
+    /// The ring this side reads.
+    pub fn read_side(self) -> Side {
+        match self {
+            Role::Server => Side::Left,
+            Role::Client => Side::Right,
+        }
+    }
+
+    /// The ring this side writes.
+    pub fn write_side(self) -> Side {
+        match self {
+            Role::Server => Side::Right,
+            Role::Client => Side::Left,
+        }
+    }
+}
+
+fn index_offsets(side: Side) -> (usize, usize) {
+    match side {
+        Side::Left => (abi::LEFT_PROD, abi::LEFT_CONS),
+        Side::Right => (abi::RIGHT_PROD, abi::RIGHT_CONS),
+    }
+}
+
+/// The reading half of a ring: owns the consumer index.
+pub struct Consumer {
+    page: ControlPage,
+    ring: RingGeometry,
+    prod_offset: usize,
+    cons_offset: usize,
+    own_notify: usize,
+    peer_notify: usize,
+    /// Our consumer index: we are its only writer, so the private copy is the truth.
+    cons: u32,
+}
+
+/// The writing half of a ring: owns the producer index.
+pub struct Producer {
+    page: ControlPage,
+    ring: RingGeometry,
+    prod_offset: usize,
+    cons_offset: usize,
+    own_notify: usize,
+    peer_notify: usize,
+    /// Our producer index: we are its only writer, so the private copy is the truth.
+    prod: u32,
+}
+
+// SAFETY: the halves hold addresses of shared memory that every party accesses only atomically or
+// by raw copies; moving a half to another thread changes nothing about that. Mutation needs
+// `&mut`, so one half is used by one thread at a time.
+unsafe impl Send for Consumer {}
+// SAFETY: as above.
+unsafe impl Send for Producer {}
+
+impl Consumer {
+    /// The consumer of `ring`, for `role`, starting from consumer index `cons`.
+    ///
+    /// # Safety
+    ///
+    /// `ring.data` must be valid for reads of `ring.size` bytes (a power of two) for as long as
+    /// the consumer is used, under the same access rules as [`ControlPage::new`].
+    pub unsafe fn new(page: ControlPage, ring: RingGeometry, role: Role, cons: u32) -> Consumer {
+        debug_assert!(ring.size.is_power_of_two());
+        let (prod_offset, cons_offset) = index_offsets(ring.side);
+        Consumer {
+            page,
+            ring,
+            prod_offset,
+            cons_offset,
+            own_notify: role.own_notify(),
+            peer_notify: role.peer_notify(),
+            cons,
+        }
+    }
+
+    /// The ring's size in bytes.
+    pub fn capacity(&self) -> usize {
+        self.ring.size as usize
+    }
+
+    /// Bytes ready to read: the peer's producer index is read once and checked.
+    pub fn available(&self) -> Result<usize, RingCorrupted> {
+        let prod = self.page.load_index(self.prod_offset);
+        let ready = prod.wrapping_sub(self.cons);
+        if ready > self.ring.size {
+            return Err(RingCorrupted {
+                ring: self.ring.side,
+                prod,
+                cons: self.cons,
+                size: self.ring.size,
+            });
+        }
+        Ok(ready as usize)
+    }
+
+    /// Ask the writer to notify us when it writes, then look again: the answer is what a caller
+    /// that is about to sleep must use.
+    pub fn request_and_recheck(&self) -> Result<usize, RingCorrupted> {
+        self.page
+            .request_notify(self.peer_notify, abi::NOTIFY_WRITE);
+        self.available()
+    }
+
+    /// Copy up to `buf.len()` bytes out. Returns the count and whether the writer asked to be
+    /// told that space was freed (the caller sends the event).
+    pub fn read(&mut self, buf: &mut [u8]) -> Result<(usize, bool), RingCorrupted> {
+        let n = self.available()?.min(buf.len());
+        if n == 0 {
+            return Ok((0, false));
+        }
+        Ok((n, self.consume(&mut buf[..n])))
+    }
+
+    /// Copy exactly `buf.len()` bytes out, or nothing if fewer are ready.
+    pub fn read_exact(&mut self, buf: &mut [u8]) -> Result<Option<bool>, RingCorrupted> {
+        if self.available()? < buf.len() {
+            return Ok(None);
+        }
+        Ok(Some(self.consume(buf)))
+    }
+
+    /// Copy `buf.len()` bytes (known to be ready) out and publish the new index.
+    fn consume(&mut self, buf: &mut [u8]) -> bool {
+        let mask = self.ring.size - 1;
+        let start = (self.cons & mask) as usize;
+        let first = buf.len().min(self.ring.size as usize - start);
+        // SAFETY: `start + first <= size` and `buf.len() - first <= size - first`... both copies
+        // stay inside the ring (valid for `size` bytes by `new`'s contract) and write to a private
+        // buffer. The bytes are ours to read: the peer's Release store of `prod` (loaded with
+        // Acquire in `available`) published them, and it will not touch them again until our
+        // store of `cons` below. A hostile peer that writes them anyway only changes the bytes
+        // we copy; it cannot reach our memory.
+        unsafe {
+            let data = self.ring.data.as_ptr();
+            ptr::copy_nonoverlapping(data.add(start), buf.as_mut_ptr(), first);
+            ptr::copy_nonoverlapping(data, buf.as_mut_ptr().add(first), buf.len() - first);
+        }
+        // Ring sizes are at most 1 MiB and `buf.len()` is at most the ready count.
+        self.cons = self.cons.wrapping_add(buf.len() as u32);
+        self.page.store_index(self.cons_offset, self.cons);
+        self.page
+            .take_notify_request(self.own_notify, abi::NOTIFY_READ)
+    }
+}
+
+impl Producer {
+    /// The producer of `ring`, for `role`, starting from producer index `prod`.
+    ///
+    /// # Safety
+    ///
+    /// `ring.data` must be valid for reads and writes of `ring.size` bytes (a power of two) for as
+    /// long as the producer is used, under the same access rules as [`ControlPage::new`].
+    pub unsafe fn new(page: ControlPage, ring: RingGeometry, role: Role, prod: u32) -> Producer {
+        debug_assert!(ring.size.is_power_of_two());
+        let (prod_offset, cons_offset) = index_offsets(ring.side);
+        Producer {
+            page,
+            ring,
+            prod_offset,
+            cons_offset,
+            own_notify: role.own_notify(),
+            peer_notify: role.peer_notify(),
+            prod,
+        }
+    }
+
+    /// The ring's size in bytes.
+    pub fn capacity(&self) -> usize {
+        self.ring.size as usize
+    }
+
+    /// Free space in bytes: the peer's consumer index is read once and checked.
+    pub fn space(&self) -> Result<usize, RingCorrupted> {
+        let cons = self.page.load_index(self.cons_offset);
+        let used = self.prod.wrapping_sub(cons);
+        if used > self.ring.size {
+            return Err(RingCorrupted {
+                ring: self.ring.side,
+                prod: self.prod,
+                cons,
+                size: self.ring.size,
+            });
+        }
+        Ok((self.ring.size - used) as usize)
+    }
+
+    /// Ask the reader to notify us when it consumes, then look again.
+    pub fn request_and_recheck(&self) -> Result<usize, RingCorrupted> {
+        self.page.request_notify(self.peer_notify, abi::NOTIFY_READ);
+        self.space()
+    }
+
+    /// Copy up to `buf.len()` bytes in. Returns the count and whether the reader asked to be told
+    /// about new data (the caller sends the event).
+    pub fn write(&mut self, buf: &[u8]) -> Result<(usize, bool), RingCorrupted> {
+        let n = self.space()?.min(buf.len());
+        if n == 0 {
+            return Ok((0, false));
+        }
+        Ok((n, self.produce(&buf[..n])))
+    }
+
+    /// Copy all of `buf` in, or nothing if there is not room for all of it.
+    pub fn write_all_or_nothing(&mut self, buf: &[u8]) -> Result<Option<bool>, RingCorrupted> {
+        if self.space()? < buf.len() {
+            return Ok(None);
+        }
+        Ok(Some(self.produce(buf)))
+    }
+
+    /// Copy `buf` (known to fit) in and publish the new index.
+    fn produce(&mut self, buf: &[u8]) -> bool {
+        let mask = self.ring.size - 1;
+        let start = (self.prod & mask) as usize;
+        let first = buf.len().min(self.ring.size as usize - start);
+        // SAFETY: both copies stay inside the ring (valid for `size` bytes by `new`'s contract)
+        // and read from a private buffer. The bytes are free: the peer's Release store of `cons`
+        // (loaded with Acquire in `space`) says it has finished reading them.
+        unsafe {
+            let data = self.ring.data.as_ptr();
+            ptr::copy_nonoverlapping(buf.as_ptr(), data.add(start), first);
+            ptr::copy_nonoverlapping(buf.as_ptr().add(first), data, buf.len() - first);
+        }
+        // Ring sizes are at most 1 MiB and `buf.len()` is at most the free space.
+        self.prod = self.prod.wrapping_add(buf.len() as u32);
+        self.page.store_index(self.prod_offset, self.prod);
+        self.page
+            .take_notify_request(self.own_notify, abi::NOTIFY_WRITE)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use std::vec;
+    use std::vec::Vec;
+
+    /// A heap page standing in for a granted control page (8-aligned through u64 storage).
+    struct Page(Vec<u64>);
+
+    impl Page {
+        fn new() -> Page {
+            Page(vec![0u64; abi::PAGE_SIZE / 8])
+        }
+        fn view(&mut self) -> ControlPage {
+            // SAFETY: the Vec is a live, aligned PAGE_SIZE-byte heap buffer that outlives the
+            // test's views, and is only touched through them.
+            unsafe { ControlPage::new(NonNull::new(self.0.as_mut_ptr().cast()).unwrap()) }
+        }
+    }
+
+    fn pair(page: &mut Page, order: u16) -> (Producer, Consumer) {
+        let view = page.view();
+        let ring = RingGeometry {
+            side: Side::Left,
+            // SAFETY: offset 1024 or 2048 inside the page, sized to fit (order 10 or 11).
+            data: unsafe { view.as_ptr().add(1 << order) },
+            size: 1 << order,
+        };
+        // SAFETY: the ring lies inside the page, which outlives both halves.
+        unsafe {
+            (
+                Producer::new(view, ring, Role::Client, 0),
+                Consumer::new(view, ring, Role::Server, 0),
+            )
+        }
+    }
+
+    #[test]
+    fn bytes_written_come_out_in_order_across_the_wrap() {
+        let mut page = Page::new();
+        let (mut tx, mut rx) = pair(&mut page, 10);
+        let mut next = 0u8;
+        let mut expect = 0u8;
+        for round in 0..50 {
+            let chunk: Vec<u8> = (0..(round * 37 % 700 + 1))
+                .map(|_| {
+                    next = next.wrapping_add(1);
+                    next
+                })
+                .collect();
+            let (n, _) = tx.write(&chunk).unwrap();
+            assert_eq!(n, chunk.len());
+            let mut out = vec![0u8; 1024];
+            let (m, _) = rx.read(&mut out).unwrap();
+            assert_eq!(m, n);
+            for b in &out[..m] {
+                expect = expect.wrapping_add(1);
+                assert_eq!(*b, expect);
+            }
+        }
+    }
+
+    #[test]
+    fn a_full_ring_accepts_nothing_and_an_empty_one_gives_nothing() {
+        let mut page = Page::new();
+        let (mut tx, mut rx) = pair(&mut page, 10);
+        assert_eq!(tx.write(&[1u8; 2000]).unwrap().0, 1024);
+        assert_eq!(tx.space().unwrap(), 0);
+        assert_eq!(tx.write(&[1]).unwrap().0, 0);
+        assert_eq!(tx.write_all_or_nothing(&[1]).unwrap(), None);
+        let mut buf = [0u8; 4096];
+        assert_eq!(rx.read(&mut buf).unwrap().0, 1024);
+        assert_eq!(rx.read(&mut buf).unwrap().0, 0);
+        assert_eq!(rx.read_exact(&mut buf[..1]).unwrap(), None);
+    }
+
+    #[test]
+    fn notify_is_requested_only_when_asked_and_consumed_once() {
+        let mut page = Page::new();
+        let (mut tx, rx) = pair(&mut page, 10);
+        assert!(!tx.write(b"a").unwrap().1, "no request, no event");
+        assert_eq!(rx.request_and_recheck().unwrap(), 1);
+        assert!(tx.write(b"b").unwrap().1, "the reader asked");
+        assert!(!tx.write(b"c").unwrap().1, "the request was consumed");
+    }
+
+    #[test]
+    fn a_producer_index_past_the_ring_is_reported_not_hidden() {
+        let mut page = Page::new();
+        let view = page.view();
+        let (_tx, rx) = pair(&mut page, 10);
+        view.store_index(abi::LEFT_PROD, 1025);
+        let err = rx.available().unwrap_err();
+        assert_eq!((err.prod, err.cons, err.size), (1025, 0, 1024));
+        view.store_index(abi::LEFT_PROD, u32::MAX);
+        assert!(
+            rx.available().is_err(),
+            "a producer behind the consumer is corrupt too"
+        );
+    }
+
+    #[test]
+    fn a_consumer_index_ahead_of_the_producer_is_reported() {
+        let mut page = Page::new();
+        let view = page.view();
+        let (tx, _rx) = pair(&mut page, 10);
+        view.store_index(abi::LEFT_CONS, 5);
+        assert!(tx.space().is_err());
+    }
+
+    #[test]
+    fn indices_wrap_at_u32_max() {
+        let mut page = Page::new();
+        let view = page.view();
+        let ring = RingGeometry {
+            side: Side::Left,
+            // SAFETY: inside the page.
+            data: unsafe { view.as_ptr().add(1024) },
+            size: 1024,
+        };
+        let start = u32::MAX - 10;
+        view.store_index(abi::LEFT_PROD, start);
+        view.store_index(abi::LEFT_CONS, start);
+        // SAFETY: the ring lies inside the page, which outlives both halves.
+        let (mut tx, mut rx) = unsafe {
+            (
+                Producer::new(view, ring, Role::Client, start),
+                Consumer::new(view, ring, Role::Server, start),
+            )
+        };
+        let data: Vec<u8> = (0..100).collect();
+        assert_eq!(tx.write(&data).unwrap().0, 100);
+        let mut out = [0u8; 100];
+        assert_eq!(rx.read_exact(&mut out).unwrap(), Some(false));
+        assert_eq!(&out[..], &data[..]);
+        assert_eq!(view.index_relaxed(abi::LEFT_CONS), start.wrapping_add(100));
+    }
+}
