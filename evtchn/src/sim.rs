@@ -186,11 +186,7 @@ impl SimEvtchn {
     }
 
     /// Check that `port` belongs to this handle and return the hub state locked.
-    fn owned<'a>(
-        &self,
-        state: &'a mut HubState,
-        port: Port,
-    ) -> io::Result<&'a mut PortEntry> {
+    fn owned<'a>(&self, state: &'a mut HubState, port: Port) -> io::Result<&'a mut PortEntry> {
         match state.ports.get_mut(&(self.queue.domid, port)) {
             Some(entry) if entry.owner.id == self.queue.id => Ok(entry),
             _ => Err(io::Error::from_raw_os_error(libc::EINVAL)),
@@ -325,7 +321,8 @@ mod tests {
         match file.read(&mut counter) {
             Ok(_) => {
                 // Put the unit back so the probe does not change the state.
-                file.write_all(&u64::from_ne_bytes(counter).to_ne_bytes()).unwrap();
+                file.write_all(&u64::from_ne_bytes(counter).to_ne_bytes())
+                    .unwrap();
                 true
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
@@ -348,10 +345,18 @@ mod tests {
         b.notify(pb).unwrap();
         assert!(readable(a.as_fd()));
         assert_eq!(a.pending().unwrap(), Some(pa));
-        assert_eq!(a.pending().unwrap(), None, "two events while masked coalesce");
+        assert_eq!(
+            a.pending().unwrap(),
+            None,
+            "two events while masked coalesce"
+        );
         assert!(!readable(a.as_fd()));
         a.unmask(pa).unwrap();
-        assert_eq!(a.pending().unwrap(), Some(pa), "the masked event is redelivered");
+        assert_eq!(
+            a.pending().unwrap(),
+            Some(pa),
+            "the masked event is redelivered"
+        );
         a.unmask(pa).unwrap();
         assert_eq!(a.pending().unwrap(), None);
     }

@@ -1,4 +1,35 @@
-//! vchan: Xen's inter-domain byte streams over shared memory.
+//! vchan: Xen's inter-domain byte streams over shared memory, byte-compatible with libxenvchan.
+//!
+//! A server domain grants a control page (and, for larger rings, ring pages) to one client domain
+//! and publishes the grant and an event channel in xenstore; the client maps them. Two rings of
+//! bytes carry the data, one each way; the event channel wakes a side that sleeps.
+//!
+//! ```
+//! use std::io::{Read, Write};
+//! use vchan::sim::SimXen;
+//! use vchan::{Address, RingSizes, Vchan};
+//! use xen_types::DomId;
+//!
+//! let xen = SimXen::new();
+//! let dom0 = xen.domain(DomId(0));
+//! let guest = xen.create_domain(DomId(1)).unwrap();
+//!
+//! let server = Vchan::server(&dom0, DomId(1), &Address::Port(5), RingSizes::default()).unwrap();
+//! let mut client = Vchan::client(&guest, DomId(0), &Address::Port(5), None).unwrap();
+//! client.write_all(b"hello, dom0").unwrap();
+//! client.close().unwrap();
+//!
+//! let mut received = String::new();
+//! (&server).read_to_string(&mut received).unwrap();
+//! assert_eq!(received, "hello, dom0");
+//! drop(server);
+//! xen.check_leaks().unwrap();
+//! ```
+//!
+//! The peer is treated as hostile: every value it can write is read once per decision and
+//! validated, and a corrupted ring is a [`VchanError`], never a hang, a panic or an out-of-bounds
+//! access. Without the default `std` feature only the ring and layout core ([`abi`], [`layout`],
+//! [`ring`]) is built, for unikernels that bring their own grant and event plumbing.
 #![cfg_attr(not(feature = "std"), no_std)]
 #![deny(unsafe_code)]
 
@@ -6,3 +37,21 @@ pub mod abi;
 pub mod layout;
 #[allow(unsafe_code)]
 pub mod ring;
+
+#[cfg(feature = "std")]
+mod backend;
+#[cfg(feature = "std")]
+mod endpoint;
+#[cfg(feature = "std")]
+mod error;
+#[cfg(feature = "std")]
+pub mod sim;
+#[cfg(feature = "std")]
+mod wait;
+
+#[cfg(feature = "std")]
+pub use backend::Backend;
+#[cfg(feature = "std")]
+pub use endpoint::{Address, RingSizes, State, Vchan};
+#[cfg(feature = "std")]
+pub use error::{Result, VchanError};

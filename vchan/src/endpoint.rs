@@ -1,0 +1,809 @@
+//! The two endpoints of a vchan and the stream they share.
+
+use std::fmt;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::ptr::NonNull;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use evtchn::EventChannel;
+use gnttab::{GrantMap, GrantShare, SharedMemory, SharedPages, UnmapNotify};
+use xen_types::{DomId, GrantRef, Port};
+use xenstore::{Access, Errno, Perm, TxId, XenStore, XenstoreError};
+
+use crate::abi;
+use crate::backend::Backend;
+use crate::error::{Result, VchanError};
+use crate::layout::{Layout, Placement, Side};
+use crate::ring::{ControlPage, Consumer, Producer, RingGeometry, Role};
+use crate::wait::Waiter;
+
+/// Where a server publishes itself in xenstore.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Address {
+    /// The conventional path for an integer port: the server publishes at
+    /// `/local/domain/<server>/data/vchan/<client>/<port>`.
+    Port(u32),
+    /// An explicit xenstore path (relative paths resolve under the caller's own domain).
+    Path(String),
+}
+
+impl Address {
+    /// The path a server serving `client` publishes at.
+    pub fn server_path(&self, client: DomId) -> String {
+        match self {
+            Address::Port(port) => format!("data/vchan/{client}/{port}"),
+            Address::Path(path) => path.clone(),
+        }
+    }
+
+    /// The path a client (`me`) looks up to find `server`.
+    pub fn client_path(&self, server: DomId, me: DomId) -> String {
+        match self {
+            Address::Port(port) => format!("/local/domain/{server}/data/vchan/{me}/{port}"),
+            Address::Path(path) => path.clone(),
+        }
+    }
+}
+
+impl FromStr for Address {
+    type Err = std::convert::Infallible;
+    /// All digits is a port; anything else a path.
+    fn from_str(s: &str) -> std::result::Result<Address, Self::Err> {
+        Ok(match s.parse::<u32>() {
+            Ok(port) if s.bytes().all(|b| b.is_ascii_digit()) => Address::Port(port),
+            _ => Address::Path(s.to_owned()),
+        })
+    }
+}
+
+impl fmt::Display for Address {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Address::Port(port) => write!(f, "{port}"),
+            Address::Path(path) => f.write_str(path),
+        }
+    }
+}
+
+/// The minimum ring sizes a server asks for. The actual sizes follow libxenvchan's rule and may
+/// be larger; `(0, 0)` gives the smallest channel (1024 and 2048 bytes inside one page).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RingSizes {
+    /// Bytes the server can receive without the client waiting (the left ring).
+    pub server_read: usize,
+    /// Bytes the server can send without waiting (the right ring).
+    pub server_write: usize,
+}
+
+/// Where a connection stands, from the peer's live byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// A server whose client has not connected yet.
+    WaitingForPeer,
+    /// Both sides are connected.
+    Connected,
+    /// The peer closed the channel or died. What it wrote may still be read.
+    PeerClosed,
+}
+
+/// The memory and handles an endpoint holds, released in a fixed order by `shutdown`.
+enum Resources<B: Backend> {
+    Server {
+        rings: Vec<<B::Sharer as GrantShare>::Pages>,
+        control: <B::Sharer as GrantShare>::Pages,
+        store: B::Store,
+        path: String,
+        _sharer: B::Sharer,
+    },
+    Client {
+        rings: Vec<<B::Mapper as GrantMap>::Mapping>,
+        control: <B::Mapper as GrantMap>::Mapping,
+        _mapper: B::Mapper,
+    },
+}
+
+/// One end of a vchan: a byte stream (or a packet channel) to the peer domain.
+///
+/// Like `TcpStream`, `Read` and `Write` are implemented for the value and for a shared reference,
+/// so one thread can read while another writes. Blocking by default; see
+/// [`set_nonblocking`](Vchan::set_nonblocking). The fd from [`AsFd`] becomes readable when the peer
+/// sends an event.
+pub struct Vchan<B: Backend> {
+    role: Role,
+    page: ControlPage,
+    reader: Mutex<Consumer>,
+    writer: Mutex<Producer>,
+    events: B::Events,
+    port: Port,
+    waiter: Waiter,
+    nonblocking: AtomicBool,
+    read_timeout: AtomicU64,
+    write_timeout: AtomicU64,
+    /// Set when a notify failed after data was committed; reported by the next call.
+    notify_failed: AtomicBool,
+    deferred: Mutex<Option<VchanError>>,
+    resources: Option<Resources<B>>,
+}
+
+const NO_TIMEOUT: u64 = u64::MAX;
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn read_domid<S: XenStore>(store: &S) -> Result<DomId> {
+    let raw = store.read(TxId::NONE, "domid")?;
+    let text = String::from_utf8_lossy(&raw);
+    text.trim().parse().map_err(|_| VchanError::BadKey {
+        key: "domid",
+        value: text.into_owned(),
+    })
+}
+
+/// The address of a region's byte `offset` (checked by the callers against the region length).
+fn region_ptr(mem: &impl SharedMemory, offset: usize) -> NonNull<u8> {
+    assert!(offset < mem.len());
+    // SAFETY: `offset` is inside the region (asserted), so the result stays in the allocation.
+    #[allow(unsafe_code)]
+    unsafe {
+        mem.as_ptr().add(offset)
+    }
+}
+
+impl<B: Backend> Vchan<B> {
+    /// Serve `client` at `address`: share the control page and rings, publish the keys and
+    /// return at once. The client may connect later: see [`state`](Self::state) and
+    /// [`wait_connected`](Self::wait_connected). Data written before it connects waits in the ring.
+    pub fn server(backend: &B, client: DomId, address: &Address, sizes: RingSizes) -> Result<Self> {
+        let layout = Layout::for_min_sizes(sizes.server_read, sizes.server_write)?;
+        let store = backend.open_store()?;
+        let me = read_domid(&store)?;
+        let sharer = backend.open_sharer().map_err(VchanError::backend("open the grant-sharing device"))?;
+        let events = backend.open_events().map_err(VchanError::backend("open the event-channel device"))?;
+        let port = events
+            .bind_unbound_port(client)
+            .map_err(VchanError::backend("allocate an event channel"))?;
+        events.unmask(port).map_err(VchanError::backend("unmask the event channel"))?;
+        let notify = UnmapNotify {
+            clear_byte: Some(abi::SRV_LIVE),
+            event: Some(port),
+        };
+        let control = sharer
+            .share_pages(client, 1, true, Some(notify))
+            .map_err(VchanError::backend("share the control page"))?;
+        // SAFETY: the control region is one page, page-aligned, and lives in `resources` for as
+        // long as the endpoint; every access through the view is atomic or a raw copy.
+        #[allow(unsafe_code)]
+        let page = unsafe { ControlPage::new(control.as_ptr()) };
+        page.zero();
+        page.set_order(Side::Left, layout.order(Side::Left));
+        page.set_order(Side::Right, layout.order(Side::Right));
+        page.set_live(abi::CLI_LIVE, abi::LIVE_WAITING);
+        page.set_live(abi::SRV_LIVE, abi::LIVE_CONNECTED);
+        page.set_notify(abi::CLI_NOTIFY, abi::NOTIFY_WRITE);
+
+        let mut rings = Vec::new();
+        let mut data = [page.as_ptr(); 2];
+        for (slot, side) in [Side::Left, Side::Right].into_iter().enumerate() {
+            match layout.placement(side) {
+                Placement::InPage { offset } => data[slot] = region_ptr(&control, offset),
+                Placement::Pages { count } => {
+                    let pages = sharer
+                        .share_pages(client, count, true, None)
+                        .map_err(VchanError::backend("share the ring pages"))?;
+                    for (index, gref) in layout.grant_indices(side).zip(pages.refs()) {
+                        page.set_grant(index, gref.0);
+                    }
+                    data[slot] = pages.as_ptr();
+                    rings.push(pages);
+                }
+            }
+        }
+
+        let path = address.server_path(client);
+        let ring_ref = control.refs()[0].to_string();
+        let port_text = port.to_string();
+        let perms = [Perm::new(me, Access::None), Perm::new(client, Access::Read)];
+        store.transaction(|tx| {
+            for (key, value) in [("ring-ref", &ring_ref), ("event-channel", &port_text)] {
+                let key = format!("{path}/{key}");
+                store.write(tx, &key, value.as_bytes())?;
+                store.set_perms(tx, &key, &perms)?;
+            }
+            Ok(())
+        })?;
+
+        let geometry = |side: Side| RingGeometry {
+            side,
+            data: data[side as usize],
+            size: layout.size(side) as u32,
+        };
+        // SAFETY: each ring lies in memory owned by `resources` (the control page or the shared
+        // ring pages) for as long as the endpoint lives, sized by the validated layout.
+        #[allow(unsafe_code)]
+        let (reader, writer) = unsafe {
+            (
+                Consumer::new(page, geometry(Side::Left), Role::Server, 0),
+                Producer::new(page, geometry(Side::Right), Role::Server, 0),
+            )
+        };
+        Ok(Self::assemble(
+            Role::Server,
+            page,
+            reader,
+            writer,
+            events,
+            port,
+            Resources::Server {
+                rings,
+                control,
+                store,
+                path,
+                _sharer: sharer,
+            },
+        ))
+    }
+
+    /// Connect to `server`'s vchan at `address`. With `wait` set, wait up to that long for the
+    /// server to publish itself; with `None`, fail at once if it has not.
+    pub fn client(backend: &B, server: DomId, address: &Address, wait: Option<Duration>) -> Result<Self> {
+        let store = backend.open_store()?;
+        let me = read_domid(&store)?;
+        let path = address.client_path(server, me);
+        let (ring_ref, remote_port) = read_server_keys(&store, &path, wait)?;
+        drop(store);
+
+        let mapper = backend.open_mapper().map_err(VchanError::backend("open the grant-mapping device"))?;
+        let events = backend.open_events().map_err(VchanError::backend("open the event-channel device"))?;
+        let port = events
+            .bind_interdomain(server, remote_port)
+            .map_err(VchanError::backend("bind the server's event channel"))?;
+        events.unmask(port).map_err(VchanError::backend("unmask the event channel"))?;
+        let notify = UnmapNotify {
+            clear_byte: Some(abi::CLI_LIVE),
+            event: Some(port),
+        };
+        let control = mapper
+            .map_grant_refs(server, &[ring_ref], true, Some(notify))
+            .map_err(VchanError::backend("map the control page"))?;
+        if control.len() < abi::PAGE_SIZE {
+            return Err(VchanError::Backend {
+                op: "map the control page",
+                source: io::Error::new(io::ErrorKind::InvalidData, "mapping shorter than a page"),
+            });
+        }
+        // SAFETY: the mapping is at least one page, page-aligned, and lives in `resources` for as
+        // long as the endpoint; every access through the view is atomic or a raw copy.
+        #[allow(unsafe_code)]
+        let page = unsafe { ControlPage::new(control.as_ptr()) };
+
+        // Everything the server wrote is read once, validated, and kept privately from here on.
+        let layout = Layout::from_orders(page.order(Side::Left), page.order(Side::Right))?;
+        let mut rings = Vec::new();
+        let mut data = [page.as_ptr(); 2];
+        for (slot, side) in [Side::Left, Side::Right].into_iter().enumerate() {
+            match layout.placement(side) {
+                Placement::InPage { offset } => data[slot] = region_ptr(&control, offset),
+                Placement::Pages { count } => {
+                    let refs: Vec<GrantRef> = layout.grant_indices(side).map(|i| GrantRef(page.grant(i))).collect();
+                    let writable = side == Role::Client.write_side();
+                    let mapping = mapper
+                        .map_grant_refs(server, &refs, writable, None)
+                        .map_err(VchanError::backend("map the ring pages"))?;
+                    if mapping.len() < count * abi::PAGE_SIZE {
+                        return Err(VchanError::Backend {
+                            op: "map the ring pages",
+                            source: io::Error::new(io::ErrorKind::InvalidData, "mapping shorter than the ring"),
+                        });
+                    }
+                    data[slot] = mapping.as_ptr();
+                    rings.push(mapping);
+                }
+            }
+        }
+        let geometry = |side: Side| RingGeometry {
+            side,
+            data: data[side as usize],
+            size: layout.size(side) as u32,
+        };
+        // Start from the indices as the server left them (it may have written before we came).
+        let cons = page.index_relaxed(abi::RIGHT_CONS);
+        let prod = page.index_relaxed(abi::LEFT_PROD);
+        // SAFETY: each ring lies in memory owned by `resources` (the control page or the mapped
+        // ring pages) for as long as the endpoint lives, sized by the validated layout; the read
+        // ring is only read.
+        #[allow(unsafe_code)]
+        let (reader, writer) = unsafe {
+            (
+                Consumer::new(page, geometry(Side::Right), Role::Client, cons),
+                Producer::new(page, geometry(Side::Left), Role::Client, prod),
+            )
+        };
+        let vchan = Self::assemble(
+            Role::Client,
+            page,
+            reader,
+            writer,
+            events,
+            port,
+            Resources::Client {
+                rings,
+                control,
+                _mapper: mapper,
+            },
+        );
+        // Check the indices we inherited before announcing ourselves.
+        lock(&vchan.reader).available()?;
+        lock(&vchan.writer).space()?;
+        page.set_live(abi::CLI_LIVE, abi::LIVE_CONNECTED);
+        page.set_notify(abi::SRV_NOTIFY, abi::NOTIFY_WRITE);
+        vchan
+            .events
+            .notify(vchan.port)
+            .map_err(VchanError::backend("notify the server"))?;
+        Ok(vchan)
+    }
+
+    fn assemble(
+        role: Role,
+        page: ControlPage,
+        reader: Consumer,
+        writer: Producer,
+        events: B::Events,
+        port: Port,
+        resources: Resources<B>,
+    ) -> Self {
+        Vchan {
+            role,
+            page,
+            reader: Mutex::new(reader),
+            writer: Mutex::new(writer),
+            events,
+            port,
+            waiter: Waiter::new(),
+            nonblocking: AtomicBool::new(false),
+            read_timeout: AtomicU64::new(NO_TIMEOUT),
+            write_timeout: AtomicU64::new(NO_TIMEOUT),
+            notify_failed: AtomicBool::new(false),
+            deferred: Mutex::new(None),
+            resources: Some(resources),
+        }
+    }
+
+    /// Whether this is the serving end.
+    pub fn is_server(&self) -> bool {
+        self.role == Role::Server
+    }
+
+    /// This end's event-channel port.
+    pub fn port(&self) -> Port {
+        self.port
+    }
+
+    /// The capacity of the ring this end reads.
+    pub fn read_capacity(&self) -> usize {
+        lock(&self.reader).capacity()
+    }
+
+    /// The capacity of the ring this end writes.
+    pub fn write_capacity(&self) -> usize {
+        lock(&self.writer).capacity()
+    }
+
+    /// The connection's state, from the peer's live byte.
+    pub fn state(&self) -> Result<State> {
+        match (self.role, self.page.live(self.role.peer_live())) {
+            (_, abi::LIVE_EXITED) => Ok(State::PeerClosed),
+            (_, abi::LIVE_CONNECTED) => Ok(State::Connected),
+            (Role::Server, abi::LIVE_WAITING) => Ok(State::WaitingForPeer),
+            (_, other) => Err(VchanError::BadLiveByte(other)),
+        }
+    }
+
+    /// Switch between blocking (the default) and non-blocking mode, where operations that cannot
+    /// proceed fail with `WouldBlock` and the caller polls the fd.
+    pub fn set_nonblocking(&self, nonblocking: bool) {
+        self.nonblocking.store(nonblocking, Ordering::Relaxed);
+    }
+
+    /// Limit how long a blocking read or `recv` waits (`None`: for ever).
+    pub fn set_read_timeout(&self, timeout: Option<Duration>) {
+        self.read_timeout.store(encode_timeout(timeout), Ordering::Relaxed);
+    }
+
+    /// Limit how long a blocking write or `send` waits (`None`: for ever).
+    pub fn set_write_timeout(&self, timeout: Option<Duration>) {
+        self.write_timeout.store(encode_timeout(timeout), Ordering::Relaxed);
+    }
+
+    /// Bytes ready to read now; also asks the peer for an event when it writes more.
+    pub fn data_ready(&self) -> Result<usize> {
+        Ok(lock(&self.reader).request_and_recheck()?)
+    }
+
+    /// Bytes that can be written now; also asks the peer for an event when it frees more.
+    pub fn buffer_space(&self) -> Result<usize> {
+        Ok(lock(&self.writer).request_and_recheck()?)
+    }
+
+    /// Read what is available, up to `buf.len()` bytes. Blocks (in blocking mode) until at least
+    /// one byte is ready; `Ok(0)` means the peer closed and everything it wrote has been read.
+    pub fn read(&self, buf: &mut [u8]) -> Result<usize> {
+        self.check_deferred()?;
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let mut reader = lock(&self.reader);
+        let deadline = self.deadline(&self.read_timeout);
+        loop {
+            let ticket = self.waiter.ticket();
+            let (n, wanted) = reader.read(buf)?;
+            if n > 0 {
+                self.notify_if(wanted);
+                return Ok(n);
+            }
+            if reader.request_and_recheck()? > 0 {
+                continue;
+            }
+            if self.state()? == State::PeerClosed {
+                // Close race: the peer may have written and then closed after our last look. The
+                // live byte is read with SeqCst, so this look sees everything written before it.
+                let (n, wanted) = reader.read(buf)?;
+                self.notify_if(wanted);
+                return Ok(n);
+            }
+            self.sleep(ticket, deadline)?;
+        }
+    }
+
+    /// Receive exactly `buf.len()` bytes as one unit, or nothing. Fails with `MessageTooLarge`
+    /// if the ring can never hold that much, and `PeerClosed` if the peer closed with fewer
+    /// bytes left in the ring.
+    pub fn recv(&self, buf: &mut [u8]) -> Result<()> {
+        self.check_deferred()?;
+        let mut reader = lock(&self.reader);
+        if buf.len() > reader.capacity() {
+            return Err(VchanError::MessageTooLarge {
+                len: buf.len(),
+                capacity: reader.capacity(),
+            });
+        }
+        let deadline = self.deadline(&self.read_timeout);
+        loop {
+            let ticket = self.waiter.ticket();
+            if let Some(wanted) = reader.read_exact(buf)? {
+                self.notify_if(wanted);
+                return Ok(());
+            }
+            if reader.request_and_recheck()? >= buf.len() {
+                continue;
+            }
+            if self.state()? == State::PeerClosed {
+                if let Some(wanted) = reader.read_exact(buf)? {
+                    self.notify_if(wanted);
+                    return Ok(());
+                }
+                return Err(VchanError::PeerClosed);
+            }
+            self.sleep(ticket, deadline)?;
+        }
+    }
+
+    /// Write as much of `buf` as fits now. Blocks (in blocking mode) until at least one byte fits.
+    /// Fails with `PeerClosed` once the peer has gone.
+    pub fn write(&self, buf: &[u8]) -> Result<usize> {
+        self.check_deferred()?;
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let mut writer = lock(&self.writer);
+        let deadline = self.deadline(&self.write_timeout);
+        loop {
+            let ticket = self.waiter.ticket();
+            if self.state()? == State::PeerClosed {
+                return Err(VchanError::PeerClosed);
+            }
+            let (n, wanted) = writer.write(buf)?;
+            if n > 0 {
+                self.notify_if(wanted);
+                return Ok(n);
+            }
+            if writer.request_and_recheck()? > 0 {
+                continue;
+            }
+            self.sleep(ticket, deadline)?;
+        }
+    }
+
+    /// Send all of `buf` as one unit, or nothing. Fails with `MessageTooLarge` if the ring can
+    /// never hold it (in either mode), and `PeerClosed` once the peer has gone.
+    pub fn send(&self, buf: &[u8]) -> Result<()> {
+        self.check_deferred()?;
+        let mut writer = lock(&self.writer);
+        if buf.len() > writer.capacity() {
+            return Err(VchanError::MessageTooLarge {
+                len: buf.len(),
+                capacity: writer.capacity(),
+            });
+        }
+        let deadline = self.deadline(&self.write_timeout);
+        loop {
+            let ticket = self.waiter.ticket();
+            if self.state()? == State::PeerClosed {
+                return Err(VchanError::PeerClosed);
+            }
+            if let Some(wanted) = writer.write_all_or_nothing(buf)? {
+                self.notify_if(wanted);
+                return Ok(());
+            }
+            if writer.request_and_recheck()? >= buf.len() {
+                continue;
+            }
+            self.sleep(ticket, deadline)?;
+        }
+    }
+
+    /// Wait until the client has connected (server) or the peer has closed, up to `timeout`.
+    pub fn wait_connected(&self, timeout: Option<Duration>) -> Result<State> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            let ticket = self.waiter.ticket();
+            let state = self.state()?;
+            if state != State::WaitingForPeer {
+                return Ok(state);
+            }
+            self.waiter.wait(&self.events, ticket, deadline)?;
+        }
+    }
+
+    /// Wait until there is data to read or the peer has closed, up to `timeout`. Returns the
+    /// bytes ready (0 means the peer closed with nothing left).
+    pub fn wait_readable(&self, timeout: Option<Duration>) -> Result<usize> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            let ticket = self.waiter.ticket();
+            let ready = self.data_ready()?;
+            if ready > 0 {
+                return Ok(ready);
+            }
+            if self.state()? == State::PeerClosed {
+                return self.data_ready();
+            }
+            self.waiter.wait(&self.events, ticket, deadline)?;
+        }
+    }
+
+    /// Wait for the next event from the peer, up to `timeout` (libxenvchan_wait): `Ok(false)` if
+    /// the timeout passed first. For callers that poll the fd themselves: after it becomes
+    /// readable, call this with a zero timeout to take the event, then look at the ring.
+    pub fn wait(&self, timeout: Option<Duration>) -> Result<bool> {
+        let ticket = self.waiter.ticket();
+        let deadline = timeout.map(|t| Instant::now() + t);
+        match self.waiter.wait(&self.events, ticket, deadline) {
+            Ok(()) => Ok(true),
+            Err(VchanError::TimedOut) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Close the channel: release the rings, mark this side gone, tell the peer, and (server)
+    /// remove the xenstore keys. The peer can still read what was written before. Dropping the
+    /// endpoint does the same but cannot report errors.
+    pub fn close(mut self) -> Result<()> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> Result<()> {
+        let Some(resources) = self.resources.take() else {
+            return Ok(());
+        };
+        self.page.set_live(self.role.own_live(), abi::LIVE_EXITED);
+        let mut first_error: Option<VchanError> = None;
+        match resources {
+            Resources::Server {
+                rings,
+                control,
+                store,
+                path,
+                _sharer,
+            } => {
+                drop(rings);
+                drop(control);
+                if let Err(e) = self.events.notify(self.port) {
+                    first_error.get_or_insert(VchanError::Backend { op: "notify the peer of the close", source: e });
+                }
+                match store.rm(TxId::NONE, &path) {
+                    Ok(()) | Err(XenstoreError::Errno(Errno::ENOENT)) => {}
+                    Err(e) => {
+                        first_error.get_or_insert(e.into());
+                    }
+                }
+            }
+            Resources::Client { rings, control, _mapper } => {
+                drop(rings);
+                drop(control);
+                if let Err(e) = self.events.notify(self.port) {
+                    first_error.get_or_insert(VchanError::Backend { op: "notify the peer of the close", source: e });
+                }
+            }
+        }
+        if let Err(e) = self.events.unbind(self.port) {
+            first_error.get_or_insert(VchanError::Backend { op: "unbind the event channel", source: e });
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    fn deadline(&self, timeout: &AtomicU64) -> Option<Instant> {
+        match timeout.load(Ordering::Relaxed) {
+            NO_TIMEOUT => None,
+            nanos => Some(Instant::now() + Duration::from_nanos(nanos)),
+        }
+    }
+
+    /// Block for an event (or fail with `WouldBlock` in non-blocking mode).
+    fn sleep(&self, ticket: u64, deadline: Option<Instant>) -> Result<()> {
+        if self.nonblocking.load(Ordering::Relaxed) {
+            // Take the pending event now, so the fd only turns readable for news that comes after
+            // the caller's last look at the ring.
+            self.waiter.take_pending(&self.events)?;
+            return Err(VchanError::WouldBlock);
+        }
+        self.waiter.wait(&self.events, ticket, deadline)
+    }
+
+    /// Send the peer an event if it asked for one. The data is already committed, so a failure
+    /// cannot be reported as "nothing written": it is kept and reported by the next call.
+    fn notify_if(&self, wanted: bool) {
+        if !wanted {
+            return;
+        }
+        if let Err(source) = self.events.notify(self.port) {
+            *lock(&self.deferred) = Some(VchanError::Backend {
+                op: "notify the peer",
+                source,
+            });
+            self.notify_failed.store(true, Ordering::Release);
+        }
+    }
+
+    fn check_deferred(&self) -> Result<()> {
+        if !self.notify_failed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.notify_failed.store(false, Ordering::Relaxed);
+        match lock(&self.deferred).take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+fn encode_timeout(timeout: Option<Duration>) -> u64 {
+    match timeout {
+        None => NO_TIMEOUT,
+        Some(t) => u64::try_from(t.as_nanos()).unwrap_or(NO_TIMEOUT - 1).min(NO_TIMEOUT - 1),
+    }
+}
+
+/// Read the server's two keys (once each) and check them, waiting for them to appear if asked.
+fn read_server_keys<S: XenStore>(store: &S, path: &str, wait: Option<Duration>) -> Result<(GrantRef, Port)> {
+    let deadline = wait.map(|t| Instant::now() + t);
+    let token = "vchan-client";
+    let mut watching = false;
+    let outcome = loop {
+        match try_read_server_keys(store, path) {
+            Ok(Some(keys)) => break Ok(keys),
+            Ok(None) => {}
+            Err(e) => break Err(e),
+        }
+        let Some(deadline) = deadline else {
+            break Err(VchanError::NoServer { path: path.to_owned() });
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break Err(VchanError::NoServer { path: path.to_owned() });
+        }
+        if !watching {
+            // The watch fires once at once and then on every change under the path; the loop
+            // re-reads the keys after each, so a publish between the read and the watch is seen.
+            if let Err(e) = store.watch(path, token) {
+                break Err(e.into());
+            }
+            watching = true;
+            continue;
+        }
+        if let Err(e) = store.next_watch_event(Some(left)) {
+            break Err(e.into());
+        }
+    };
+    if watching {
+        // The keys are read (or the wait failed); a failure to remove the watch changes neither.
+        let _ = store.unwatch(path, token);
+    }
+    outcome
+}
+
+fn try_read_server_keys<S: XenStore>(store: &S, path: &str) -> Result<Option<(GrantRef, Port)>> {
+    let mut values = [0u32; 2];
+    for (value, key) in values.iter_mut().zip(["ring-ref", "event-channel"]) {
+        let raw = match store.read(TxId::NONE, &format!("{path}/{key}")) {
+            Ok(raw) => raw,
+            Err(XenstoreError::Errno(Errno::ENOENT)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let text = String::from_utf8_lossy(&raw);
+        *value = match text.trim().parse::<u32>() {
+            Ok(v) if v != 0 => v,
+            _ => {
+                return Err(VchanError::BadKey {
+                    key,
+                    value: text.into_owned(),
+                })
+            }
+        };
+    }
+    Ok(Some((GrantRef(values[0]), Port(values[1]))))
+}
+
+impl<B: Backend> Drop for Vchan<B> {
+    fn drop(&mut self) {
+        // Errors cannot be reported from drop; `close` reports them.
+        let _ = self.shutdown();
+    }
+}
+
+impl<B: Backend> fmt::Debug for Vchan<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Vchan")
+            .field("role", &self.role)
+            .field("port", &self.port)
+            .field("open", &self.resources.is_some())
+            .finish()
+    }
+}
+
+impl<B: Backend> AsFd for Vchan<B> {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.events.as_fd()
+    }
+}
+
+impl<B: Backend> AsRawFd for Vchan<B> {
+    fn as_raw_fd(&self) -> RawFd {
+        self.events.as_fd().as_raw_fd()
+    }
+}
+
+impl<B: Backend> io::Read for &Vchan<B> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        Ok(Vchan::read(self, buf)?)
+    }
+}
+
+impl<B: Backend> io::Read for Vchan<B> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        Ok(Vchan::read(self, buf)?)
+    }
+}
+
+impl<B: Backend> io::Write for &Vchan<B> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        Ok(Vchan::write(self, buf)?)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<B: Backend> io::Write for Vchan<B> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        Ok(Vchan::write(self, buf)?)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,104 @@
+//! The endpoint's error type.
+
+use std::io;
+
+use xen_types::DomId;
+
+use crate::layout::LayoutError;
+use crate::ring::RingCorrupted;
+
+/// Everything that can go wrong with a vchan endpoint.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum VchanError {
+    /// The peer wrote indices that no honest peer can produce.
+    #[error("the peer corrupted the ring: {0}")]
+    RingCorrupted(#[from] RingCorrupted),
+    /// The ring layout asked for, or found in the control page, cannot be used.
+    #[error("invalid ring layout: {0}")]
+    Layout(#[from] LayoutError),
+    /// The peer's live byte holds a value with no meaning.
+    #[error("the peer's live byte holds {0}, which is not a connection state")]
+    BadLiveByte(u8),
+    /// A server published a xenstore key that cannot be right.
+    #[error("the server's {key} key holds {value:?}")]
+    BadKey {
+        /// The key's name (`ring-ref` or `event-channel`).
+        key: &'static str,
+        /// What it held.
+        value: String,
+    },
+    /// No server has published its keys at the path.
+    #[error("no vchan server at {path}")]
+    NoServer {
+        /// The xenstore path that was searched.
+        path: String,
+    },
+    /// A packet can never fit the ring, in any mode.
+    #[error("a {len}-byte message cannot fit a {capacity}-byte ring")]
+    MessageTooLarge {
+        /// The packet's length.
+        len: usize,
+        /// The ring's capacity.
+        capacity: usize,
+    },
+    /// The peer has closed the channel (or died); nothing more can be sent.
+    #[error("the peer has closed the channel")]
+    PeerClosed,
+    /// A non-blocking operation could not proceed now.
+    #[error("the operation would block")]
+    WouldBlock,
+    /// A blocking operation's timeout passed.
+    #[error("timed out")]
+    TimedOut,
+    /// Server and client in one domain, which this backend cannot do safely.
+    #[error("domain {0} cannot serve itself on this backend")]
+    Loopback(DomId),
+    /// The key store failed.
+    #[error("xenstore failed")]
+    Xenstore(#[from] xenstore::XenstoreError),
+    /// A grant or event-channel operation failed.
+    #[error("could not {op}")]
+    Backend {
+        /// What was being done.
+        op: &'static str,
+        /// The system's error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl VchanError {
+    pub(crate) fn backend(op: &'static str) -> impl FnOnce(io::Error) -> VchanError {
+        move |source| VchanError::Backend { op, source }
+    }
+
+    /// The `io::ErrorKind` this error maps to.
+    pub fn kind(&self) -> io::ErrorKind {
+        match self {
+            VchanError::RingCorrupted(_)
+            | VchanError::Layout(_)
+            | VchanError::BadLiveByte(_)
+            | VchanError::BadKey { .. } => io::ErrorKind::InvalidData,
+            VchanError::NoServer { .. } => io::ErrorKind::NotFound,
+            VchanError::MessageTooLarge { .. } | VchanError::Loopback(_) => {
+                io::ErrorKind::InvalidInput
+            }
+            VchanError::PeerClosed => io::ErrorKind::BrokenPipe,
+            VchanError::WouldBlock => io::ErrorKind::WouldBlock,
+            VchanError::TimedOut => io::ErrorKind::TimedOut,
+            VchanError::Xenstore(xenstore::XenstoreError::Io(e)) => e.kind(),
+            VchanError::Xenstore(_) => io::ErrorKind::Other,
+            VchanError::Backend { source, .. } => source.kind(),
+        }
+    }
+}
+
+impl From<VchanError> for io::Error {
+    fn from(e: VchanError) -> io::Error {
+        io::Error::new(e.kind(), e)
+    }
+}
+
+/// Result alias for this crate.
+pub type Result<T, E = VchanError> = std::result::Result<T, E>;

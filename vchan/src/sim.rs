@@ -1,0 +1,193 @@
+//! The embedded simulated Xen: several domains in one process, for tests, examples and
+//! benchmarks with no hypervisor.
+//!
+//! [`SimXen`] bundles the simulated event channels ([`evtchn::sim`]), grant tables
+//! ([`gnttab::sim`]) and an in-process xenstore ([`xenstore::local`]); [`SimDomain`] is one
+//! domain's view of them and implements [`Backend`]. [`SimXen::check_leaks`] is the
+//! clean-up check: once every endpoint is gone, no grant, mapping, port or xenstore key may remain.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::io;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use evtchn::sim::{SimEventHub, SimEvtchn};
+use gnttab::sim::{SimGnt, SimGrantTable};
+use xen_types::DomId;
+use xenstore::local::{LocalConnection, LocalStore};
+use xenstore::{Access, Perm, XenStore};
+
+use crate::backend::Backend;
+
+/// A simulated Xen host: dom0 exists from the start; create more domains with
+/// [`create_domain`](SimXen::create_domain).
+#[derive(Clone)]
+pub struct SimXen {
+    events: SimEventHub,
+    grants: SimGrantTable,
+    store: LocalStore,
+    /// The store's nodes that belong to the host itself (domains' home directories).
+    baseline: Arc<Mutex<BTreeSet<String>>>,
+}
+
+impl Default for SimXen {
+    fn default() -> Self {
+        SimXen::new()
+    }
+}
+
+impl SimXen {
+    /// A host with dom0 and nothing else.
+    pub fn new() -> SimXen {
+        let events = SimEventHub::new();
+        let xen = SimXen {
+            grants: SimGrantTable::new(events.clone()),
+            events,
+            store: LocalStore::new(),
+            baseline: Arc::new(Mutex::new(BTreeSet::new())),
+        };
+        xen.write_domain_keys(DomId::DOM0, "Domain-0")
+            .expect("a fresh in-process store accepts dom0's keys");
+        xen
+    }
+
+    /// Create domain `domid`, as a toolstack does: introduce it and write its home directory
+    /// (`/local/domain/<domid>` with `domid` and `name`, owned by the domain).
+    pub fn create_domain(&self, domid: DomId) -> xenstore::Result<SimDomain> {
+        self.store.introduce_domain(domid);
+        self.write_domain_keys(domid, &format!("sim-{domid}"))?;
+        Ok(self.domain(domid))
+    }
+
+    fn write_domain_keys(&self, domid: DomId, name: &str) -> xenstore::Result<()> {
+        let dom0 = self.store.connect(DomId::DOM0);
+        let home = format!("/local/domain/{domid}");
+        let perms = [Perm::new(domid, Access::None), Perm::new(DomId::DOM0, Access::Read)];
+        dom0.transaction(|tx| {
+            dom0.mkdir(tx, &home)?;
+            dom0.set_perms(tx, &home, &perms)?;
+            for (key, value) in [("domid", domid.to_string()), ("name", name.to_owned())] {
+                let path = format!("{home}/{key}");
+                dom0.write(tx, &path, value.as_bytes())?;
+                dom0.set_perms(tx, &path, &perms)?;
+            }
+            Ok(())
+        })?;
+        let mut baseline = self.baseline.lock().unwrap_or_else(PoisonError::into_inner);
+        baseline.extend(self.store.paths());
+        Ok(())
+    }
+
+    /// Domain `domid`'s view of the host (it need not have been created for grants and events;
+    /// the xenstore negotiation needs its `domid` key).
+    pub fn domain(&self, domid: DomId) -> SimDomain {
+        SimDomain {
+            xen: self.clone(),
+            domid,
+        }
+    }
+
+    /// The in-process xenstore.
+    pub fn store(&self) -> &LocalStore {
+        &self.store
+    }
+
+    /// What is still allocated beyond the host's own state.
+    pub fn leaks(&self) -> Leaks {
+        let baseline = self.baseline.lock().unwrap_or_else(PoisonError::into_inner);
+        Leaks {
+            grants: self.grants.live_grants(),
+            mappings: self.grants.live_mappings(),
+            ports: self.events.bound_ports(),
+            keys: self
+                .store
+                .paths()
+                .into_iter()
+                .filter(|p| !baseline.contains(p))
+                .collect(),
+        }
+    }
+
+    /// `Ok` when nothing leaked, else a report of what remains.
+    pub fn check_leaks(&self) -> Result<(), Leaks> {
+        let leaks = self.leaks();
+        if leaks.is_clean() {
+            Ok(())
+        } else {
+            Err(leaks)
+        }
+    }
+}
+
+/// What a [`SimXen`] still holds that no endpoint should.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Leaks {
+    /// Grants still offered.
+    pub grants: usize,
+    /// Grant mappings still held.
+    pub mappings: usize,
+    /// Event-channel ports still bound.
+    pub ports: usize,
+    /// Xenstore nodes beyond the domains' home directories.
+    pub keys: Vec<String>,
+}
+
+impl Leaks {
+    /// Whether nothing remains.
+    pub fn is_clean(&self) -> bool {
+        self.grants == 0 && self.mappings == 0 && self.ports == 0 && self.keys.is_empty()
+    }
+}
+
+impl fmt::Display for Leaks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} grants, {} mappings, {} ports and {} xenstore keys remain {:?}",
+            self.grants,
+            self.mappings,
+            self.ports,
+            self.keys.len(),
+            self.keys
+        )
+    }
+}
+
+impl std::error::Error for Leaks {}
+
+/// One simulated domain's devices.
+#[derive(Clone)]
+pub struct SimDomain {
+    xen: SimXen,
+    domid: DomId,
+}
+
+impl SimDomain {
+    /// The domain's id.
+    pub fn domid(&self) -> DomId {
+        self.domid
+    }
+}
+
+impl Backend for SimDomain {
+    type Events = SimEvtchn;
+    type Sharer = SimGnt;
+    type Mapper = SimGnt;
+    type Store = LocalConnection;
+
+    fn open_events(&self) -> io::Result<SimEvtchn> {
+        self.xen.events.open(self.domid)
+    }
+
+    fn open_sharer(&self) -> io::Result<SimGnt> {
+        Ok(self.xen.grants.open(self.domid))
+    }
+
+    fn open_mapper(&self) -> io::Result<SimGnt> {
+        Ok(self.xen.grants.open(self.domid))
+    }
+
+    fn open_store(&self) -> xenstore::Result<LocalConnection> {
+        Ok(self.xen.store.connect(self.domid))
+    }
+}

@@ -1,0 +1,166 @@
+//! Sleeping until the peer's event arrives, shared by the reading and the writing thread.
+//!
+//! One handle has one event fd for both directions. If two threads each polled it, one could take
+//! the event the other was waiting for and leave it asleep. So one waiter at a time polls the fd
+//! (the leader); when it wakes it takes the events, re-arms the port and bumps a generation
+//! counter, and every other waiter, parked on a condition variable, wakes and re-checks its ring.
+//! A waiter takes a ticket (the generation) *before* its final look at the ring, so an event that
+//! lands between that look and its sleep is never missed: the generation will have moved.
+
+use std::os::fd::{AsFd, AsRawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use evtchn::EventChannel;
+
+use crate::error::{Result, VchanError};
+
+/// At most this many deliveries are taken per wake, so a peer that notifies in a tight loop cannot
+/// keep a waiter from returning to its ring.
+const MAX_EVENTS_PER_WAKE: usize = 64;
+
+pub(crate) struct Waiter {
+    generation: AtomicU64,
+    leader_present: Mutex<bool>,
+    followers: Condvar,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Waiter {
+    pub(crate) fn new() -> Waiter {
+        Waiter {
+            generation: AtomicU64::new(0),
+            leader_present: Mutex::new(false),
+            followers: Condvar::new(),
+        }
+    }
+
+    /// The current generation: take it before the last look at the ring.
+    pub(crate) fn ticket(&self) -> u64 {
+        // ORDERING: Acquire pairs with the Release increment in `finish_round`: a waiter that sees
+        // the new generation also sees the ring state the leader's wake-up reflected.
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Sleep until an event arrives after `ticket` was taken, or `deadline` passes
+    /// (`VchanError::TimedOut`). Returns early on any wake: the caller re-checks its ring.
+    pub(crate) fn wait<E: EventChannel>(
+        &self,
+        events: &E,
+        ticket: u64,
+        deadline: Option<Instant>,
+    ) -> Result<()> {
+        let mut leader_present = lock(&self.leader_present);
+        loop {
+            if self.ticket() != ticket {
+                return Ok(());
+            }
+            let timeout = remaining(deadline)?;
+            if !*leader_present {
+                *leader_present = true;
+                drop(leader_present);
+                let outcome = poll_readable(events, timeout).and_then(|ready| {
+                    if ready {
+                        take_events(events)
+                    } else {
+                        Ok(())
+                    }
+                });
+                self.finish_round();
+                return outcome;
+            }
+            leader_present = match timeout {
+                None => self
+                    .followers
+                    .wait(leader_present)
+                    .unwrap_or_else(PoisonError::into_inner),
+                Some(t) => {
+                    self.followers
+                        .wait_timeout(leader_present, t)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                }
+            };
+        }
+    }
+
+    /// Take whatever events are pending without sleeping (non-blocking mode), waking any other
+    /// waiters so none of them misses what was taken.
+    pub(crate) fn take_pending<E: EventChannel>(&self, events: &E) -> Result<()> {
+        let outcome = take_events(events);
+        let _guard = lock(&self.leader_present);
+        // ORDERING: as in `finish_round`.
+        self.generation.fetch_add(1, Ordering::Release);
+        self.followers.notify_all();
+        outcome
+    }
+
+    fn finish_round(&self) {
+        let mut leader_present = lock(&self.leader_present);
+        *leader_present = false;
+        // ORDERING: Release pairs with the Acquire in `ticket`; the increment happens under the
+        // mutex, so a follower checking the generation before sleeping cannot miss it.
+        self.generation.fetch_add(1, Ordering::Release);
+        self.followers.notify_all();
+    }
+}
+
+fn remaining(deadline: Option<Instant>) -> Result<Option<Duration>> {
+    match deadline {
+        None => Ok(None),
+        Some(deadline) => {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                Err(VchanError::TimedOut)
+            } else {
+                Ok(Some(left))
+            }
+        }
+    }
+}
+
+/// Take delivered events and re-arm their ports.
+fn take_events<E: EventChannel>(events: &E) -> Result<()> {
+    for _ in 0..MAX_EVENTS_PER_WAKE {
+        match events.pending().map_err(VchanError::backend("take an event"))? {
+            Some(port) => events
+                .unmask(port)
+                .map_err(VchanError::backend("unmask the event channel"))?,
+            None => break,
+        }
+    }
+    Ok(())
+}
+
+/// Wait for the event fd to become readable. `Ok(false)` on timeout or interruption.
+fn poll_readable(fd: &impl AsFd, timeout: Option<Duration>) -> Result<bool> {
+    let mut pollfd = libc::pollfd {
+        fd: fd.as_fd().as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let timeout_ms = match timeout {
+        None => -1,
+        // Round up so a sub-millisecond remainder does not spin.
+        Some(t) => i32::try_from(t.as_micros().div_ceil(1000)).unwrap_or(i32::MAX),
+    };
+    // SAFETY: `pollfd` is a valid, exclusively borrowed array of one entry for the call's duration;
+    // the fd is kept open by the borrow of `fd`.
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::poll(&mut pollfd, 1, timeout_ms) };
+    if rc < 0 {
+        let err = std::io::Error::last_os_error();
+        if err.kind() == std::io::ErrorKind::Interrupted {
+            return Ok(false);
+        }
+        return Err(VchanError::Backend {
+            op: "wait for an event",
+            source: err,
+        });
+    }
+    Ok(rc > 0)
+}
