@@ -18,7 +18,7 @@ use crate::abi;
 use crate::backend::Backend;
 use crate::error::{Result, VchanError};
 use crate::layout::{Layout, Placement, Side};
-use crate::ring::{ControlPage, Consumer, Producer, RingGeometry, Role};
+use crate::ring::{Consumer, ControlPage, Producer, RingGeometry, Role};
 use crate::wait::Waiter;
 
 /// Where a server publishes itself in xenstore.
@@ -97,6 +97,8 @@ enum Resources<B: Backend> {
         control: <B::Sharer as GrantShare>::Pages,
         store: B::Store,
         path: String,
+        /// Ancestors of `path` that publishing created, deepest first: removed on close if empty.
+        created: Vec<String>,
         _sharer: B::Sharer,
     },
     Client {
@@ -162,12 +164,18 @@ impl<B: Backend> Vchan<B> {
         let layout = Layout::for_min_sizes(sizes.server_read, sizes.server_write)?;
         let store = backend.open_store()?;
         let me = read_domid(&store)?;
-        let sharer = backend.open_sharer().map_err(VchanError::backend("open the grant-sharing device"))?;
-        let events = backend.open_events().map_err(VchanError::backend("open the event-channel device"))?;
+        let sharer = backend
+            .open_sharer()
+            .map_err(VchanError::backend("open the grant-sharing device"))?;
+        let events = backend
+            .open_events()
+            .map_err(VchanError::backend("open the event-channel device"))?;
         let port = events
             .bind_unbound_port(client)
             .map_err(VchanError::backend("allocate an event channel"))?;
-        events.unmask(port).map_err(VchanError::backend("unmask the event channel"))?;
+        events
+            .unmask(port)
+            .map_err(VchanError::backend("unmask the event channel"))?;
         let notify = UnmapNotify {
             clear_byte: Some(abi::SRV_LIVE),
             event: Some(port),
@@ -208,13 +216,14 @@ impl<B: Backend> Vchan<B> {
         let ring_ref = control.refs()[0].to_string();
         let port_text = port.to_string();
         let perms = [Perm::new(me, Access::None), Perm::new(client, Access::Read)];
-        store.transaction(|tx| {
+        let created = store.transaction(|tx| {
+            let created = missing_ancestors(&store, tx, &path)?;
             for (key, value) in [("ring-ref", &ring_ref), ("event-channel", &port_text)] {
                 let key = format!("{path}/{key}");
                 store.write(tx, &key, value.as_bytes())?;
                 store.set_perms(tx, &key, &perms)?;
             }
-            Ok(())
+            Ok(created)
         })?;
 
         let geometry = |side: Side| RingGeometry {
@@ -243,6 +252,7 @@ impl<B: Backend> Vchan<B> {
                 control,
                 store,
                 path,
+                created,
                 _sharer: sharer,
             },
         ))
@@ -250,19 +260,30 @@ impl<B: Backend> Vchan<B> {
 
     /// Connect to `server`'s vchan at `address`. With `wait` set, wait up to that long for the
     /// server to publish itself; with `None`, fail at once if it has not.
-    pub fn client(backend: &B, server: DomId, address: &Address, wait: Option<Duration>) -> Result<Self> {
+    pub fn client(
+        backend: &B,
+        server: DomId,
+        address: &Address,
+        wait: Option<Duration>,
+    ) -> Result<Self> {
         let store = backend.open_store()?;
         let me = read_domid(&store)?;
         let path = address.client_path(server, me);
         let (ring_ref, remote_port) = read_server_keys(&store, &path, wait)?;
         drop(store);
 
-        let mapper = backend.open_mapper().map_err(VchanError::backend("open the grant-mapping device"))?;
-        let events = backend.open_events().map_err(VchanError::backend("open the event-channel device"))?;
+        let mapper = backend
+            .open_mapper()
+            .map_err(VchanError::backend("open the grant-mapping device"))?;
+        let events = backend
+            .open_events()
+            .map_err(VchanError::backend("open the event-channel device"))?;
         let port = events
             .bind_interdomain(server, remote_port)
             .map_err(VchanError::backend("bind the server's event channel"))?;
-        events.unmask(port).map_err(VchanError::backend("unmask the event channel"))?;
+        events
+            .unmask(port)
+            .map_err(VchanError::backend("unmask the event channel"))?;
         let notify = UnmapNotify {
             clear_byte: Some(abi::CLI_LIVE),
             event: Some(port),
@@ -289,7 +310,10 @@ impl<B: Backend> Vchan<B> {
             match layout.placement(side) {
                 Placement::InPage { offset } => data[slot] = region_ptr(&control, offset),
                 Placement::Pages { count } => {
-                    let refs: Vec<GrantRef> = layout.grant_indices(side).map(|i| GrantRef(page.grant(i))).collect();
+                    let refs: Vec<GrantRef> = layout
+                        .grant_indices(side)
+                        .map(|i| GrantRef(page.grant(i)))
+                        .collect();
                     let writable = side == Role::Client.write_side();
                     let mapping = mapper
                         .map_grant_refs(server, &refs, writable, None)
@@ -297,7 +321,10 @@ impl<B: Backend> Vchan<B> {
                     if mapping.len() < count * abi::PAGE_SIZE {
                         return Err(VchanError::Backend {
                             op: "map the ring pages",
-                            source: io::Error::new(io::ErrorKind::InvalidData, "mapping shorter than the ring"),
+                            source: io::Error::new(
+                                io::ErrorKind::InvalidData,
+                                "mapping shorter than the ring",
+                            ),
                         });
                     }
                     data[slot] = mapping.as_ptr();
@@ -412,12 +439,14 @@ impl<B: Backend> Vchan<B> {
 
     /// Limit how long a blocking read or `recv` waits (`None`: for ever).
     pub fn set_read_timeout(&self, timeout: Option<Duration>) {
-        self.read_timeout.store(encode_timeout(timeout), Ordering::Relaxed);
+        self.read_timeout
+            .store(encode_timeout(timeout), Ordering::Relaxed);
     }
 
     /// Limit how long a blocking write or `send` waits (`None`: for ever).
     pub fn set_write_timeout(&self, timeout: Option<Duration>) {
-        self.write_timeout.store(encode_timeout(timeout), Ordering::Relaxed);
+        self.write_timeout
+            .store(encode_timeout(timeout), Ordering::Relaxed);
     }
 
     /// Bytes ready to read now; also asks the peer for an event when it writes more.
@@ -609,30 +638,41 @@ impl<B: Backend> Vchan<B> {
                 control,
                 store,
                 path,
+                created,
                 _sharer,
             } => {
                 drop(rings);
                 drop(control);
                 if let Err(e) = self.events.notify(self.port) {
-                    first_error.get_or_insert(VchanError::Backend { op: "notify the peer of the close", source: e });
+                    first_error.get_or_insert(VchanError::Backend {
+                        op: "notify the peer of the close",
+                        source: e,
+                    });
                 }
-                match store.rm(TxId::NONE, &path) {
-                    Ok(()) | Err(XenstoreError::Errno(Errno::ENOENT)) => {}
-                    Err(e) => {
-                        first_error.get_or_insert(e.into());
-                    }
+                if let Err(e) = unpublish(&store, &path, &created) {
+                    first_error.get_or_insert(e.into());
                 }
             }
-            Resources::Client { rings, control, _mapper } => {
+            Resources::Client {
+                rings,
+                control,
+                _mapper,
+            } => {
                 drop(rings);
                 drop(control);
                 if let Err(e) = self.events.notify(self.port) {
-                    first_error.get_or_insert(VchanError::Backend { op: "notify the peer of the close", source: e });
+                    first_error.get_or_insert(VchanError::Backend {
+                        op: "notify the peer of the close",
+                        source: e,
+                    });
                 }
             }
         }
         if let Err(e) = self.events.unbind(self.port) {
-            first_error.get_or_insert(VchanError::Backend { op: "unbind the event channel", source: e });
+            first_error.get_or_insert(VchanError::Backend {
+                op: "unbind the event channel",
+                source: e,
+            });
         }
         first_error.map_or(Ok(()), Err)
     }
@@ -685,12 +725,60 @@ impl<B: Backend> Vchan<B> {
 fn encode_timeout(timeout: Option<Duration>) -> u64 {
     match timeout {
         None => NO_TIMEOUT,
-        Some(t) => u64::try_from(t.as_nanos()).unwrap_or(NO_TIMEOUT - 1).min(NO_TIMEOUT - 1),
+        Some(t) => u64::try_from(t.as_nanos())
+            .unwrap_or(NO_TIMEOUT - 1)
+            .min(NO_TIMEOUT - 1),
     }
 }
 
+/// The ancestors of `path` that do not exist yet, deepest first, up to the first that does.
+fn missing_ancestors<S: XenStore>(
+    store: &S,
+    tx: TxId,
+    path: &str,
+) -> xenstore::Result<Vec<String>> {
+    let mut missing = Vec::new();
+    let mut current = path;
+    while let Some(cut) = current.rfind('/') {
+        current = &current[..cut];
+        if current.is_empty() {
+            break;
+        }
+        match store.read(tx, current) {
+            Err(XenstoreError::Errno(Errno::ENOENT)) => missing.push(current.to_owned()),
+            // It exists (or is not ours to know about): stop here.
+            _ => break,
+        }
+    }
+    Ok(missing)
+}
+
+/// Remove the server's keys and, if now empty, the directories publishing created. One
+/// transaction, so a sibling published at the same moment is never removed with them.
+fn unpublish<S: XenStore>(store: &S, path: &str, created: &[String]) -> xenstore::Result<()> {
+    store.transaction(|tx| {
+        match store.rm(tx, path) {
+            Ok(()) | Err(XenstoreError::Errno(Errno::ENOENT)) => {}
+            Err(e) => return Err(e),
+        }
+        for dir in created {
+            match store.directory(tx, dir) {
+                Ok(children) if children.is_empty() => store.rm(tx, dir)?,
+                Ok(_) => break,
+                Err(XenstoreError::Errno(Errno::ENOENT)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    })
+}
+
 /// Read the server's two keys (once each) and check them, waiting for them to appear if asked.
-fn read_server_keys<S: XenStore>(store: &S, path: &str, wait: Option<Duration>) -> Result<(GrantRef, Port)> {
+fn read_server_keys<S: XenStore>(
+    store: &S,
+    path: &str,
+    wait: Option<Duration>,
+) -> Result<(GrantRef, Port)> {
     let deadline = wait.map(|t| Instant::now() + t);
     let token = "vchan-client";
     let mut watching = false;
@@ -701,11 +789,15 @@ fn read_server_keys<S: XenStore>(store: &S, path: &str, wait: Option<Duration>) 
             Err(e) => break Err(e),
         }
         let Some(deadline) = deadline else {
-            break Err(VchanError::NoServer { path: path.to_owned() });
+            break Err(VchanError::NoServer {
+                path: path.to_owned(),
+            });
         };
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            break Err(VchanError::NoServer { path: path.to_owned() });
+            break Err(VchanError::NoServer {
+                path: path.to_owned(),
+            });
         }
         if !watching {
             // The watch fires once at once and then on every change under the path; the loop
@@ -732,7 +824,9 @@ fn try_read_server_keys<S: XenStore>(store: &S, path: &str) -> Result<Option<(Gr
     for (value, key) in values.iter_mut().zip(["ring-ref", "event-channel"]) {
         let raw = match store.read(TxId::NONE, &format!("{path}/{key}")) {
             Ok(raw) => raw,
-            Err(XenstoreError::Errno(Errno::ENOENT)) => return Ok(None),
+            // Like xenstored, our store answers EACCES for a missing node under an unreadable
+            // parent: to a client both mean "no server published for us (yet)".
+            Err(XenstoreError::Errno(Errno::ENOENT | Errno::EACCES)) => return Ok(None),
             Err(e) => return Err(e.into()),
         };
         let text = String::from_utf8_lossy(&raw);

@@ -28,8 +28,8 @@ pub enum VchanError {
         /// What it held.
         value: String,
     },
-    /// No server has published its keys at the path.
-    #[error("no vchan server at {path}")]
+    /// No server has published keys at the path that this domain may read.
+    #[error("no vchan server at {path} (or none this domain may read)")]
     NoServer {
         /// The xenstore path that was searched.
         path: String,

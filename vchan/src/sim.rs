@@ -15,7 +15,7 @@ use evtchn::sim::{SimEventHub, SimEvtchn};
 use gnttab::sim::{SimGnt, SimGrantTable};
 use xen_types::DomId;
 use xenstore::local::{LocalConnection, LocalStore};
-use xenstore::{Access, Perm, XenStore};
+use xenstore::{Access, Perm, TxId, XenStore};
 
 use crate::backend::Backend;
 
@@ -62,7 +62,10 @@ impl SimXen {
     fn write_domain_keys(&self, domid: DomId, name: &str) -> xenstore::Result<()> {
         let dom0 = self.store.connect(DomId::DOM0);
         let home = format!("/local/domain/{domid}");
-        let perms = [Perm::new(domid, Access::None), Perm::new(DomId::DOM0, Access::Read)];
+        let perms = [
+            Perm::new(domid, Access::None),
+            Perm::new(DomId::DOM0, Access::Read),
+        ];
         dom0.transaction(|tx| {
             dom0.mkdir(tx, &home)?;
             dom0.set_perms(tx, &home, &perms)?;
@@ -99,13 +102,20 @@ impl SimXen {
             grants: self.grants.live_grants(),
             mappings: self.grants.live_mappings(),
             ports: self.events.bound_ports(),
-            keys: self
-                .store
-                .paths()
-                .into_iter()
-                .filter(|p| !baseline.contains(p))
-                .collect(),
+            keys: self.leaked_keys(&baseline),
         }
+    }
+
+    /// New nodes that hold a value. Empty directories are not counted: a server removes the
+    /// directories it created when it closes, but not ones another server created and shared.
+    fn leaked_keys(&self, baseline: &BTreeSet<String>) -> Vec<String> {
+        let dom0 = self.store.connect(DomId::DOM0);
+        self.store
+            .paths()
+            .into_iter()
+            .filter(|p| !baseline.contains(p))
+            .filter(|p| dom0.read(TxId::NONE, p).map_or(true, |v| !v.is_empty()))
+            .collect()
     }
 
     /// `Ok` when nothing leaked, else a report of what remains.
@@ -128,7 +138,7 @@ pub struct Leaks {
     pub mappings: usize,
     /// Event-channel ports still bound.
     pub ports: usize,
-    /// Xenstore nodes beyond the domains' home directories.
+    /// Xenstore nodes with a value, beyond the domains' home directories.
     pub keys: Vec<String>,
 }
 

@@ -126,7 +126,10 @@ fn remaining(deadline: Option<Instant>) -> Result<Option<Duration>> {
 /// Take delivered events and re-arm their ports.
 fn take_events<E: EventChannel>(events: &E) -> Result<()> {
     for _ in 0..MAX_EVENTS_PER_WAKE {
-        match events.pending().map_err(VchanError::backend("take an event"))? {
+        match events
+            .pending()
+            .map_err(VchanError::backend("take an event"))?
+        {
             Some(port) => events
                 .unmask(port)
                 .map_err(VchanError::backend("unmask the event channel"))?,

@@ -1,0 +1,392 @@
+//! The endpoints over the in-process simulation: every placement, both directions, blocking and
+//! non-blocking, packets, close and EOF. Each test ends with the leak check.
+
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::os::fd::{AsFd, AsRawFd};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+use vchan::{Address, RingSizes, State, Vchan, VchanError};
+use xen_types::DomId;
+
+fn sizes(read: usize, write: usize) -> RingSizes {
+    RingSizes {
+        server_read: read,
+        server_write: write,
+    }
+}
+
+/// Push `data` through `from` on one thread while `to` drains it on another; return what arrived.
+fn transfer(from: &Endpoint, to: &Endpoint, data: &[u8]) -> Vec<u8> {
+    thread::scope(|s| {
+        s.spawn(|| {
+            let mut w = from;
+            // Odd chunk sizes so writes straddle the wrap point in every way.
+            for chunk in data.chunks(3001) {
+                w.write_all(chunk).unwrap();
+            }
+        });
+        let mut got = Vec::with_capacity(data.len());
+        let mut buf = vec![0u8; 7777];
+        while got.len() < data.len() {
+            let n = (&*to).read(&mut buf).unwrap();
+            assert!(n > 0, "unexpected EOF");
+            got.extend_from_slice(&buf[..n]);
+        }
+        got
+    })
+}
+
+#[test]
+fn every_ring_placement_carries_data_both_ways_across_the_wrap() {
+    for (read, write, name) in PLACEMENTS {
+        let host = Host::new();
+        let (server, client) = host.pair(sizes(read, write));
+        assert!(server.read_capacity() >= read.max(1024), "{name}");
+        assert!(server.write_capacity() >= write.max(1024), "{name}");
+        assert_eq!(server.read_capacity(), client.write_capacity(), "{name}");
+        assert_eq!(server.write_capacity(), client.read_capacity(), "{name}");
+        let up = pattern(3 * (1 << 20) + 17, 1);
+        let down = pattern(2 * (1 << 20) + 5, 2);
+        // Both directions at once.
+        let (got_up, got_down) = thread::scope(|s| {
+            let up_t = s.spawn(|| transfer(&client, &server, &up));
+            let down_t = s.spawn(|| transfer(&server, &client, &down));
+            (up_t.join().unwrap(), down_t.join().unwrap())
+        });
+        assert!(got_up == up, "client-to-server bytes differ ({name})");
+        assert!(got_down == down, "server-to-client bytes differ ({name})");
+        drop((server, client));
+        host.assert_clean();
+    }
+}
+
+#[test]
+fn exact_orders_match_the_libxenvchan_rule() {
+    let host = Host::new();
+    let cases = [
+        ((0, 0), (1024, 2048)),
+        ((2048, 1024), (2048, 1024)),
+        ((4096, 5000), (4096, 8192)),
+        ((1 << 20, 1), (1 << 20, 2048)),
+    ];
+    for ((read, write), (read_cap, write_cap)) in cases {
+        let (server, client) = host.pair(sizes(read, write));
+        assert_eq!(
+            (server.read_capacity(), server.write_capacity()),
+            (read_cap, write_cap)
+        );
+        assert_eq!(
+            (client.write_capacity(), client.read_capacity()),
+            (read_cap, write_cap)
+        );
+    }
+    host.assert_clean();
+}
+
+#[test]
+fn server_reports_waiting_then_connected_then_closed() {
+    let host = Host::new();
+    let server = Vchan::server(
+        &host.server_dom,
+        CLIENT,
+        &Address::Port(3),
+        RingSizes::default(),
+    )
+    .unwrap();
+    assert_eq!(server.state().unwrap(), State::WaitingForPeer);
+    assert!(matches!(
+        server.wait_connected(Some(Duration::from_millis(20))),
+        Err(VchanError::TimedOut)
+    ));
+    let client = Vchan::client(&host.client_dom, SERVER, &Address::Port(3), None).unwrap();
+    assert_eq!(
+        server.wait_connected(Some(BOUND)).unwrap(),
+        State::Connected
+    );
+    assert_eq!(client.state().unwrap(), State::Connected);
+    client.close().unwrap();
+    assert_eq!(server.state().unwrap(), State::PeerClosed);
+    drop(server);
+    host.assert_clean();
+}
+
+#[test]
+fn data_written_just_before_close_is_read_before_eof() {
+    for (read, write, name) in PLACEMENTS {
+        let host = Host::new();
+        let (server, client) = host.pair(sizes(read, write));
+        let data = pattern(client.write_capacity(), 9);
+        (&client).write_all(&data).unwrap();
+        client.close().unwrap();
+        let mut got = Vec::new();
+        (&server).read_to_end(&mut got).unwrap();
+        assert!(got == data, "{name}: lost bytes at close");
+        assert_eq!((&server).read(&mut [0u8; 8]).unwrap(), 0, "EOF stays EOF");
+        assert!(matches!(server.write(b"x"), Err(VchanError::PeerClosed)));
+        drop(server);
+        host.assert_clean();
+    }
+}
+
+#[test]
+fn a_blocked_reader_wakes_on_the_peers_close() {
+    let host = Host::new();
+    let (server, client) = host.pair(RingSizes::default());
+    let started = Instant::now();
+    thread::scope(|s| {
+        let reader = s.spawn(|| (&client).read(&mut [0u8; 16]));
+        thread::sleep(Duration::from_millis(50));
+        server.close().unwrap();
+        assert_eq!(reader.join().unwrap().unwrap(), 0);
+    });
+    assert!(started.elapsed() < BOUND);
+    drop(client);
+    host.assert_clean();
+}
+
+#[test]
+fn a_blocked_writer_wakes_on_the_peers_close_with_an_error() {
+    let host = Host::new();
+    let (server, client) = host.pair(RingSizes::default());
+    (&client)
+        .write_all(&vec![1u8; client.write_capacity()])
+        .unwrap();
+    thread::scope(|s| {
+        let writer = s.spawn(|| client.write(b"more"));
+        thread::sleep(Duration::from_millis(50));
+        drop(server);
+        assert!(matches!(
+            writer.join().unwrap(),
+            Err(VchanError::PeerClosed)
+        ));
+    });
+    drop(client);
+    host.assert_clean();
+}
+
+#[test]
+fn non_blocking_mode_says_would_block_and_the_fd_wakes_the_poller() {
+    let host = Host::new();
+    let (server, client) = host.pair(RingSizes::default());
+    server.set_nonblocking(true);
+    client.set_nonblocking(true);
+    let err = (&server).read(&mut [0u8; 4]).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::WouldBlock);
+    // Fill the client's write ring, then one more byte would block.
+    let cap = client.write_capacity();
+    assert_eq!(client.write(&vec![5u8; cap + 100]).unwrap(), cap);
+    assert!(matches!(client.write(b"x"), Err(VchanError::WouldBlock)));
+    // The server's fd is readable now (the client's write raised the event we asked for).
+    assert!(
+        poll_readable(&server, 1000),
+        "the event fd should be readable"
+    );
+    let mut buf = vec![0u8; cap];
+    assert_eq!(server.read(&mut buf).unwrap(), cap);
+    assert!(buf.iter().all(|b| *b == 5));
+    drop((server, client));
+    host.assert_clean();
+}
+
+fn poll_readable(fd: &impl AsFd, ms: i32) -> bool {
+    let mut p = libc::pollfd {
+        fd: fd.as_fd().as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for the call's duration; the fd is kept open by the borrow.
+    unsafe { libc::poll(&mut p, 1, ms) > 0 }
+}
+
+#[test]
+fn packets_are_all_or_nothing_and_oversized_ones_are_refused() {
+    let host = Host::new();
+    let (server, client) = host.pair(RingSizes::default());
+    let cap = client.write_capacity();
+    assert!(matches!(
+        client.send(&vec![0u8; cap + 1]),
+        Err(VchanError::MessageTooLarge { .. })
+    ));
+    client.set_nonblocking(true);
+    assert!(matches!(
+        client.send(&vec![0u8; cap + 1]),
+        Err(VchanError::MessageTooLarge { .. })
+    ));
+    client.send(&pattern(cap - 10, 3)).unwrap();
+    assert!(
+        matches!(client.send(&[0u8; 11]), Err(VchanError::WouldBlock)),
+        "all or nothing"
+    );
+    assert_eq!(server.data_ready().unwrap(), cap - 10);
+    let mut small = vec![0u8; 100];
+    server.recv(&mut small).unwrap();
+    assert_eq!(&small[..], &pattern(cap - 10, 3)[..100]);
+    assert!(matches!(
+        server.recv(&mut vec![0u8; server.read_capacity() + 1]),
+        Err(VchanError::MessageTooLarge { .. })
+    ));
+    server.set_nonblocking(true);
+    let mut rest = vec![0u8; cap];
+    assert!(
+        matches!(server.recv(&mut rest), Err(VchanError::WouldBlock)),
+        "not enough: nothing taken"
+    );
+    assert_eq!(server.data_ready().unwrap(), cap - 110);
+    client.close().unwrap();
+    assert!(matches!(
+        server.recv(&mut rest),
+        Err(VchanError::PeerClosed)
+    ));
+    let mut tail = vec![0u8; cap - 110];
+    server.recv(&mut tail).unwrap();
+    drop(server);
+    host.assert_clean();
+}
+
+#[test]
+fn blocking_send_waits_for_room_and_timeouts_end_waits() {
+    let host = Host::new();
+    let (server, client) = host.pair(RingSizes::default());
+    let cap = client.write_capacity();
+    client.send(&vec![1u8; cap]).unwrap();
+    client.set_write_timeout(Some(Duration::from_millis(30)));
+    assert!(matches!(client.send(&[2u8; 10]), Err(VchanError::TimedOut)));
+    client.set_write_timeout(None);
+    thread::scope(|s| {
+        let sender = s.spawn(|| client.send(&[2u8; 10]));
+        thread::sleep(Duration::from_millis(30));
+        let mut buf = vec![0u8; 10];
+        server.recv(&mut buf).unwrap();
+        sender.join().unwrap().unwrap();
+    });
+    server.set_read_timeout(Some(Duration::from_millis(30)));
+    let mut all = vec![0u8; cap];
+    server.recv(&mut all).unwrap();
+    assert!(matches!(
+        server.recv(&mut all[..1]),
+        Err(VchanError::TimedOut)
+    ));
+    drop((server, client));
+    host.assert_clean();
+}
+
+#[test]
+fn data_written_before_the_client_connects_is_delivered() {
+    let host = Host::new();
+    let server = Vchan::server(
+        &host.server_dom,
+        CLIENT,
+        &Address::Port(4),
+        RingSizes::default(),
+    )
+    .unwrap();
+    server.send(b"early").unwrap();
+    let client = Vchan::client(&host.client_dom, SERVER, &Address::Port(4), None).unwrap();
+    let mut buf = [0u8; 5];
+    client.recv(&mut buf).unwrap();
+    assert_eq!(&buf, b"early");
+    drop((client, server));
+    host.assert_clean();
+}
+
+#[test]
+fn a_client_waits_for_its_server_or_reports_none() {
+    let host = Host::new();
+    let err = Vchan::client(&host.client_dom, SERVER, &Address::Port(9), None).unwrap_err();
+    assert!(matches!(err, VchanError::NoServer { .. }), "{err}");
+    let err = Vchan::client(
+        &host.client_dom,
+        SERVER,
+        &Address::Port(9),
+        Some(Duration::from_millis(30)),
+    )
+    .unwrap_err();
+    assert!(matches!(err, VchanError::NoServer { .. }), "{err}");
+    thread::scope(|s| {
+        let client =
+            s.spawn(|| Vchan::client(&host.client_dom, SERVER, &Address::Port(9), Some(BOUND)));
+        thread::sleep(Duration::from_millis(30));
+        let server = Vchan::server(
+            &host.server_dom,
+            CLIENT,
+            &Address::Port(9),
+            RingSizes::default(),
+        )
+        .unwrap();
+        let client = client.join().unwrap().unwrap();
+        client.send(b"hi").unwrap();
+        let mut buf = [0u8; 2];
+        server.recv(&mut buf).unwrap();
+    });
+    host.assert_clean();
+}
+
+#[test]
+fn arbitrary_paths_work_beside_the_port_convention() {
+    let host = Host::new();
+    let path = "/local/domain/0/data/custom-service";
+    let address = Address::Path(path.to_owned());
+    let server = Vchan::server(&host.server_dom, CLIENT, &address, RingSizes::default()).unwrap();
+    let client = Vchan::client(&host.client_dom, SERVER, &address, None).unwrap();
+    client.send(b"ok").unwrap();
+    let mut buf = [0u8; 2];
+    server.recv(&mut buf).unwrap();
+    assert_eq!("5".parse::<Address>().unwrap(), Address::Port(5));
+    assert_eq!(
+        "data/x".parse::<Address>().unwrap(),
+        Address::Path("data/x".into())
+    );
+    drop((client, server));
+    host.assert_clean();
+}
+
+#[test]
+fn another_domain_cannot_connect_to_a_server_for_someone_else() {
+    let host = Host::new();
+    let intruder = host.xen.create_domain(DomId(8)).unwrap();
+    let _server = Vchan::server(
+        &host.server_dom,
+        CLIENT,
+        &Address::Port(2),
+        RingSizes::default(),
+    )
+    .unwrap();
+    let path = Address::Path(format!("/local/domain/0/data/vchan/{}/2", CLIENT));
+    let err = Vchan::client(&intruder, SERVER, &path, None).unwrap_err();
+    // The keys are readable by the client domain only: to anyone else there is no server.
+    assert!(matches!(err, VchanError::NoServer { .. }), "{err}");
+}
+
+#[test]
+fn many_pairs_in_one_host_are_independent() {
+    let host = Host::new();
+    let doms: Vec<_> = (10..14)
+        .map(|d| host.xen.create_domain(DomId(d)).unwrap())
+        .collect();
+    let pairs: Vec<_> = doms
+        .iter()
+        .map(|d| {
+            let s = Vchan::server(
+                &host.server_dom,
+                d.domid(),
+                &Address::Port(1),
+                RingSizes::default(),
+            )
+            .unwrap();
+            let c = Vchan::client(d, SERVER, &Address::Port(1), None).unwrap();
+            (s, c)
+        })
+        .collect();
+    for (i, (s, c)) in pairs.iter().enumerate() {
+        c.send(&[i as u8; 3]).unwrap();
+        let mut buf = [0u8; 3];
+        s.recv(&mut buf).unwrap();
+        assert_eq!(buf, [i as u8; 3]);
+    }
+    drop(pairs);
+    host.assert_clean();
+}
