@@ -26,6 +26,8 @@ use std::os::fd::AsFd;
 
 pub use xen_types::{DomId, Port};
 
+#[cfg(target_os = "linux")]
+pub mod linux;
 pub mod sim;
 
 /// An open event-channel handle (`xenevtchn_handle`): a set of bound ports and one pollable fd that

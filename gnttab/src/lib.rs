@@ -30,6 +30,8 @@ use std::ptr::NonNull;
 
 pub use xen_types::{DomId, GrantRef, Port, PAGE_SIZE};
 
+#[cfg(target_os = "linux")]
+pub mod linux;
 pub mod sim;
 
 /// What the kernel does for us when a shared or mapped region goes away, whether by an orderly
