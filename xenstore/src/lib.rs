@@ -9,6 +9,12 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
+pub mod client;
+pub mod daemon;
+pub mod local;
+pub mod store;
+pub mod wire;
+
 pub use xen_types::DomId;
 
 /// A transaction id; [`TxId::NONE`] means "outside any transaction".
@@ -287,3 +293,52 @@ pub trait XenStore {
         }
     }
 }
+
+macro_rules! forward_xenstore {
+    ($($ty:ty),*) => {$(
+        /// Forwards every call to the store behind the reference.
+        impl<S: XenStore + ?Sized> XenStore for $ty {
+            fn read(&self, tx: TxId, path: &str) -> Result<Vec<u8>> {
+                (**self).read(tx, path)
+            }
+            fn write(&self, tx: TxId, path: &str, value: &[u8]) -> Result<()> {
+                (**self).write(tx, path, value)
+            }
+            fn mkdir(&self, tx: TxId, path: &str) -> Result<()> {
+                (**self).mkdir(tx, path)
+            }
+            fn rm(&self, tx: TxId, path: &str) -> Result<()> {
+                (**self).rm(tx, path)
+            }
+            fn directory(&self, tx: TxId, path: &str) -> Result<Vec<String>> {
+                (**self).directory(tx, path)
+            }
+            fn get_perms(&self, tx: TxId, path: &str) -> Result<Vec<Perm>> {
+                (**self).get_perms(tx, path)
+            }
+            fn set_perms(&self, tx: TxId, path: &str, perms: &[Perm]) -> Result<()> {
+                (**self).set_perms(tx, path, perms)
+            }
+            fn transaction_start(&self) -> Result<TxId> {
+                (**self).transaction_start()
+            }
+            fn transaction_end(&self, tx: TxId, commit: bool) -> Result<()> {
+                (**self).transaction_end(tx, commit)
+            }
+            fn watch(&self, path: &str, token: &str) -> Result<()> {
+                (**self).watch(path, token)
+            }
+            fn unwatch(&self, path: &str, token: &str) -> Result<()> {
+                (**self).unwatch(path, token)
+            }
+            fn next_watch_event(&self, timeout: Option<Duration>) -> Result<Option<WatchEvent>> {
+                (**self).next_watch_event(timeout)
+            }
+            fn get_domain_path(&self, domid: DomId) -> Result<String> {
+                (**self).get_domain_path(domid)
+            }
+        }
+    )*};
+}
+
+forward_xenstore!(&S, Box<S>, std::sync::Arc<S>);
