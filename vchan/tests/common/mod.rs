@@ -71,3 +71,6 @@ pub const PLACEMENTS: [(usize, usize, &str); 7] = [
 ];
 
 pub const BOUND: Duration = Duration::from_secs(10);
+
+/// The simulated backend type, for tests that name its associated types.
+pub type SimDomainAlias = SimDomain;
