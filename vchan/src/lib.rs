@@ -46,6 +46,8 @@ mod endpoint;
 mod error;
 #[cfg(feature = "std")]
 pub mod sim;
+#[cfg(all(feature = "std", target_os = "linux"))]
+pub mod xen;
 #[cfg(feature = "std")]
 mod wait;
 
