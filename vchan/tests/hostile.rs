@@ -403,7 +403,8 @@ fn notify_bytes_scribbled_during_a_transfer_never_corrupt_data() {
         .unwrap();
     server.set_read_timeout(Some(Duration::from_millis(50)));
     client.set_write_timeout(Some(Duration::from_millis(50)));
-    let data = pattern(1 << 20, 11);
+    // 64 rounds of the 1 KiB ring: each withheld event costs one 50 ms timeout.
+    let data = pattern(64 << 10, 11);
     let stop = std::sync::atomic::AtomicBool::new(false);
     let got = thread::scope(|s| {
         s.spawn(|| {
