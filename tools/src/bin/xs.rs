@@ -1,0 +1,258 @@
+//! `xs`: a small xenstore command-line client (read, write, ls, rm, chmod, watch).
+//!
+//! It finds the daemon the way libxenstore does: `$XENSTORED_PATH`, else
+//! `$XENSTORED_RUNDIR/socket` (default `/var/run/xenstored/socket`), else the xenbus device.
+
+use std::io::Write;
+use std::os::unix::fs::FileTypeExt;
+use std::process::ExitCode;
+use std::time::Duration;
+use xenstore::client::{daemon_socket_path, Client};
+use xenstore::{Errno, Perm, TxId, XenStore, XenstoreError};
+
+const USAGE: &str = "\
+usage: xs read PATH
+       xs write PATH VALUE
+       xs ls [-p] [PATH]       (recursive listing, like xenstore-ls; -p shows permissions)
+       xs rm PATH
+       xs chmod PATH PERM...   (PERM: n|r|w|b followed by a domid, owner first, e.g. n0 r5)
+       xs watch PATH [-n COUNT]
+The daemon is found via $XENSTORED_PATH, else $XENSTORED_RUNDIR/socket, else /dev/xen/xenbus.";
+
+/// A failure worth one line on stderr, with the exit status to use.
+struct Failure {
+    message: String,
+    status: u8,
+}
+
+impl Failure {
+    fn usage(message: impl Into<String>) -> Failure {
+        Failure {
+            message: format!("{} (see 'xs --help')", message.into()),
+            status: 2,
+        }
+    }
+
+    fn runtime(message: impl Into<String>) -> Failure {
+        Failure {
+            message: message.into(),
+            status: 1,
+        }
+    }
+}
+
+/// An error and everything under it, on one line.
+fn describe(e: &XenstoreError) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
+fn failed(what: &str, path: &str, e: &XenstoreError) -> Failure {
+    Failure::runtime(format!("cannot {what} {path}: {}", describe(e)))
+}
+
+fn connect() -> Result<Client, Failure> {
+    Client::open().map_err(|e| {
+        let socket = daemon_socket_path();
+        let is_socket = std::fs::metadata(&socket).is_ok_and(|m| m.file_type().is_socket());
+        let hint = if is_socket {
+            String::new()
+        } else {
+            format!(
+                " (no daemon socket at {}; set XENSTORED_PATH)",
+                socket.display()
+            )
+        };
+        Failure::runtime(format!(
+            "cannot connect to xenstore: {}{hint}",
+            describe(&e)
+        ))
+    })
+}
+
+/// Escape a value the way xenstore-ls shows it: printable ASCII as is, `\\` doubled, other bytes
+/// as octal escapes.
+fn sanitise(value: &[u8]) -> String {
+    let mut out = String::with_capacity(value.len());
+    for &b in value {
+        match b {
+            b'\\' => out.push_str("\\\\"),
+            b' '..=b'~' => out.push(b as char),
+            _ => out.push_str(&format!("\\{b:03o}")),
+        }
+    }
+    out
+}
+
+fn perms_text(perms: &[Perm]) -> String {
+    perms
+        .iter()
+        .map(Perm::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn ls(
+    client: &Client,
+    path: &str,
+    depth: usize,
+    with_perms: bool,
+    out: &mut impl Write,
+) -> Result<(), Failure> {
+    let children = match client.directory(TxId::NONE, path) {
+        Ok(children) => children,
+        // Below the top, a node that vanished meanwhile or hides its children is shown as a leaf.
+        Err(XenstoreError::Errno(Errno::ENOENT | Errno::EACCES)) if depth > 0 => return Ok(()),
+        Err(e) => return Err(failed("list", path, &e)),
+    };
+    for name in children {
+        let child = if path == "/" {
+            format!("/{name}")
+        } else {
+            format!("{path}/{name}")
+        };
+        let value = match client.read(TxId::NONE, &child) {
+            Ok(v) => format!("\"{}\"", sanitise(&v)),
+            Err(e) => format!("<cannot read: {}>", describe(&e)),
+        };
+        let perms = if with_perms {
+            match client.get_perms(TxId::NONE, &child) {
+                Ok(p) => format!("  ({})", perms_text(&p)),
+                Err(e) => format!("  (<{}>)", describe(&e)),
+            }
+        } else {
+            String::new()
+        };
+        writeln!(out, "{:depth$}{name} = {value}{perms}", "")
+            .map_err(|e| Failure::runtime(format!("cannot write output: {e}")))?;
+        ls(client, &child, depth + 1, with_perms, out)?;
+    }
+    Ok(())
+}
+
+fn run(args: &[String]) -> Result<(), Failure> {
+    let Some((command, rest)) = args.split_first() else {
+        return Err(Failure::usage("missing command"));
+    };
+    let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let write_err = |e: std::io::Error| Failure::runtime(format!("cannot write output: {e}"));
+    match (command.as_str(), rest.as_slice()) {
+        ("-h" | "--help" | "help", []) => {
+            writeln!(out, "{USAGE}").map_err(write_err)?;
+        }
+        ("read", [path]) => {
+            let value = connect()?
+                .read(TxId::NONE, path)
+                .map_err(|e| failed("read", path, &e))?;
+            out.write_all(&value)
+                .and_then(|()| out.write_all(b"\n"))
+                .map_err(write_err)?;
+        }
+        ("write", [path, value]) => {
+            connect()?
+                .write(TxId::NONE, path, value.as_bytes())
+                .map_err(|e| failed("write", path, &e))?;
+        }
+        ("ls", args) => {
+            let (with_perms, args) = match args {
+                ["-p", rest @ ..] => (true, rest),
+                rest => (false, rest),
+            };
+            let path = match args {
+                [] => "/",
+                [p] if !p.starts_with('-') => p,
+                _ => return Err(Failure::usage("ls takes [-p] and at most one PATH")),
+            };
+            ls(&connect()?, path, 0, with_perms, &mut out)?;
+        }
+        ("rm", [path]) => {
+            connect()?
+                .rm(TxId::NONE, path)
+                .map_err(|e| failed("remove", path, &e))?;
+        }
+        ("chmod", [path, perms @ ..]) if !perms.is_empty() => {
+            let perms = perms
+                .iter()
+                .map(|p| {
+                    p.parse::<Perm>()
+                        .map_err(|_| Failure::usage(format!("invalid permission {p:?}")))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            connect()?
+                .set_perms(TxId::NONE, path, &perms)
+                .map_err(|e| failed("set permissions of", path, &e))?;
+        }
+        ("watch", args) => {
+            let (path, count) = match args {
+                [path] => (*path, None),
+                [path, "-n", n] | ["-n", n, path] => {
+                    let n: u64 = n
+                        .parse()
+                        .map_err(|_| Failure::usage(format!("invalid count {n:?}")))?;
+                    (*path, Some(n))
+                }
+                _ => return Err(Failure::usage("watch takes PATH and optionally -n COUNT")),
+            };
+            if path.starts_with('-') {
+                return Err(Failure::usage(format!("unknown option {path:?}")));
+            }
+            let client = connect()?;
+            let token = format!("xs-watch-{}", std::process::id());
+            client
+                .watch(path, &token)
+                .map_err(|e| failed("watch", path, &e))?;
+            let mut seen = 0u64;
+            loop {
+                if count.is_some_and(|c| seen >= c) {
+                    break;
+                }
+                match client.next_watch_event(Some(Duration::from_secs(3600))) {
+                    Ok(Some(ev)) if ev.token == token => {
+                        writeln!(out, "{}", ev.path)
+                            .and_then(|()| out.flush())
+                            .map_err(write_err)?;
+                        seen += 1;
+                    }
+                    Ok(_) => {}
+                    Err(e) => return Err(failed("watch", path, &e)),
+                }
+            }
+        }
+        ("read" | "write" | "rm" | "chmod", _) => {
+            return Err(Failure::usage(format!(
+                "wrong number of arguments for {command}"
+            )));
+        }
+        (other, _) => return Err(Failure::usage(format!("unknown command {other:?}"))),
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = match std::env::args_os()
+        .skip(1)
+        .map(|a| a.into_string())
+        .collect()
+    {
+        Ok(args) => args,
+        Err(bad) => {
+            eprintln!("xs: argument {bad:?} is not valid UTF-8");
+            return ExitCode::from(2);
+        }
+    };
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("xs: {}", f.message);
+            ExitCode::from(f.status)
+        }
+    }
+}
