@@ -29,6 +29,7 @@ pub use xen_types::{DomId, Port};
 #[cfg(target_os = "linux")]
 pub mod linux;
 pub mod sim;
+pub mod xensim;
 
 /// An open event-channel handle (`xenevtchn_handle`): a set of bound ports and one pollable fd that
 /// becomes readable while any of them has an event pending.

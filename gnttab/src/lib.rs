@@ -33,6 +33,7 @@ pub use xen_types::{DomId, GrantRef, Port, PAGE_SIZE};
 #[cfg(target_os = "linux")]
 pub mod linux;
 pub mod sim;
+pub mod xensim;
 
 /// What the kernel does for us when a shared or mapped region goes away, whether by an orderly
 /// unmap or because the process died: clear one byte of the region, send one event, or both.
