@@ -46,7 +46,7 @@ impl ControlPage {
     /// for as long as the returned value or any copy of it is used. Other parties may access the
     /// memory concurrently, but only with atomics or raw copies (never through references).
     pub unsafe fn new(base: NonNull<u8>) -> ControlPage {
-        debug_assert!(base.as_ptr() as usize % 4 == 0);
+        debug_assert!((base.as_ptr() as usize).is_multiple_of(4));
         ControlPage { base }
     }
 
@@ -56,7 +56,7 @@ impl ControlPage {
     }
 
     fn u32_at(&self, offset: usize) -> &AtomicU32 {
-        assert!(offset % 4 == 0 && offset + 4 <= abi::PAGE_SIZE);
+        assert!(offset.is_multiple_of(4) && offset + 4 <= abi::PAGE_SIZE);
         // SAFETY: the offset is in the page and 4-aligned (checked above; the page base is
         // 4-aligned by `new`'s contract). AtomicU32 has interior mutability, so the reference
         // permits the peer's concurrent writes; it lives only for this access.
@@ -64,7 +64,7 @@ impl ControlPage {
     }
 
     fn u16_at(&self, offset: usize) -> &AtomicU16 {
-        assert!(offset % 2 == 0 && offset + 2 <= abi::PAGE_SIZE);
+        assert!(offset.is_multiple_of(2) && offset + 2 <= abi::PAGE_SIZE);
         // SAFETY: as for `u32_at`, with 2-byte alignment.
         unsafe { AtomicU16::from_ptr(self.base.as_ptr().add(offset).cast()) }
     }

@@ -32,7 +32,7 @@ fn transfer(from: &Endpoint, to: &Endpoint, data: &[u8]) -> Vec<u8> {
         let mut got = Vec::with_capacity(data.len());
         let mut buf = vec![0u8; 7777];
         while got.len() < data.len() {
-            let n = (&*to).read(&mut buf).unwrap();
+            let n = to.read(&mut buf).unwrap();
             assert!(n > 0, "unexpected EOF");
             got.extend_from_slice(&buf[..n]);
         }
@@ -125,7 +125,7 @@ fn data_written_just_before_close_is_read_before_eof() {
         let mut got = Vec::new();
         (&server).read_to_end(&mut got).unwrap();
         assert!(got == data, "{name}: lost bytes at close");
-        assert_eq!((&server).read(&mut [0u8; 8]).unwrap(), 0, "EOF stays EOF");
+        assert_eq!(server.read(&mut [0u8; 8]).unwrap(), 0, "EOF stays EOF");
         assert!(matches!(server.write(b"x"), Err(VchanError::PeerClosed)));
         drop(server);
         host.assert_clean();
@@ -138,7 +138,7 @@ fn a_blocked_reader_wakes_on_the_peers_close() {
     let (server, client) = host.pair(RingSizes::default());
     let started = Instant::now();
     thread::scope(|s| {
-        let reader = s.spawn(|| (&client).read(&mut [0u8; 16]));
+        let reader = s.spawn(|| client.read(&mut [0u8; 16]));
         thread::sleep(Duration::from_millis(50));
         server.close().unwrap();
         assert_eq!(reader.join().unwrap().unwrap(), 0);
@@ -174,7 +174,7 @@ fn non_blocking_mode_says_would_block_and_the_fd_wakes_the_poller() {
     let (server, client) = host.pair(RingSizes::default());
     server.set_nonblocking(true);
     client.set_nonblocking(true);
-    let err = (&server).read(&mut [0u8; 4]).unwrap_err();
+    let err = std::io::Read::read(&mut &server, &mut [0u8; 4]).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::WouldBlock);
     // Fill the client's write ring, then one more byte would block.
     let cap = client.write_capacity();

@@ -19,14 +19,14 @@ use xenstore::{Access, Perm, TxId, XenStore};
 
 /// Atomic pokes into a shared region, as a peer would write it.
 fn poke32(mem: &impl SharedMemory, offset: usize, value: u32) {
-    assert!(offset % 4 == 0 && offset + 4 <= mem.len());
+    assert!(offset.is_multiple_of(4) && offset + 4 <= mem.len());
     // SAFETY: in bounds and aligned (asserted; regions are page-aligned); atomic access only.
     unsafe { AtomicU32::from_ptr(mem.as_ptr().as_ptr().add(offset).cast()) }
         .store(value, Ordering::SeqCst);
 }
 
 fn poke16(mem: &impl SharedMemory, offset: usize, value: u16) {
-    assert!(offset % 2 == 0 && offset + 2 <= mem.len());
+    assert!(offset.is_multiple_of(2) && offset + 2 <= mem.len());
     // SAFETY: as for `poke32`.
     unsafe { AtomicU16::from_ptr(mem.as_ptr().as_ptr().add(offset).cast()) }
         .store(value, Ordering::SeqCst);
@@ -39,7 +39,7 @@ fn poke8(mem: &impl SharedMemory, offset: usize, value: u8) {
 }
 
 fn peek32(mem: &impl SharedMemory, offset: usize) -> u32 {
-    assert!(offset % 4 == 0 && offset + 4 <= mem.len());
+    assert!(offset.is_multiple_of(4) && offset + 4 <= mem.len());
     // SAFETY: as for `poke32`.
     unsafe { AtomicU32::from_ptr(mem.as_ptr().as_ptr().add(offset).cast()) }.load(Ordering::SeqCst)
 }
@@ -145,7 +145,8 @@ fn connect(host: &Host, port_no: u32) -> Result<Endpoint, VchanError> {
 #[test]
 fn a_client_refuses_every_invalid_layout() {
     let host = Host::new();
-    let cases: [(u16, u16, fn(&VchanError) -> bool); 6] = [
+    type Expect = fn(&VchanError) -> bool;
+    let cases: [(u16, u16, Expect); 6] = [
         (9, 11, |e| {
             matches!(e, VchanError::Layout(LayoutError::OrderOutOfRange { .. }))
         }),
