@@ -343,10 +343,14 @@ fn handle(inner: &Arc<Inner>, conn: ConnId, domid: DomId, msg: &Message) {
             }
         }
     }
+    // Sockets open or close before the client hears the answer.
+    if let Some(effect) = &handled.effect {
+        inner.store().apply_effect(&mut store, effect);
+    }
     if let Ok(bytes) = handled.reply.encode() {
         inner.send(&lock(&inner.conns), conn, bytes);
     }
-    inner.store().after_op(&mut store, handled.effect.as_ref());
+    inner.store().after_op(&mut store, None);
 }
 
 /// A bound daemon, ready to [`run`](Daemon::run).

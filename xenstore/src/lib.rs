@@ -3,6 +3,28 @@
 //! The [`XenStore`] trait is the one interface every user of the store programs against (vchan's
 //! negotiation, the tools): it is implemented by the socket client and by a connection to the
 //! in-process store, so the same code runs on real Xen, on the simulated host and in unit tests.
+//!
+//! ```
+//! use std::time::Duration;
+//! use xenstore::local::LocalStore;
+//! use xenstore::{DomId, TxId, XenStore};
+//!
+//! let store = LocalStore::new(); // the in-process store of the simulation
+//! let dom0 = store.connect(DomId(0));
+//! dom0.watch("/vm", "vm-changed").unwrap();
+//! dom0.transaction(|tx| {
+//!     dom0.write(tx, "/vm/ring-ref", b"8")?;
+//!     dom0.write(tx, "/vm/event-channel", b"3")
+//! })
+//! .unwrap();
+//! let first = dom0.next_watch_event(Some(Duration::from_secs(5))).unwrap().unwrap();
+//! assert_eq!(first.path, "/vm"); // a new watch fires once at once
+//! assert_eq!(dom0.read(TxId::NONE, "/vm/ring-ref").unwrap(), b"8");
+//! ```
+//!
+//! Modules: [`wire`] (the sans-IO codec), [`store`] (the tree and its semantics), [`local`] (the
+//! in-process store), [`client`] (libxenstore's counterpart over a socket or `/dev/xen/xenbus`),
+//! [`daemon`] (serves a store over one Unix socket per domain).
 #![forbid(unsafe_code)]
 
 use std::fmt;

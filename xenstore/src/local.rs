@@ -9,6 +9,9 @@
 //! let store = LocalStore::new();
 //! let dom0 = store.connect(DomId(0));
 //! let guest = store.connect(DomId(5));
+//! // The toolstack gives the guest its home (owned by the guest: "n5").
+//! dom0.mkdir(TxId::NONE, "/local/domain/5").unwrap();
+//! dom0.set_perms(TxId::NONE, "/local/domain/5", &["n5".parse().unwrap()]).unwrap();
 //! dom0.write(TxId::NONE, "/local/domain/5/name", b"guest").unwrap();
 //! guest.watch("name", "tok").unwrap();
 //! // A new watch fires once at once, with the path as registered.
@@ -62,23 +65,28 @@ impl Shared {
             .clone()
     }
 
-    /// After an operation (store still locked): tell the observer and the local waiters.
-    pub(crate) fn after_op(&self, store: &mut Store, effect: Option<&Effect>) {
-        let observer = self.observer();
-        if let Some(obs) = &observer {
+    /// Tell the observer about a domain coming or going (store still locked).
+    pub(crate) fn apply_effect(&self, store: &mut Store, effect: &Effect) {
+        if let Some(obs) = self.observer() {
             match effect {
-                Some(Effect::Introduced(d)) => obs.introduced(store, *d),
-                Some(Effect::Released(d, conns)) => obs.released(store, *d, conns),
-                None => {}
+                Effect::Introduced(d) => obs.introduced(store, *d),
+                Effect::Released(d, conns) => obs.released(store, *d, conns),
             }
+        }
+        self.events.notify_all();
+    }
+
+    /// After an operation (store still locked): apply its effect, then hand queued watch events
+    /// to the observer and wake the local waiters.
+    pub(crate) fn after_op(&self, store: &mut Store, effect: Option<&Effect>) {
+        if let Some(effect) = effect {
+            self.apply_effect(store, effect);
         }
         let woken = store.take_woken();
         if !woken.is_empty() {
-            if let Some(obs) = &observer {
+            if let Some(obs) = self.observer() {
                 obs.woken(store, &woken);
             }
-        }
-        if !woken.is_empty() || effect.is_some() {
             self.events.notify_all();
         }
     }

@@ -970,10 +970,22 @@ impl Store {
     /// Answer one wire request from `conn`: parse it, check privileges, run it and build the
     /// reply (an `ERROR` message on failure), as xenstored's `process_message` does.
     pub fn handle_message(&mut self, conn: ConnId, msg: &Message) -> Handled {
-        let (reply, effect) = match Request::parse(msg) {
-            Ok(req) => self.execute(conn, msg.tx_id, req),
-            Err(e) => (Reply::Error(e), None),
-        };
+        // Like xenstored, look the transaction up before looking at the payload.
+        let tx = msg.tx_id;
+        let unknown_tx = tx != TxId::NONE
+            && !self
+                .conns
+                .get(&conn)
+                .is_some_and(|c| c.transactions.contains_key(&tx));
+        let (reply, effect) =
+            if unknown_tx || (tx == TxId::NONE && msg.msg_type == wire::MsgType::TransactionEnd) {
+                (Reply::Error(Errno::ENOENT), None)
+            } else {
+                match Request::parse(msg) {
+                    Ok(req) => self.execute(conn, tx, req),
+                    Err(e) => (Reply::Error(e), None),
+                }
+            };
         Handled {
             reply: reply.to_message(msg.msg_type, msg.req_id, msg.tx_id),
             effect,
