@@ -146,6 +146,24 @@ fn read_domid<S: XenStore>(store: &S) -> Result<DomId> {
     })
 }
 
+/// Check that a backend gave us at least `needed` bytes: ring bounds are derived from the layout,
+/// so a short region would put them outside the memory.
+fn check_len(mem: &impl SharedMemory, needed: usize, op: &'static str) -> Result<()> {
+    if mem.len() < needed {
+        return Err(VchanError::Backend {
+            op,
+            source: io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "the backend gave {} bytes where {needed} were needed",
+                    mem.len()
+                ),
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// The address of a region's byte `offset` (checked by the callers against the region length).
 fn region_ptr(mem: &impl SharedMemory, offset: usize) -> NonNull<u8> {
     assert!(offset < mem.len());
@@ -183,6 +201,7 @@ impl<B: Backend> Vchan<B> {
         let control = sharer
             .share_pages(client, 1, true, Some(notify))
             .map_err(VchanError::backend("share the control page"))?;
+        check_len(&control, abi::PAGE_SIZE, "share the control page")?;
         // SAFETY: the control region is one page, page-aligned, and lives in `resources` for as
         // long as the endpoint; every access through the view is atomic or a raw copy.
         #[allow(unsafe_code)]
@@ -203,6 +222,7 @@ impl<B: Backend> Vchan<B> {
                     let pages = sharer
                         .share_pages(client, count, true, None)
                         .map_err(VchanError::backend("share the ring pages"))?;
+                    check_len(&pages, count * abi::PAGE_SIZE, "share the ring pages")?;
                     for (index, gref) in layout.grant_indices(side).zip(pages.refs()) {
                         page.set_grant(index, gref.0);
                     }
@@ -228,7 +248,7 @@ impl<B: Backend> Vchan<B> {
 
         let geometry = |side: Side| RingGeometry {
             side,
-            data: data[side as usize],
+            data: data[usize::from(side == Side::Right)],
             size: layout.size(side) as u32,
         };
         // SAFETY: each ring lies in memory owned by `resources` (the control page or the shared
@@ -291,12 +311,7 @@ impl<B: Backend> Vchan<B> {
         let control = mapper
             .map_grant_refs(server, &[ring_ref], true, Some(notify))
             .map_err(VchanError::backend("map the control page"))?;
-        if control.len() < abi::PAGE_SIZE {
-            return Err(VchanError::Backend {
-                op: "map the control page",
-                source: io::Error::new(io::ErrorKind::InvalidData, "mapping shorter than a page"),
-            });
-        }
+        check_len(&control, abi::PAGE_SIZE, "map the control page")?;
         // SAFETY: the mapping is at least one page, page-aligned, and lives in `resources` for as
         // long as the endpoint; every access through the view is atomic or a raw copy.
         #[allow(unsafe_code)]
@@ -318,15 +333,7 @@ impl<B: Backend> Vchan<B> {
                     let mapping = mapper
                         .map_grant_refs(server, &refs, writable, None)
                         .map_err(VchanError::backend("map the ring pages"))?;
-                    if mapping.len() < count * abi::PAGE_SIZE {
-                        return Err(VchanError::Backend {
-                            op: "map the ring pages",
-                            source: io::Error::new(
-                                io::ErrorKind::InvalidData,
-                                "mapping shorter than the ring",
-                            ),
-                        });
-                    }
+                    check_len(&mapping, count * abi::PAGE_SIZE, "map the ring pages")?;
                     data[slot] = mapping.as_ptr();
                     rings.push(mapping);
                 }
@@ -334,7 +341,7 @@ impl<B: Backend> Vchan<B> {
         }
         let geometry = |side: Side| RingGeometry {
             side,
-            data: data[side as usize],
+            data: data[usize::from(side == Side::Right)],
             size: layout.size(side) as u32,
         };
         // Start from the indices as the server left them (it may have written before we came).
