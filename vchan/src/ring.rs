@@ -389,9 +389,9 @@ impl Consumer {
         let mask = self.ring.size - 1;
         let start = (self.cons & mask) as usize;
         let first = buf.len().min(self.ring.size as usize - start);
-        // SAFETY: `start + first <= size` and `buf.len() - first <= size - first`... both copies
-        // stay inside the ring (valid for `size` bytes by `new`'s contract) and write to a private
-        // buffer. The bytes are ours to read: the peer's Release store of `prod` (loaded with
+        // SAFETY: `start + first <= size`, and the wrapped part `buf.len() - first` starts at 0
+        // and is at most `size - first` (as `buf.len() <= size`), so both copies stay inside the
+        // ring (valid for `size` bytes by `new`'s contract); they write to a private buffer. The bytes are ours to read: the peer's Release store of `prod` (loaded with
         // Acquire in `available`) published them, and it will not touch them again until our
         // store of `cons` below. A hostile peer that writes them anyway only changes the bytes
         // we copy; it cannot reach our memory.
