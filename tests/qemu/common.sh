@@ -1,0 +1,67 @@
+# Shared by the dom0 and domU /init scripts of the QEMU tier (busybox sh).
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin:/usr/lib/xen-4.17/bin
+PEER=/bin/qemu-peer
+CPEER=/bin/vchan-peer
+PAYLOAD=/payload.bin
+PAYLOAD_SHA=$(cat /payload.sha256)
+
+mount_all() {
+    mount -t proc proc /proc
+    mount -t sysfs sysfs /sys
+    mount -t devtmpfs devtmpfs /dev
+    mkdir -p /dev/pts /run /tmp
+    mount -t devpts devpts /dev/pts
+    mount -t tmpfs tmpfs /run
+    mount -t tmpfs tmpfs /tmp
+    for m in xen-evtchn xen-privcmd xenfs xen-gntdev xen-gntalloc; do
+        insmod /modules/$m.ko || echo "insmod $m failed"
+    done
+    mkdir -p /proc/xen
+    mount -t xenfs xenfs /proc/xen
+}
+
+# result NAME CMD...: run a check, print exactly one PASS/FAIL line for it.
+result() {
+    name=$1
+    shift
+    "$@"
+    rc=$?
+    if [ $rc -eq 0 ]; then echo "PASS $name"; else echo "FAIL $name (exit $rc)"; fi
+}
+
+# side NAME CMD...: run the other half of a check in the background; speak only if it fails.
+side() {
+    name=$1
+    shift
+    (
+        "$@"
+        rc=$?
+        [ $rc -eq 0 ] || echo "FAIL $name (helper side exit $rc)"
+    ) &
+}
+
+# recv_check CMD...: CMD (a program or a function) writes the received stream to stdout; compare its sha256 with the payload's.
+recv_check() {
+    "$@" > /tmp/received || return 1
+    got=$(sha256sum < /tmp/received | cut -d' ' -f1)
+    rm -f /tmp/received
+    [ "$got" = "$PAYLOAD_SHA" ] || { echo "sha256 $got, expected $PAYLOAD_SHA"; return 1; }
+}
+
+# kill_when_flowing MARKER PID: SIGKILL PID once it has created MARKER (data is flowing).
+kill_when_flowing() {
+    for _ in $(seq 1 600); do
+        [ -e "$1" ] && break
+        sleep 0.1
+    done
+    [ -e "$1" ] || { echo "no data flowed before the kill"; kill -9 "$2"; return 1; }
+    sleep 0.5
+    kill -9 "$2"
+}
+
+# The cat-like transfer tools: server CLIENT_DOMID PORT FILE sends FILE; client SERVER_DOMID PORT
+# writes what it receives to stdout.
+cat_server() { timeout 120 $PEER server "$1" "$2" 0 0 send "$3"; }
+cat_client() { timeout 120 $PEER client "$1" "$2" recv; }
+CAT_SERVER=cat_server
+CAT_CLIENT=cat_client

@@ -1,0 +1,72 @@
+#!/bin/sh
+# /init of dom0 in the QEMU tier: start the Xen toolstack, run the dom0 checks, start a PV domU
+# and run the cross-domain checks against it, then power off. One PASS/FAIL line per check.
+/bin/busybox --install -s /bin
+. /common.sh
+mount_all
+mkdir -p /run/xenstored /var/lib/xenstored /var/log/xen/console /var/lib/xen /run/xen /run/lock
+
+xenstored --pid-file=/run/xenstored.pid
+for _ in $(seq 1 200); do [ -S /run/xenstored/socket ] && break; sleep 0.1; done
+xen-init-dom0 || echo "xen-init-dom0 failed"
+[ "$(xenstore-read domid 2>/dev/null)" = 0 ] && echo "PASS boot" || echo "FAIL boot (no xenstore)"
+
+# Our xenstore client against the real xenstored (privileged socket connection).
+result xenstore-dom0 timeout 60 $PEER xenstore dom0
+
+# libxenvchan talking to itself inside dom0 (loopback), as the reference for what follows.
+side c-loopback timeout 60 $CPEER server 0 1 65536 65536 echo
+result c-loopback timeout 60 $CPEER client 0 1 echo-check $PAYLOAD
+wait
+
+# The guest.
+xenconsoled --log=guest --log-dir=/var/log/xen/console
+if timeout 120 xl create /etc/xen/domu.cfg; then
+    D=$(xl domid domu)
+    echo "domU is domain $D"
+else
+    echo "FAIL domu-create"
+    D=
+fi
+
+if [ -n "$D" ]; then
+    # The same order as init-domu.sh; whichever side serves runs in the background.
+    side cat-dom0-server $CAT_SERVER $D 10 $PAYLOAD
+    wait
+    result cat-domu-server recv_check $CAT_CLIENT $D 11
+
+    side c-server-rust-client timeout 120 $CPEER server $D 12 65536 8192 echo
+    wait
+    side rust-server-c-client timeout 120 $PEER server $D 13 8192 65536 echo
+    wait
+
+    side ring-1024-2048 timeout 120 $PEER server $D 20 0 0 echo --caps 1024 2048
+    wait
+    side ring-2048-1024 timeout 120 $PEER server $D 21 2048 1024 echo --caps 2048 1024
+    wait
+    side ring-4k timeout 120 $PEER server $D 22 4096 4096 echo --caps 4096 4096
+    wait
+    side ring-64k timeout 120 $PEER server $D 23 65536 65536 echo --caps 65536 65536
+    wait
+    side ring-1m timeout 120 $PEER server $D 24 1048576 1048576 echo --caps 1048576 1048576
+    wait
+
+    # The guest kills its end mid-transfer; we must notice within a second.
+    result kill-client timeout 120 $PEER server $D 30 65536 65536 drain-measure
+    result kill-server timeout 120 $PEER client $D 31 drain-measure
+
+    for _ in $(seq 1 600); do xl list domu >/dev/null 2>&1 || break; sleep 0.2; done
+    xl list domu >/dev/null 2>&1 && { echo "domU still running: destroying it"; xl destroy domu; }
+    sleep 1
+    echo "----- domU console -----"
+    tr -d '\r' < /var/log/xen/console/guest-domu.log | sed -E '/^(PASS|FAIL) /!s/^/domu| /'
+    echo "----- end of domU console -----"
+fi
+
+# Our endpoints at both ends inside dom0 (loopback: see TESTING-qemu.md).
+side rust-loopback timeout 60 $PEER server 0 2 65536 65536 echo
+result rust-loopback timeout 60 $PEER client 0 2 echo-check $PAYLOAD
+wait
+
+echo "dom0 checks done"
+poweroff -f

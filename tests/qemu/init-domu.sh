@@ -1,0 +1,36 @@
+#!/bin/sh
+# /init of the PV domU in the QEMU tier: the guest's half of every cross-domain check, in the
+# same order as init-dom0.sh. Its console lands in dom0's xenconsoled log, which dom0 prints.
+/bin/busybox --install -s /bin
+. /common.sh
+mount_all
+ME=$(xenstore-read domid 2>/dev/null)
+[ -n "$ME" ] && echo "PASS domu-boot" || echo "FAIL domu-boot (no xenstore)"
+
+# Our xenstore client, unprivileged, over /dev/xen/xenbus.
+result xenstore-domu timeout 60 $PEER xenstore guest
+
+result cat-dom0-server recv_check $CAT_CLIENT 0 10
+side cat-domu-server $CAT_SERVER 0 11 $PAYLOAD
+wait
+
+result c-server-rust-client timeout 120 $PEER client 0 12 echo-check $PAYLOAD
+result rust-server-c-client timeout 120 $CPEER client 0 13 echo-check $PAYLOAD
+
+result ring-1024-2048 timeout 120 $PEER client 0 20 echo-check $PAYLOAD --caps 2048 1024
+result ring-2048-1024 timeout 120 $PEER client 0 21 echo-check $PAYLOAD --caps 1024 2048
+result ring-4k timeout 120 $PEER client 0 22 echo-check $PAYLOAD --caps 4096 4096
+result ring-64k timeout 120 $PEER client 0 23 echo-check $PAYLOAD --caps 65536 65536
+result ring-1m timeout 120 $PEER client 0 24 echo-check $PAYLOAD --caps 1048576 1048576
+
+# Victims: killed with SIGKILL once data flows; dom0 reports how fast it noticed.
+$PEER client 0 30 flood /tmp/flowing-30 &
+kill_when_flowing /tmp/flowing-30 $! || echo "FAIL kill-client (guest side)"
+wait
+$PEER server 0 31 65536 65536 flood /tmp/flowing-31 &
+kill_when_flowing /tmp/flowing-31 $! || echo "FAIL kill-server (guest side)"
+wait
+
+echo "domU checks done"
+sleep 1
+poweroff -f

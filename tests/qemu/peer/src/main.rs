@@ -1,0 +1,396 @@
+//! `qemu-peer`: the Rust side of the QEMU integration tier, run inside real Xen domains.
+//!
+//! ```text
+//! qemu-peer probe
+//! qemu-peer xenstore dom0|guest
+//! qemu-peer server CLIENT_DOMID PORT READ_MIN WRITE_MIN MODE [ARGS] [--caps READ WRITE]
+//! qemu-peer client SERVER_DOMID PORT MODE [ARGS] [--caps READ WRITE]
+//! ```
+//! Modes: `send FILE` (write the file, close), `recv` (copy to stdout until the peer closes),
+//! `echo` (send back everything until the peer closes), `echo-check FILE` (send the file while
+//! reading it back, compare), `flood MARKER` (write for ever; create MARKER once data flows),
+//! `drain-measure` (read until the peer goes; fail unless that was noticed within 1 s of the last
+//! data). `--caps` checks the ring capacities this end sees. Exit status 0 means the check held;
+//! diagnostics go to stderr.
+
+use std::error::Error;
+use std::fs;
+use std::io::{self, Read, Write};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use vchan::xen::{self, XenDomain};
+use vchan::{Address, RingSizes, State, Vchan};
+use xen_types::DomId;
+use xenstore::client::Client;
+use xenstore::{Access, Errno, Perm, TxId, XenStore, XenstoreError};
+
+type Chan = Vchan<XenDomain>;
+type Res<T = ()> = Result<T, Box<dyn Error>>;
+
+/// How long a client waits for its server to publish itself.
+const CONNECT_WAIT: Duration = Duration::from_secs(90);
+/// The promise under test: a dead peer is noticed within this long.
+const DEATH_NOTICED_WITHIN: Duration = Duration::from_secs(1);
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let mut msg = e.to_string();
+            let mut source = e.source();
+            while let Some(s) = source {
+                msg.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            eprintln!("qemu-peer: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn arg<'a>(args: &'a [String], i: usize, what: &str) -> Res<&'a str> {
+    args.get(i)
+        .map(String::as_str)
+        .ok_or_else(|| format!("missing {what}").into())
+}
+
+fn run(args: &[String]) -> Res {
+    let (args, caps) = split_caps(args)?;
+    match arg(&args, 0, "a command")? {
+        "probe" => {
+            if xen::available() {
+                println!("xen devices usable");
+                Ok(())
+            } else {
+                Err(XenDomain::new()
+                    .probe()
+                    .err()
+                    .map_or_else(|| "xen devices unusable".into(), Into::into))
+            }
+        }
+        "xenstore" => xenstore_check(arg(&args, 1, "dom0|guest")? == "guest"),
+        "server" => {
+            let client: DomId = arg(&args, 1, "client domid")?.parse()?;
+            let port: u32 = arg(&args, 2, "port")?.parse()?;
+            let sizes = RingSizes {
+                server_read: arg(&args, 3, "read size")?.parse()?,
+                server_write: arg(&args, 4, "write size")?.parse()?,
+            };
+            let chan = Vchan::server(&XenDomain::new(), client, &Address::Port(port), sizes)?;
+            eprintln!(
+                "server for {client} on port {port}: read ring {}, write ring {}",
+                chan.read_capacity(),
+                chan.write_capacity()
+            );
+            check_caps(&chan, caps)?;
+            mode(chan, &args[5..])
+        }
+        "client" => {
+            let server: DomId = arg(&args, 1, "server domid")?.parse()?;
+            let port: u32 = arg(&args, 2, "port")?.parse()?;
+            let chan = Vchan::client(
+                &XenDomain::new(),
+                server,
+                &Address::Port(port),
+                Some(CONNECT_WAIT),
+            )?;
+            eprintln!(
+                "client of {server} on port {port}: read ring {}, write ring {}",
+                chan.read_capacity(),
+                chan.write_capacity()
+            );
+            check_caps(&chan, caps)?;
+            mode(chan, &args[3..])
+        }
+        other => Err(format!("unknown command {other:?}").into()),
+    }
+}
+
+/// Expected (read, write) ring capacities.
+type Caps = Option<(usize, usize)>;
+
+fn split_caps(args: &[String]) -> Res<(Vec<String>, Caps)> {
+    match args.iter().position(|a| a == "--caps") {
+        None => Ok((args.to_vec(), None)),
+        Some(i) => {
+            let read = arg(args, i + 1, "read capacity")?.parse()?;
+            let write = arg(args, i + 2, "write capacity")?.parse()?;
+            let mut rest = args[..i].to_vec();
+            rest.extend_from_slice(&args[(i + 3).min(args.len())..]);
+            Ok((rest, Some((read, write))))
+        }
+    }
+}
+
+fn check_caps(chan: &Chan, caps: Caps) -> Res {
+    if let Some((read, write)) = caps {
+        let got = (chan.read_capacity(), chan.write_capacity());
+        if got != (read, write) {
+            return Err(format!("ring capacities {got:?}, expected {:?}", (read, write)).into());
+        }
+    }
+    Ok(())
+}
+
+fn mode(chan: Chan, args: &[String]) -> Res {
+    match arg(args, 0, "a mode")? {
+        "send" => {
+            let data = fs::read(arg(args, 1, "file")?)?;
+            (&chan).write_all(&data)?;
+            chan.close()?;
+            Ok(())
+        }
+        "recv" => {
+            let mut out = io::stdout().lock();
+            io::copy(&mut &chan, &mut out)?;
+            out.flush()?;
+            chan.close()?;
+            Ok(())
+        }
+        "echo" => {
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut total = 0usize;
+            loop {
+                let n = chan.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                (&chan).write_all(&buf[..n])?;
+                total += n;
+            }
+            eprintln!("echoed {total} bytes");
+            chan.close()?;
+            Ok(())
+        }
+        "echo-check" => {
+            let data = fs::read(arg(args, 1, "file")?)?;
+            echo_check(&chan, &data)?;
+            chan.close()?;
+            Ok(())
+        }
+        "flood" => flood(&chan, arg(args, 1, "marker file")?),
+        "drain-measure" => drain_measure(&chan),
+        other => Err(format!("unknown mode {other:?}").into()),
+    }
+}
+
+/// Write `data` from one thread while reading it back on this one; compare.
+fn echo_check(chan: &Chan, data: &[u8]) -> Res {
+    let mut back = vec![0u8; data.len()];
+    std::thread::scope(|scope| -> Res {
+        let writer = scope.spawn(|| {
+            let mut w = chan;
+            w.write_all(data)
+        });
+        let mut r = chan;
+        let read = r.read_exact(&mut back);
+        let written = writer
+            .join()
+            .map_err(|_| "the writer thread panicked".to_string())?;
+        written?;
+        read?;
+        Ok(())
+    })?;
+    match data.iter().zip(&back).position(|(a, b)| a != b) {
+        None => {
+            eprintln!("{} bytes came back intact", data.len());
+            Ok(())
+        }
+        Some(i) => Err(format!("byte {i} came back wrong").into()),
+    }
+}
+
+/// Write a counting pattern for ever; once data is flowing, create `marker` so the test script
+/// knows it may kill this process mid-transfer.
+fn flood(chan: &Chan, marker: &str) -> Res {
+    let mut block = vec![0u8; 16 * 1024];
+    let mut total = 0u64;
+    let mut marked = false;
+    loop {
+        for (i, b) in block.iter_mut().enumerate() {
+            *b = (total as usize + i) as u8;
+        }
+        (&*chan).write_all(&block)?;
+        total += block.len() as u64;
+        if !marked && total >= 256 * 1024 {
+            fs::write(marker, total.to_string())?;
+            marked = true;
+        }
+    }
+}
+
+/// Read until the peer is gone; the peer was killed mid-transfer, so the last data arrived no
+/// earlier than its death: the gap from then to noticing bounds how late we noticed.
+fn drain_measure(chan: &Chan) -> Res {
+    chan.set_read_timeout(Some(Duration::from_secs(60)));
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
+    let mut last_data = Instant::now();
+    let ended = loop {
+        match chan.read(&mut buf) {
+            Ok(0) => break "end of stream",
+            Ok(n) => {
+                total += n as u64;
+                last_data = Instant::now();
+            }
+            Err(vchan::VchanError::PeerClosed) => break "peer closed",
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let gap = last_data.elapsed();
+    let state = chan.state()?;
+    eprintln!("{ended} after {total} bytes, {gap:?} after the last data; state {state:?}");
+    if total == 0 {
+        return Err("no data arrived before the peer went away".into());
+    }
+    if state != State::PeerClosed {
+        return Err(format!("state {state:?} after the peer died").into());
+    }
+    if gap > DEATH_NOTICED_WITHIN {
+        return Err(format!("the peer's death was noticed {gap:?} after its last data").into());
+    }
+    Ok(())
+}
+
+fn expect_errno<T: std::fmt::Debug>(result: xenstore::Result<T>, errno: Errno, what: &str) -> Res {
+    match result {
+        Err(XenstoreError::Errno(e)) if e == errno => Ok(()),
+        other => Err(format!("{what}: expected {errno}, got {other:?}").into()),
+    }
+}
+
+fn ensure(cond: bool, what: &str) -> Res {
+    if cond {
+        Ok(())
+    } else {
+        Err(what.to_owned().into())
+    }
+}
+
+/// Our xenstore client against the real daemon: read, write, permissions, transactions, watches.
+fn xenstore_check(guest: bool) -> Res {
+    let xs = Client::open()?;
+    let none = TxId::NONE;
+    let me: DomId = String::from_utf8(xs.read(none, "domid")?)?.trim().parse()?;
+    ensure(
+        guest == (me != DomId::DOM0),
+        "domid does not match the domain kind",
+    )?;
+    let home = xs.get_domain_path(me)?;
+    ensure(home == format!("/local/domain/{me}"), "get_domain_path")?;
+    let base = format!("{home}/data/qemu-xs-test");
+    eprintln!("xenstore: I am domain {me}, testing under {base}");
+
+    // Read and write, absolute and relative.
+    xs.write(none, &format!("{base}/a"), b"hello")?;
+    ensure(
+        xs.read(none, "data/qemu-xs-test/a")? == b"hello",
+        "read back",
+    )?;
+    xs.write(none, &format!("{base}/b"), b"")?;
+    let mut names = xs.directory(none, &base)?;
+    names.sort();
+    ensure(names == ["a", "b"], "directory listing")?;
+    expect_errno(
+        xs.read(none, &format!("{base}/missing")),
+        Errno::ENOENT,
+        "missing node",
+    )?;
+
+    // Permissions: set, read back; and what a guest may not touch.
+    let perms = [
+        Perm::new(me, Access::None),
+        Perm::new(DomId(0), Access::Read),
+    ];
+    xs.set_perms(none, &format!("{base}/a"), &perms)?;
+    ensure(
+        xs.get_perms(none, &format!("{base}/a"))? == perms,
+        "get_perms",
+    )?;
+    if guest {
+        expect_errno(
+            xs.write(none, "/local/domain/0/qemu-xs-test", b"x"),
+            Errno::EACCES,
+            "a guest writing into dom0's home",
+        )?;
+        expect_errno(
+            xs.read(none, "/local/domain/0/name"),
+            Errno::EACCES,
+            "a guest reading dom0's name",
+        )?;
+    } else {
+        // The privileged connection may read every domain's nodes.
+        xs.read(none, "/local/domain/0/name")?;
+    }
+
+    // Transactions: commit, abort, and a conflict reported as EAGAIN.
+    let tx = xs.transaction_start()?;
+    xs.write(tx, &format!("{base}/t1"), b"one")?;
+    xs.write(tx, &format!("{base}/t2"), b"two")?;
+    expect_errno(
+        xs.read(none, &format!("{base}/t1")),
+        Errno::ENOENT,
+        "uncommitted write visible",
+    )?;
+    xs.transaction_end(tx, true)?;
+    ensure(
+        xs.read(none, &format!("{base}/t2"))? == b"two",
+        "committed write",
+    )?;
+    let tx = xs.transaction_start()?;
+    xs.write(tx, &format!("{base}/t3"), b"gone")?;
+    xs.transaction_end(tx, false)?;
+    expect_errno(
+        xs.read(none, &format!("{base}/t3")),
+        Errno::ENOENT,
+        "aborted write",
+    )?;
+    let tx = xs.transaction_start()?;
+    xs.read(tx, &format!("{base}/t1"))?;
+    xs.write(none, &format!("{base}/t1"), b"changed outside")?;
+    xs.write(tx, &format!("{base}/t1"), b"changed inside")?;
+    expect_errno(
+        xs.transaction_end(tx, true),
+        Errno::EAGAIN,
+        "conflicting commit",
+    )?;
+    let value = xs.transaction(|tx| {
+        let v = xs.read(tx, &format!("{base}/t1"))?;
+        xs.write(tx, &format!("{base}/t4"), &v)?;
+        Ok(v)
+    })?;
+    ensure(value == b"changed outside", "transaction helper")?;
+
+    // Watches: fires once at once, then on a change below.
+    let wpath = format!("{base}/w");
+    xs.write(none, &wpath, b"")?;
+    xs.watch(&wpath, "tok")?;
+    let first = xs
+        .next_watch_event(Some(Duration::from_secs(10)))?
+        .ok_or("no initial watch event")?;
+    ensure(
+        first.path == wpath && first.token == "tok",
+        "initial watch event",
+    )?;
+    xs.write(none, &format!("{wpath}/x"), b"1")?;
+    let event = loop {
+        let e = xs
+            .next_watch_event(Some(Duration::from_secs(10)))?
+            .ok_or("no watch event for the change")?;
+        if e.path != wpath {
+            break e;
+        }
+    };
+    ensure(
+        event.path == format!("{wpath}/x") && event.token == "tok",
+        "change event",
+    )?;
+    xs.unwatch(&wpath, "tok")?;
+
+    xs.rm(none, &base)?;
+    expect_errno(xs.read(none, &base), Errno::ENOENT, "removed tree")?;
+    eprintln!("xenstore: all checks held");
+    Ok(())
+}

@@ -1,0 +1,272 @@
+#!/usr/bin/env bash
+# The QEMU tier: boot a real Xen 4.17 hypervisor with a Debian dom0 and a PV domU under QEMU
+# (TCG) and run the project's binaries against the real kernel devices, the real xenstored and
+# Debian's libxenvchan. See TESTING-qemu.md.
+#
+# Environment (all optional):
+#   XEN_QEMU_CACHE    downloaded packages and unpacked images (default /var/cache/xenvchan-qemu)
+#   XEN_QEMU_WORK     per-run images and the console log (default <repo>/target/qemu)
+#   XEN_QEMU_TIMEOUT  hard limit on the QEMU run in seconds (default 420)
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+CACHE=${XEN_QEMU_CACHE:-/var/cache/xenvchan-qemu}
+WORK=${XEN_QEMU_WORK:-$ROOT/target/qemu}
+TIMEOUT=${XEN_QEMU_TIMEOUT:-420}
+XEN_BIN=usr/lib/xen-4.17/bin
+# Every check the run must report as PASS.
+EXPECTED=(
+    boot xenstore-dom0 c-loopback
+    domu-boot xenstore-domu
+    cat-dom0-server cat-domu-server
+    c-server-rust-client rust-server-c-client
+    ring-1024-2048 ring-2048-1024 ring-4k ring-64k ring-1m
+    kill-client kill-server
+    rust-loopback
+)
+
+say() { echo "qemu-tier: $*" >&2; }
+die() {
+    say "error: $*"
+    exit 2
+}
+START=$(date +%s)
+
+# ---- 1. Host packages -------------------------------------------------------------------------
+APT_UPDATED=
+apt_update() {
+    if [ -z "$APT_UPDATED" ]; then
+        say "apt-get update"
+        apt-get update -q >/dev/null
+        APT_UPDATED=1
+    fi
+}
+apt_install() {
+    apt_update
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" >/dev/null
+}
+
+QEMU_DATA=()
+install_packages() {
+    local need=() p
+    for p in busybox-static cpio xz-utils libxen-dev gcc binutils; do
+        dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
+    done
+    [ ${#need[@]} -eq 0 ] || {
+        say "installing ${need[*]}"
+        apt_install "${need[@]}"
+    }
+    if command -v qemu-system-x86_64 >/dev/null; then
+        QEMU=$(command -v qemu-system-x86_64)
+        return
+    fi
+    QEMU=$CACHE/qemu/usr/bin/qemu-system-x86_64
+    # The unpacked emulator looks for firmware beside itself: point it at the installed packages.
+    QEMU_DATA=(-L /usr/share/qemu -L /usr/share/seabios -L /usr/lib/ipxe/qemu)
+    if [ -x "$QEMU" ] && ! ldd "$QEMU" | grep "not found" >/dev/null; then
+        return
+    fi
+    say "installing qemu-system-x86"
+    if apt_install qemu-system-x86 2>/dev/null; then
+        QEMU=$(command -v qemu-system-x86_64)
+        QEMU_DATA=()
+        return
+    fi
+    # Some machines carry a newer qemu-utils that conflicts with the distribution's
+    # qemu-system-common: then unpack the emulator beside the cache and install only its
+    # libraries from the archive.
+    say "qemu-system-x86 does not install here; unpacking it into $CACHE/qemu instead"
+    local deps
+    deps=$(apt-cache depends qemu-system-x86 | awk '/^  Depends:/ && $2 !~ /^</ {print $2}' |
+        grep -v '^qemu-system-common$')
+    # shellcheck disable=SC2086
+    apt_install $deps
+    mkdir -p "$CACHE/qemu-debs" "$CACHE/qemu"
+    (cd "$CACHE/qemu-debs" && apt-get download -q qemu-system-x86 qemu-system-common >/dev/null 2>&1)
+    for d in "$CACHE"/qemu-debs/*.deb; do dpkg-deb -x "$d" "$CACHE/qemu"; done
+    [ -x "$QEMU" ] || die "no qemu-system-x86_64 after unpacking"
+}
+
+# ---- 2. Xen, the toolstack and the kernel, downloaded and unpacked (never installed) -----------
+fetch_xen() {
+    local kpkg
+    kpkg=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-[0-9]/ && !found {print $2; found = 1}')
+    if [ -z "$kpkg" ]; then
+        apt_update
+        kpkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/ && !found {print $2; found = 1}')
+    fi
+    [ -n "$kpkg" ] || die "cannot tell which kernel linux-image-amd64 depends on"
+    XROOT=$CACHE/root-$kpkg
+    if [ ! -e "$XROOT/.complete" ]; then
+        say "downloading xen-hypervisor-4.17-amd64 xen-utils-4.17 xenstore-utils $kpkg"
+        apt_update
+        rm -rf "$CACHE/debs" "$XROOT"
+        mkdir -p "$CACHE/debs" "$XROOT"
+        (cd "$CACHE/debs" && apt-get download -q xen-hypervisor-4.17-amd64 xen-utils-4.17 \
+            xenstore-utils "$kpkg" >/dev/null 2>&1) || die "apt-get download failed"
+        for d in "$CACHE"/debs/*.deb; do dpkg-deb -x "$d" "$XROOT"; done
+        # QEMU's multiboot loader wants the plain hypervisor image.
+        zcat "$XROOT"/boot/xen-4.17-amd64.gz >"$XROOT/xen"
+        # Unpack the kernel's XZ payload once: saves seconds of emulated decompression.
+        local vmlinuz off
+        vmlinuz=$(ls "$XROOT"/boot/vmlinuz-*)
+        off=$(LC_ALL=C grep -m1 -obUaP '\xfd7zXZ\x00' "$vmlinuz" | cut -d: -f1)
+        off=${off%%$'\n'*}
+        [ -n "$off" ] || die "no XZ payload in $vmlinuz"
+        # (xz stops reading after its stream: tail's SIGPIPE is expected.)
+        tail -c +$((off + 1)) "$vmlinuz" | xz -dc --single-stream >"$XROOT/vmlinux" || true
+        [ "$(head -c 4 "$XROOT/vmlinux" | od -An -c | tr -d ' ')" = '177ELF' ] ||
+            die "the kernel's payload did not unpack to an ELF image"
+        gzip -1 -c "$XROOT/vmlinux" >"$XROOT/vmlinux.gz"
+        touch "$XROOT/.complete"
+    fi
+    MODDIR=$(ls -d "$XROOT"/lib/modules/*/kernel/drivers/xen)
+}
+
+# ---- 3. The programs under test ----------------------------------------------------------------
+build_programs() {
+    say "building the Rust peer (release)"
+    export CARGO_TARGET_DIR=$ROOT/target
+    cargo build -q --release --locked --manifest-path "$HERE/peer/Cargo.toml"
+    PEER_BIN=$ROOT/target/release/xen-qemu-peer
+    say "compiling the libxenvchan peer"
+    mkdir -p "$WORK"
+    gcc -O2 -Wall -Wextra -Werror -o "$WORK/vchan-peer" "$HERE/c/vchan-peer.c" -lxenvchan -lxenstore
+}
+
+# ---- 4. The initramfs images --------------------------------------------------------------------
+# copy_prog SRC DEST: copy a program (stripped) and every shared library ldd lists for it.
+copy_prog() {
+    local src=$1 dest=$2 lib
+    mkdir -p "$(dirname "$dest")"
+    strip -o "$dest" "$src" 2>/dev/null || cp "$src" "$dest"
+    for lib in $(ldd "$src" 2>/dev/null | awk '/=> \// {print $3} /^\t\// {print $1}'); do
+        [ -e "$IMG$lib" ] && continue
+        mkdir -p "$IMG$(dirname "$lib")"
+        cp -L "$lib" "$IMG$lib"
+    done
+}
+
+base_image() {
+    IMG=$1
+    rm -rf "$IMG"
+    mkdir -p "$IMG"/{bin,sbin,etc,proc,sys,dev,run,tmp,modules,usr/bin,var/lib,var/log}
+    ln -s ../run "$IMG/var/run"
+    ln -s ../run/lock "$IMG/var/lock"
+    cp /bin/busybox "$IMG/bin/busybox"
+    ln -s busybox "$IMG/bin/sh"
+    local m
+    for m in xen-evtchn xen-privcmd xenfs/xenfs xen-gntdev xen-gntalloc; do
+        cp "$MODDIR/$m.ko" "$IMG/modules/"
+    done
+    cp "$HERE/common.sh" "$IMG/common.sh"
+    cp "$WORK/payload.bin" "$WORK/payload.sha256" "$IMG/"
+    copy_prog "$PEER_BIN" "$IMG/bin/qemu-peer"
+    copy_prog "$WORK/vchan-peer" "$IMG/bin/vchan-peer"
+    copy_prog "$XROOT/usr/bin/xenstore" "$IMG/usr/bin/xenstore"
+    local t
+    for t in read write ls rm; do ln -s xenstore "$IMG/usr/bin/xenstore-$t"; done
+}
+
+pack() { (cd "$1" && find . | cpio -o -H newc --quiet | gzip -1) >"$2"; }
+
+build_images() {
+    say "building the initramfs images"
+    # The payload every transfer carries: 3 MiB, so that even a 1 MiB ring wraps.
+    head -c $((3 * 1024 * 1024)) /dev/urandom >"$WORK/payload.bin"
+    sha256sum <"$WORK/payload.bin" | cut -d' ' -f1 >"$WORK/payload.sha256"
+
+    base_image "$WORK/domu"
+    cp "$HERE/init-domu.sh" "$IMG/init"
+    chmod +x "$IMG/init"
+    pack "$WORK/domu" "$WORK/domu.cpio.gz"
+
+    base_image "$WORK/dom0"
+    local p
+    for p in xenstored xen-init-dom0 xl xenconsoled; do
+        copy_prog "$XROOT/$XEN_BIN/$p" "$IMG/$XEN_BIN/$p"
+    done
+    # xl aborts without libgcc_s (pthread_cancel loads it at run time).
+    local gcc_s
+    gcc_s=$(ldconfig -p | awk '/libgcc_s.so.1 .*x86-64/ && !found {print $NF; found = 1}')
+    mkdir -p "$IMG$(dirname "$gcc_s")"
+    cp -L "$gcc_s" "$IMG$gcc_s"
+    mkdir -p "$IMG/boot" "$IMG/etc/xen"
+    cp "$XROOT/vmlinux.gz" "$IMG/boot/vmlinux.gz"
+    cp "$WORK/domu.cpio.gz" "$IMG/boot/domu.cpio.gz"
+    cat >"$IMG/etc/xen/domu.cfg" <<'CFG'
+name = "domu"
+type = "pv"
+kernel = "/boot/vmlinux.gz"
+ramdisk = "/boot/domu.cpio.gz"
+extra = "console=hvc0 rdinit=/init loglevel=4"
+memory = 192
+vcpus = 1
+on_poweroff = "destroy"
+on_crash = "destroy"
+CFG
+    cp "$HERE/init-dom0.sh" "$IMG/init"
+    chmod +x "$IMG/init"
+    pack "$WORK/dom0" "$WORK/dom0.cpio.gz"
+    rm -rf "$WORK/dom0" "$WORK/domu"
+}
+
+# ---- 5. Boot and judge ------------------------------------------------------------------------
+boot() {
+    say "booting Xen + dom0 in QEMU (TCG), hard limit ${TIMEOUT}s"
+    cp "$XROOT/xen" "$XROOT/vmlinux" "$WORK/"
+    set +e
+    (
+        cd "$WORK"
+        timeout -k 10 "$TIMEOUT" "$QEMU" "${QEMU_DATA[@]}" -accel tcg -cpu qemu64,+rdrand -m 1536 -smp 2 \
+            -display none -monitor none -serial stdio -no-reboot -net none \
+            -kernel xen \
+            -append "console=com1 com1=115200,8n1 dom0_mem=512M,max:512M dom0_max_vcpus=2 bootscrub=false" \
+            -initrd "vmlinux console=hvc0 earlyprintk=xen rdinit=/init loglevel=4,dom0.cpio.gz" \
+            </dev/null
+    ) 2>&1 | tr -d '\r' | tee "$WORK/console.log"
+    QEMU_STATUS=${PIPESTATUS[0]}
+    set -e
+    rm -f "$WORK/xen" "$WORK/vmlinux"
+    [ "$QEMU_STATUS" -ne 124 ] || say "QEMU hit the ${TIMEOUT}s limit"
+    return 0
+}
+
+judge() {
+    local pass=0 fail=0 name
+    echo "===== QEMU tier results ====="
+    for name in "${EXPECTED[@]}"; do
+        if grep -q "^FAIL $name\b" "$WORK/console.log"; then
+            grep "^FAIL $name\b" "$WORK/console.log"
+            fail=$((fail + 1))
+        elif grep -qx "PASS $name" "$WORK/console.log"; then
+            echo "PASS $name"
+            pass=$((pass + 1))
+        else
+            echo "FAIL $name (no result line)"
+            fail=$((fail + 1))
+        fi
+    done
+    # Failures under names not in the list (helpers, setup) count too.
+    local extra
+    extra=$(grep '^FAIL ' "$WORK/console.log" | grep -v -E "^FAIL ($(
+        IFS='|'
+        echo "${EXPECTED[*]}"
+    ))\b" || true)
+    if [ -n "$extra" ]; then
+        echo "$extra"
+        fail=$((fail + $(echo "$extra" | wc -l)))
+    fi
+    echo "qemu tier: wall time $(($(date +%s) - START)) s, console log $WORK/console.log"
+    echo "$pass passed, $fail failed"
+    [ "$fail" -eq 0 ]
+}
+
+mkdir -p "$CACHE" "$WORK"
+install_packages
+fetch_xen
+build_programs
+build_images
+boot
+judge
