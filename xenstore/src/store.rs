@@ -20,6 +20,12 @@
 //!   relative paths; `@introduceDomain` and `@releaseDomain` fire on domain introduction/release;
 //! - quotas bind unprivileged domains only (except the transaction limit, which binds all).
 //!
+//! Errors are the wire's [`Errno`]s. Operations on a closed connection (disconnected, or its
+//! domain released) fail with `EIO`. Quota failures use the names the reference daemons use:
+//! `ENOSPC` for the node count, the permission-list length and open transactions (C xenstored),
+//! `E2BIG` for an over-long value (oxenstored; C xenstored says `ENOSPC`) and for too many watches
+//! (C xenstored).
+//!
 //! ```
 //! use xenstore::store::Store;
 //! use xenstore::{DomId, TxId};
