@@ -192,9 +192,10 @@ impl Client {
     /// Send a request and wait for its reply; an `ERROR` reply becomes `Err(Errno)`.
     pub fn request(&self, tx: TxId, req: &Request) -> Result<Reply> {
         let req_id = self.next_req.fetch_add(1, Ordering::Relaxed);
-        let msg = req.to_message(req_id, tx).map_err(|e| {
-            XenstoreError::Protocol(format!("cannot send {:?}: {e}", req.msg_type()))
-        })?;
+        // Like libxenstore: a request over the payload limit is E2BIG, never sent.
+        let msg = req
+            .to_message(req_id, tx)
+            .map_err(|_| XenstoreError::Errno(Errno::E2BIG))?;
         let bytes = msg
             .encode()
             .map_err(|e| XenstoreError::Protocol(e.to_string()))?;

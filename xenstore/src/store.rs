@@ -539,6 +539,10 @@ impl Store {
 
     /// Write a node's value, creating it and its missing parents.
     pub fn write(&mut self, conn: ConnId, tx: TxId, path: &str, value: &[u8]) -> Result<(), Errno> {
+        // What a client could not send over the wire, the in-process store refuses the same way.
+        if path.len() + 1 + value.len() > wire::PAYLOAD_MAX {
+            return Err(Errno::E2BIG);
+        }
         self.with_view(conn, tx, path, |v, who, path, quotas| {
             if !who.privileged() && value.len() > quotas.max_value_size {
                 return Err(Errno::E2BIG);

@@ -70,6 +70,15 @@ fn client_round_trip_of_every_operation() {
     assert_eq!(c.get_domain_path(DomId(9)).unwrap(), "/local/domain/9");
     assert_eq!(errno(c.read(T0, "/nope")), Errno::ENOENT);
     assert_eq!(errno(c.read(T0, "/bad//path")), Errno::EINVAL);
+    // The payload limit, both ways: the biggest value that fits, and one byte more (E2BIG, as
+    // libxenstore reports it, without sending).
+    let max_value = vec![b'v'; xenstore::wire::PAYLOAD_MAX - "/big\0".len()];
+    c.write(T0, "/big", &max_value).unwrap();
+    assert_eq!(c.read(T0, "/big").unwrap(), max_value);
+    assert_eq!(
+        errno(c.write(T0, "/big", &[max_value.as_slice(), b"x"].concat())),
+        Errno::E2BIG
+    );
     c.rm(T0, "/a").unwrap();
     assert_eq!(errno(c.read(T0, "/a/b")), Errno::ENOENT);
     assert!(c.is_domain_introduced(DomId(0)).unwrap());

@@ -367,8 +367,10 @@ fn node_quota_is_enospc_and_value_quota_is_e2big() {
     assert_eq!(s.write(g, tx, "f", b""), Err(Errno::ENOSPC));
     s.transaction_end(g, tx, true).unwrap();
     assert_eq!(s.nodes_owned_by(DomId(5)), 5);
-    // dom0 is not limited.
+    // dom0 is not limited by quotas, only by what fits in one message.
     s.write(d0, T0, "/big", &[b'x'; 100]).unwrap();
+    s.write(d0, T0, "/big", &[b'x'; 4091]).unwrap();
+    assert_eq!(s.write(d0, T0, "/big", &[b'x'; 4092]), Err(Errno::E2BIG));
     for i in 0..10 {
         s.write(d0, T0, &format!("/many/{i}"), b"").unwrap();
     }
