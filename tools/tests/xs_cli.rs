@@ -206,10 +206,12 @@ fn xs_reports_bad_input_in_one_line_without_panicking() {
 
 /// Xen's C xenstored (xen-utils-4.17). It needs a hypervisor: with `-D` (no dom0 init) it starts
 /// and listens, but it dereferences the missing dom0 domain on the first request and dies (seen
-/// on 4.17 without Xen). oxenstored needs privcmd to start at all. So this runs the CLI checks
-/// when the daemon survives a probe, and otherwise reports why it skipped them.
+/// on 4.17 without Xen). oxenstored needs privcmd to start at all. So this test is ignored in the
+/// default run; on a machine where the daemon can serve, run it with `-- --ignored`. The QEMU tier
+/// (`.ci/qemu`) checks our client against the real xenstored under a real hypervisor.
 #[test]
-fn xs_against_the_real_xenstored_when_it_can_run() {
+#[ignore = "Xen's xenstored needs a hypervisor; the QEMU tier covers the real daemon"]
+fn xs_against_the_real_xenstored() {
     let program = Path::new("/usr/lib/xen-4.17/bin/xenstored");
     assert!(
         program.exists(),
@@ -236,21 +238,18 @@ fn xs_against_the_real_xenstored_when_it_can_run() {
     let socket = dir.0.join("socket");
     let deadline = Instant::now() + TIMEOUT;
     while !socket.exists() {
-        if guard.0.try_wait().unwrap().is_some() || Instant::now() > deadline {
-            eprintln!("SKIPPED: xenstored did not start without Xen");
-            return;
-        }
+        assert!(
+            guard.0.try_wait().unwrap().is_none() && Instant::now() < deadline,
+            "xenstored did not start"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     let probe = xs(&socket, &["write", "/probe", "1"]);
     std::thread::sleep(Duration::from_millis(50));
-    if !probe.status.success() || guard.0.try_wait().unwrap().is_some() {
-        eprintln!(
-            "SKIPPED: Xen's xenstored cannot serve requests without a hypervisor here ({}); \
-             xs was checked against our daemon only",
-            String::from_utf8_lossy(&probe.stderr).trim()
-        );
-        return;
-    }
+    assert!(
+        probe.status.success() && guard.0.try_wait().unwrap().is_none(),
+        "xenstored could not serve a write: {}",
+        String::from_utf8_lossy(&probe.stderr).trim()
+    );
     exercise(&socket);
 }
