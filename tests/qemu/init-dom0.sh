@@ -14,6 +14,9 @@ xen-init-dom0 || echo "xen-init-dom0 failed"
 # Our xenstore client against the real xenstored (privileged socket connection).
 result xenstore-dom0 timeout 60 $PEER xenstore dom0
 
+# Our /dev/xen backends on their own.
+result backends-dom0 timeout 60 $PEER devices
+
 # libxenvchan talking to itself inside dom0 (loopback), as the reference for what follows.
 side c-loopback timeout 60 $CPEER server 0 1 65536 65536 echo
 result c-loopback timeout 60 $CPEER client 0 1 echo-check $PAYLOAD
@@ -31,9 +34,13 @@ fi
 
 if [ -n "$D" ]; then
     # The same order as init-domu.sh; whichever side serves runs in the background.
-    side cat-dom0-server $CAT_SERVER $D 10 $PAYLOAD
+    echo "cat tests use $CAT_TOOL"
+    side cat-dom0-server-sends send_server $D 10 $PAYLOAD
     wait
-    result cat-domu-server recv_check $CAT_CLIENT $D 11
+    result cat-domu-server-sends recv_check recv_client $D 11
+    result cat-dom0-server-receives recv_check recv_server $D 14
+    side cat-domu-server-receives send_client $D 15 $PAYLOAD
+    wait
 
     side c-server-rust-client timeout 120 $CPEER server $D 12 65536 8192 echo
     wait

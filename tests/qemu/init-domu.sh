@@ -10,9 +10,13 @@ ME=$(xenstore-read domid 2>/dev/null)
 # Our xenstore client, unprivileged, over /dev/xen/xenbus.
 result xenstore-domu timeout 60 $PEER xenstore guest
 
-result cat-dom0-server recv_check $CAT_CLIENT 0 10
-side cat-domu-server $CAT_SERVER 0 11 $PAYLOAD
+echo "cat tests use $CAT_TOOL"
+result cat-dom0-server-sends recv_check recv_client 0 10
+side cat-domu-server-sends send_server 0 11 $PAYLOAD
 wait
+side cat-dom0-server-receives send_client 0 14 $PAYLOAD
+wait
+result cat-domu-server-receives recv_check recv_server 0 15
 
 result c-server-rust-client timeout 120 $PEER client 0 12 echo-check $PAYLOAD
 result rust-server-c-client timeout 120 $CPEER client 0 13 echo-check $PAYLOAD

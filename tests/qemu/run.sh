@@ -17,9 +17,9 @@ TIMEOUT=${XEN_QEMU_TIMEOUT:-420}
 XEN_BIN=usr/lib/xen-4.17/bin
 # Every check the run must report as PASS.
 EXPECTED=(
-    boot xenstore-dom0 c-loopback
+    boot xenstore-dom0 backends-dom0 c-loopback
     domu-boot xenstore-domu
-    cat-dom0-server cat-domu-server
+    cat-dom0-server-sends cat-domu-server-sends cat-dom0-server-receives cat-domu-server-receives
     c-server-rust-client rust-server-c-client
     ring-1024-2048 ring-2048-1024 ring-4k ring-64k ring-1m
     kill-client kill-server
@@ -130,6 +130,14 @@ build_programs() {
     export CARGO_TARGET_DIR=$ROOT/target
     cargo build -q --release --locked --manifest-path "$HERE/peer/Cargo.toml"
     PEER_BIN=$ROOT/target/release/xen-qemu-peer
+    CAT_BIN=
+    if [ -f "$ROOT/tools/src/bin/vchan-cat.rs" ]; then
+        say "building vchan-cat (release)"
+        cargo build -q --release --manifest-path "$ROOT/Cargo.toml" -p tools --bin vchan-cat
+        CAT_BIN=$ROOT/target/release/vchan-cat
+    else
+        say "no vchan-cat in this tree: the cat tests use qemu-peer's send/recv modes"
+    fi
     say "compiling the libxenvchan peer"
     mkdir -p "$WORK"
     gcc -O2 -Wall -Wextra -Werror -o "$WORK/vchan-peer" "$HERE/c/vchan-peer.c" -lxenvchan -lxenstore
@@ -164,6 +172,7 @@ base_image() {
     cp "$WORK/payload.bin" "$WORK/payload.sha256" "$IMG/"
     copy_prog "$PEER_BIN" "$IMG/bin/qemu-peer"
     copy_prog "$WORK/vchan-peer" "$IMG/bin/vchan-peer"
+    [ -z "$CAT_BIN" ] || copy_prog "$CAT_BIN" "$IMG/bin/vchan-cat"
     copy_prog "$XROOT/usr/bin/xenstore" "$IMG/usr/bin/xenstore"
     local t
     for t in read write ls rm; do ln -s xenstore "$IMG/usr/bin/xenstore-$t"; done

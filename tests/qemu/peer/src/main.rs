@@ -12,6 +12,10 @@
 //! `drain-measure` (read until the peer goes; fail unless that was noticed within 1 s of the last
 //! data). `--caps` checks the ring capacities this end sees. Exit status 0 means the check held;
 //! diagnostics go to stderr.
+//!
+//! `qemu-peer devices` exercises the `/dev/xen` backends directly, in dom0 against itself.
+
+mod devices;
 
 use std::error::Error;
 use std::fs;
@@ -70,6 +74,7 @@ fn run(args: &[String]) -> Res {
                     .map_or_else(|| "xen devices unusable".into(), Into::into))
             }
         }
+        "devices" => devices::check(),
         "xenstore" => xenstore_check(arg(&args, 1, "dom0|guest")? == "guest"),
         "server" => {
             let client: DomId = arg(&args, 1, "client domid")?.parse()?;
