@@ -128,7 +128,7 @@ fetch_xen() {
 build_programs() {
     say "building the Rust peer (release)"
     export CARGO_TARGET_DIR=$ROOT/target
-    cargo build -q --release --locked --manifest-path "$HERE/peer/Cargo.toml"
+    cargo build -q --release --manifest-path "$HERE/peer/Cargo.toml"
     PEER_BIN=$ROOT/target/release/xen-qemu-peer
     CAT_BIN=
     if [ -f "$ROOT/tools/src/bin/vchan-cat.rs" ]; then
