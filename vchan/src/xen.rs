@@ -136,6 +136,13 @@ mod tests {
             return; // Running inside a Xen domain: covered by the QEMU tier instead.
         }
         let result = Vchan::server(&xen, DomId(1), &Address::Port(1), RingSizes::default());
-        assert!(matches!(result, Err(VchanError::Xenstore(_))), "{result:?}");
+        // (A daemon started meanwhile by another test would move the failure to the devices.)
+        assert!(
+            matches!(
+                result,
+                Err(VchanError::Xenstore(_) | VchanError::Backend { .. })
+            ),
+            "{result:?}"
+        );
     }
 }
