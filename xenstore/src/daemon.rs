@@ -287,7 +287,7 @@ fn serve(inner: &Arc<Inner>, stream: UnixStream, domid: DomId) {
                 Ok(None) => break,
                 Ok(Some(msg)) => handle(inner, conn, domid, &msg),
                 Err(WireError::UnknownType { header }) => {
-                    let reply = Reply::Error(Errno::EINVAL).to_message(
+                    let reply = Reply::Error(Errno::ENOSYS).to_message(
                         MsgType::Error,
                         header.req_id,
                         TxId(header.tx_id),

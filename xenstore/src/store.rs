@@ -62,6 +62,10 @@ pub struct Quotas {
     pub max_transactions: usize,
     /// Entries in one permission list (`-A`, default 5); beyond it `ENOSPC`.
     pub max_perms: usize,
+    /// Nodes one transaction of an unprivileged domain may touch (read, write or look up, present
+    /// or not; `-Q transaction-nodes`, default 1024); beyond it the operation fails with `ENOSPC`
+    /// and so does the transaction's commit.
+    pub max_transaction_nodes: usize,
     /// Watch events queued for one connection before the oldest are dropped.
     pub max_queued_events: usize,
 }
@@ -74,6 +78,7 @@ impl Default for Quotas {
             max_watches: 128,
             max_transactions: 10,
             max_perms: 5,
+            max_transaction_nodes: 1024,
             max_queued_events: 65536,
         }
     }
@@ -145,6 +150,9 @@ struct Tx {
     modified: BTreeSet<String>,
     fires: Vec<Fire>,
     owned_delta: HashMap<DomId, isize>,
+    /// An operation went over [`Quotas::max_transaction_nodes`]: the view is incomplete, so the
+    /// transaction can only be aborted (its commit fails with `ENOSPC`).
+    failed: bool,
 }
 
 #[derive(Debug)]
@@ -206,6 +214,10 @@ struct View<'a> {
     tree: &'a mut Tree,
     tx: Option<&'a mut Tx>,
     fires: Vec<Fire>,
+    /// How many nodes the transaction may hold copies of (`None`: no limit).
+    tx_node_limit: Option<usize>,
+    /// A node was looked at that the transaction had no room to record.
+    tx_node_limit_hit: bool,
 }
 
 impl View<'_> {
@@ -217,6 +229,15 @@ impl View<'_> {
             return copy.clone();
         }
         let current = self.tree.nodes.get(path).cloned();
+        if self
+            .tx_node_limit
+            .is_some_and(|max| tx.overlay.len() >= max)
+        {
+            // No room to record it: the operation fails and poisons the transaction, so an
+            // answer not taken from the snapshot can never be committed.
+            self.tx_node_limit_hit = true;
+            return current;
+        }
         tx.base
             .insert(path.to_owned(), current.as_ref().map(|n| n.generation));
         tx.overlay.insert(path.to_owned(), current.clone());
@@ -503,10 +524,13 @@ impl Store {
         } else {
             Some(c.transactions.get_mut(&tx).ok_or(Errno::ENOENT)?)
         };
+        let domid = c.domid;
         Ok(View {
             tree: &mut self.tree,
             tx,
             fires: Vec::new(),
+            tx_node_limit: (domid != DomId::DOM0).then_some(self.quotas.max_transaction_nodes),
+            tx_node_limit_hit: false,
         })
     }
 
@@ -523,7 +547,13 @@ impl Store {
         let path = canonicalize(who.domid, path, PathKind::Node)?;
         let quotas = self.quotas.clone();
         let mut view = self.view(conn, tx)?;
-        let result = op(&mut view, who, &path, &quotas);
+        let mut result = op(&mut view, who, &path, &quotas);
+        if view.tx_node_limit_hit {
+            if let Some(tx) = view.tx.as_deref_mut() {
+                tx.failed = true;
+            }
+            result = Err(Errno::ENOSPC);
+        }
         let fires = std::mem::take(&mut view.fires);
         drop(view);
         self.deliver(fires);
@@ -681,8 +711,12 @@ impl Store {
     /// A node's permission list (owner first). Special watch paths have their own lists.
     pub fn get_perms(&mut self, conn: ConnId, tx: TxId, path: &str) -> Result<Vec<Perm>, Errno> {
         if is_special(path) {
-            self.who(conn)?;
-            return self.special_perms.get(path).cloned().ok_or(Errno::ENOENT);
+            let who = self.who(conn)?;
+            let perms = self.special_perms.get(path).ok_or(Errno::ENOENT)?;
+            if who.bits(perms) & READ == 0 {
+                return Err(Errno::EACCES);
+            }
+            return Ok(perms.clone());
         }
         self.with_view(conn, tx, path, |v, who, path, _| {
             Ok(v.get_checked(who, path, READ)?.perms)
@@ -750,9 +784,27 @@ impl Store {
     /// since. The transaction is gone afterwards either way.
     pub fn transaction_end(&mut self, conn: ConnId, tx: TxId, commit: bool) -> Result<(), Errno> {
         let c = self.conns.get_mut(&conn).ok_or(Errno::EIO)?;
+        let privileged = c.domid == DomId::DOM0;
         let t = c.transactions.remove(&tx).ok_or(Errno::ENOENT)?;
         if !commit {
             return Ok(());
+        }
+        if t.failed {
+            return Err(Errno::ENOSPC);
+        }
+        // The node quota was checked against the tree as it was when each node was created;
+        // other transactions may have committed since (xenstored's `transaction_fix_domains`).
+        if !privileged {
+            let over = t.owned_delta.iter().any(|(domid, delta)| {
+                *delta > 0
+                    && self
+                        .nodes_owned_by(*domid)
+                        .saturating_add(delta.unsigned_abs())
+                        > self.quotas.max_nodes
+            });
+            if over {
+                return Err(Errno::ENOSPC);
+            }
         }
         let conflict = t
             .base
@@ -895,6 +947,11 @@ impl Store {
     }
 
     fn queue_event(&mut self, conn: ConnId, event: WatchEvent) {
+        // `path\0token\0` must fit one message: xenstored drops longer events, and so do we
+        // (turned into an `E2BIG` error message it would look like a reply).
+        if event.path.len() + event.token.len() + 2 > wire::PAYLOAD_MAX {
+            return;
+        }
         let max = self.quotas.max_queued_events;
         if let Some(c) = self.conns.get_mut(&conn) {
             if c.events.len() >= max {
@@ -980,25 +1037,51 @@ impl Store {
     /// Answer one wire request from `conn`: parse it, check privileges, run it and build the
     /// reply (an `ERROR` message on failure), as xenstored's `process_message` does.
     pub fn handle_message(&mut self, conn: ConnId, msg: &Message) -> Handled {
-        // Like xenstored, look the transaction up before looking at the payload.
-        let tx = msg.tx_id;
-        let unknown_tx = tx != TxId::NONE
-            && !self
-                .conns
-                .get(&conn)
-                .is_some_and(|c| c.transactions.contains_key(&tx));
-        let (reply, effect) =
-            if unknown_tx || (tx == TxId::NONE && msg.msg_type == wire::MsgType::TransactionEnd) {
-                (Reply::Error(Errno::ENOENT), None)
-            } else {
-                match Request::parse(msg) {
-                    Ok(req) => self.execute(conn, tx, req),
-                    Err(e) => (Reply::Error(e), None),
-                }
-            };
+        let (reply, effect) = match self.admit(conn, msg) {
+            Ok(tx) => match Request::parse(msg) {
+                Ok(req) => self.execute(conn, tx, req),
+                Err(e) => (Reply::Error(e), None),
+            },
+            Err(e) => (Reply::Error(e), None),
+        };
         Handled {
             reply: reply.to_message(msg.msg_type, msg.req_id, msg.tx_id),
             effect,
+        }
+    }
+
+    /// The checks of xenstored's `process_message` that precede the payload, in its order: a
+    /// type only the daemon sends is `ENOSYS`; a privileged type from a guest is `EACCES`; then
+    /// the transaction id must name one of the connection's transactions (`ENOENT`), except for
+    /// `WATCH` and `UNWATCH`, which ignore it (`XS_FLAG_NOTID`). Returns the transaction to use.
+    fn admit(&self, conn: ConnId, msg: &Message) -> Result<TxId, Errno> {
+        use wire::MsgType as T;
+        if matches!(msg.msg_type, T::WatchEvent | T::Error | T::Invalid) {
+            return Err(Errno::ENOSYS);
+        }
+        let who = self.who(conn)?;
+        let privileged_only = matches!(
+            msg.msg_type,
+            T::Introduce | T::Release | T::IsDomainIntroduced | T::Resume | T::SetTarget
+        );
+        if privileged_only && !who.privileged() {
+            return Err(Errno::EACCES);
+        }
+        let tx = msg.tx_id;
+        if matches!(msg.msg_type, T::Watch | T::Unwatch) {
+            return Ok(TxId::NONE);
+        }
+        if tx == TxId::NONE {
+            return Ok(tx); // TRANSACTION_END outside one: EINVAL or ENOENT after parsing
+        }
+        let known = self
+            .conns
+            .get(&conn)
+            .is_some_and(|c| c.transactions.contains_key(&tx));
+        if known {
+            Ok(tx)
+        } else {
+            Err(Errno::ENOENT)
         }
     }
 

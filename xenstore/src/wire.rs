@@ -183,7 +183,7 @@ pub enum WireError {
         len: u32,
     },
     /// The header names no known message type. The frame was consumed, so the stream is still in
-    /// step; the peer deserves an `EINVAL` reply.
+    /// step; the peer deserves an `ENOSYS` reply (xenstored's answer to an unknown operation).
     #[error("unknown message type {}", header.msg_type)]
     UnknownType {
         /// The header of the offending frame.
@@ -568,8 +568,10 @@ fn parse_perm(bytes: &[u8]) -> Result<Perm, Errno> {
 }
 
 impl Request {
-    /// Decode a request from a message a client sent. Anything malformed (wrong type, missing
-    /// NUL, invalid path, bad number) is `EINVAL`, as xenstored answers it.
+    /// Decode a request from a message a client sent. Anything malformed (missing NUL, invalid
+    /// path, bad number) is `EINVAL`, as xenstored answers it; a type only the daemon sends
+    /// (`WATCH_EVENT`, `ERROR`, `INVALID`) is `ENOSYS`, xenstored's answer to a type it has no
+    /// handler for.
     pub fn parse(msg: &Message) -> Result<Request, Errno> {
         let p = msg.payload.as_slice();
         let one_path = |kind| -> Result<String, Errno> { path_arg(exactly(p, 1)?[0], kind) };
@@ -662,7 +664,7 @@ impl Request {
                 }
             }
             MsgType::ResetWatches => Request::ResetWatches,
-            MsgType::WatchEvent | MsgType::Error | MsgType::Invalid => return Err(Errno::EINVAL),
+            MsgType::WatchEvent | MsgType::Error | MsgType::Invalid => return Err(Errno::ENOSYS),
         })
     }
 

@@ -258,10 +258,10 @@ fn bad_requests_get_error_replies_and_the_connection_survives() {
             &b"EINVAL\0"[..],
             b"ENOENT\0",
             b"EINVAL\0",
+            b"ENOSYS\0",
+            b"ENOSYS\0",
             b"EINVAL\0",
             b"EINVAL\0",
-            b"EINVAL\0",
-            b"ENOENT\0",
             b""
         ]
     );
@@ -281,7 +281,7 @@ fn bad_requests_get_error_replies_and_the_connection_survives() {
     let r = raw_exchange(&mut s, &[m(MsgType::Read, b"/tool\0", 0)]);
     assert_eq!(
         (r[0].req_id, r[0].payload.as_slice()),
-        (9, &b"EINVAL\0"[..])
+        (9, &b"ENOSYS\0"[..])
     );
     // An oversized header cannot be resynchronised: that connection is closed, others live.
     let mut huge = xenstore::wire::Header {
@@ -420,4 +420,35 @@ fn a_second_daemon_on_the_same_directory_is_refused() {
     let _d = start(&dir);
     let err = Daemon::bind(&dir.path().join("run")).unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
+}
+
+#[test]
+fn unknown_message_type_is_enosys_like_xenstored() {
+    let dir = TempDir::new("enosys");
+    let d = start(&dir);
+    let mut s = UnixStream::connect(d.socket_path(DomId(0))).unwrap();
+    let bytes = xenstore::wire::Header {
+        msg_type: 1234,
+        req_id: 77,
+        tx_id: 5,
+        len: 0,
+    }
+    .encode()
+    .to_vec();
+    s.write_all(&bytes).unwrap();
+    // Two requests, so at least the first two replies are read: the unknown type's and this.
+    let tx_end_outside = Message::new(MsgType::TransactionEnd, 78, T0, b"X\0".to_vec());
+    let r = raw_exchange(&mut s, &[tx_end_outside.clone(), tx_end_outside]);
+    let got: Vec<(MsgType, u32, u32, &[u8])> = r[..2]
+        .iter()
+        .map(|m| (m.msg_type, m.req_id, m.tx_id.0, m.payload.as_slice()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (MsgType::Error, 77, 5, &b"ENOSYS\0"[..]),
+            // xenstored checks the argument before the (absent) transaction.
+            (MsgType::Error, 78, 0, &b"EINVAL\0"[..]),
+        ]
+    );
 }

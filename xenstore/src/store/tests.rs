@@ -479,6 +479,167 @@ fn handle_message_checks_privilege_and_transaction_ids() {
     assert_eq!(r.reply.payload, b"T\0");
     let r = s.handle_message(d0, &msg(M::Release, b"9\0", 0));
     assert_eq!(r.effect, Some(Effect::Released(DomId(9), vec![])));
+    // xenstored has no handler for the types only it sends: ENOSYS.
     let r = s.handle_message(d0, &msg(M::WatchEvent, b"/\0t\0", 0));
-    assert_eq!(r.reply.payload, b"EINVAL\0");
+    assert_eq!(r.reply.payload, b"ENOSYS\0");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Regression tests from the adversarial review.
+
+#[test]
+fn transactions_cannot_bypass_the_node_quota() {
+    let quotas = Quotas {
+        max_nodes: 10,
+        ..Quotas::default()
+    };
+    let mut s = Store::with_quotas(quotas);
+    let d0 = s.connect(DomId(0));
+    let g = s.connect(DomId(5));
+    s.mkdir(d0, T0, "/local/domain/5").unwrap();
+    s.set_perms(d0, T0, "/local/domain/5", &perms(&["n5"]))
+        .unwrap();
+    // Two transactions, each within the quota on its own, creating under different parents (so
+    // they do not conflict): together they would exceed it.
+    s.mkdir(d0, T0, "/local/domain/5/b").unwrap();
+    let t1 = s.transaction_start(g).unwrap();
+    let t2 = s.transaction_start(g).unwrap();
+    for i in 0..6 {
+        s.write(g, t1, &format!("a{i}"), b"").unwrap();
+    }
+    for i in 0..6 {
+        s.write(g, t2, &format!("b/y{i}"), b"").unwrap();
+    }
+    s.transaction_end(g, t1, true).unwrap();
+    assert_eq!(s.nodes_owned_by(DomId(5)), 8);
+    assert_eq!(s.transaction_end(g, t2, true), Err(Errno::ENOSPC));
+    // What fits still commits.
+    let t3 = s.transaction_start(g).unwrap();
+    s.write(g, t3, "b/z", b"").unwrap();
+    s.transaction_end(g, t3, true).unwrap();
+    assert!(s.nodes_owned_by(DomId(5)) <= 10);
+}
+
+#[test]
+fn transaction_touching_too_many_nodes_is_enospc() {
+    let (mut s, d0, g) = with_guest();
+    let tx = s.transaction_start(g).unwrap();
+    // Reading absent nodes must not grow the transaction without bound.
+    let mut refused = None;
+    for i in 0..5000 {
+        match s.read(g, tx, &format!("missing{i}")) {
+            Err(Errno::ENOENT) => {}
+            Err(e) => {
+                refused = Some((i, e));
+                break;
+            }
+            Ok(_) => panic!("read a missing node"),
+        }
+    }
+    let (i, e) = refused.expect("an unprivileged transaction touched 5000 nodes");
+    assert_eq!(e, Errno::ENOSPC);
+    assert!(i <= s.quotas().max_transaction_nodes, "{i}");
+    // dom0 is not limited.
+    let tx0 = s.transaction_start(d0).unwrap();
+    for i in 0..3000 {
+        assert_eq!(s.read(d0, tx0, &format!("/missing{i}")), Err(Errno::ENOENT));
+    }
+}
+
+#[test]
+fn overlong_watch_event_is_dropped_like_xenstored() {
+    let mut s = Store::new();
+    let d0 = s.connect(DomId(0));
+    let token = "t".repeat(3000);
+    s.watch(d0, "/", &token).unwrap();
+    assert_eq!(events(&mut s, d0).len(), 1);
+    let long = format!("/{}", "p".repeat(1500));
+    s.write(d0, T0, &long, b"").unwrap();
+    // `path\0token\0` would be over 4096 bytes: xenstored does not send it.
+    assert_eq!(events(&mut s, d0), []);
+    s.write(d0, T0, "/short", b"").unwrap();
+    assert_eq!(events(&mut s, d0), [ev("/short", &token)]);
+}
+
+#[test]
+fn guest_cannot_read_special_path_perms_it_may_not_read() {
+    let (mut s, d0, g) = with_guest();
+    assert_eq!(s.get_perms(g, T0, "@introduceDomain"), Err(Errno::EACCES));
+    assert_eq!(
+        s.get_perms(d0, T0, "@introduceDomain").unwrap(),
+        perms(&["n0"])
+    );
+    s.set_perms(d0, T0, "@introduceDomain", &perms(&["n0", "r5"]))
+        .unwrap();
+    assert_eq!(
+        s.get_perms(g, T0, "@introduceDomain").unwrap(),
+        perms(&["n0", "r5"])
+    );
+}
+
+fn msg(t: wire::MsgType, tx: u32, payload: &[u8]) -> Message {
+    Message::new(t, 7, TxId(tx), payload.to_vec())
+}
+
+fn reply_errno(h: &Handled) -> Option<&[u8]> {
+    (h.reply.msg_type == wire::MsgType::Error).then_some(h.reply.payload.as_slice())
+}
+
+#[test]
+fn watch_and_unwatch_ignore_the_transaction_id_like_xenstored() {
+    let mut s = Store::new();
+    let d0 = s.connect(DomId(0));
+    let h = s.handle_message(d0, &msg(wire::MsgType::Watch, 99, b"/a\0tok\0"));
+    assert_eq!(h.reply.payload, b"OK\0");
+    let h = s.handle_message(d0, &msg(wire::MsgType::Unwatch, 98, b"/a\0tok\0"));
+    assert_eq!(h.reply.payload, b"OK\0");
+}
+
+#[test]
+fn privileged_request_from_a_guest_is_eacces_before_the_transaction_lookup() {
+    let (mut s, _d0, g) = with_guest();
+    let h = s.handle_message(g, &msg(wire::MsgType::Introduce, 42, b"6\x000\x000\0"));
+    assert_eq!(reply_errno(&h), Some(&b"EACCES\0"[..]));
+    let h = s.handle_message(g, &msg(wire::MsgType::SetTarget, 0, b"5\x006\0"));
+    assert_eq!(reply_errno(&h), Some(&b"EACCES\0"[..]));
+    let h = s.handle_message(g, &msg(wire::MsgType::Release, 0, b"5\0"));
+    assert_eq!(reply_errno(&h), Some(&b"EACCES\0"[..]));
+    assert!(s.is_domain_introduced(DomId(5)));
+    assert!(!s.is_domain_introduced(DomId(6)));
+}
+
+#[test]
+fn daemon_only_message_types_sent_as_requests_are_enosys_like_xenstored() {
+    let mut s = Store::new();
+    let d0 = s.connect(DomId(0));
+    for t in [
+        wire::MsgType::WatchEvent,
+        wire::MsgType::Error,
+        wire::MsgType::Invalid,
+    ] {
+        let h = s.handle_message(d0, &msg(t, 0, b"x\0"));
+        assert_eq!(reply_errno(&h), Some(&b"ENOSYS\0"[..]), "{t:?}");
+        assert_eq!(h.reply.req_id, 7);
+    }
+}
+
+#[test]
+fn tx_reading_a_node_deleted_and_recreated_meanwhile_conflicts() {
+    let mut s = Store::new();
+    let d0 = s.connect(DomId(0));
+    let other = s.connect(DomId(0));
+    s.write(d0, T0, "/a", b"1").unwrap();
+    let tx = s.transaction_start(d0).unwrap();
+    assert_eq!(s.read(d0, tx, "/a").unwrap(), b"1");
+    s.rm(other, T0, "/a").unwrap();
+    s.write(other, T0, "/a", b"1").unwrap();
+    s.write(d0, tx, "/b", b"x").unwrap();
+    assert_eq!(s.transaction_end(d0, tx, true), Err(Errno::EAGAIN));
+    // rm inside a transaction of a subtree that gained a child meanwhile.
+    s.write(d0, T0, "/c/d", b"").unwrap();
+    let tx = s.transaction_start(d0).unwrap();
+    s.rm(d0, tx, "/c").unwrap();
+    s.write(other, T0, "/c/e", b"").unwrap();
+    assert_eq!(s.transaction_end(d0, tx, true), Err(Errno::EAGAIN));
+    assert_eq!(s.directory(d0, T0, "/c").unwrap(), ["d", "e"]);
 }
