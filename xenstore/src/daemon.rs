@@ -11,7 +11,8 @@
 //! writer thread draining a bounded queue of replies and watch events. Hostile input is contained
 //! per connection: a malformed request gets an `ERROR` reply; a header announcing more than 4096
 //! bytes cannot be resynchronised, so that connection is closed; a client that stops reading
-//! until its queue fills is hung up. A closed connection's watches go and its transactions are
+//! until its queue fills (4096 messages, or 1 MiB for a guest) is hung up; a guest may have at
+//! most [`MAX_GUEST_CONNECTIONS`] connections open at once. A closed connection's watches go and its transactions are
 //! aborted; nothing committed is lost.
 //!
 //! The daemon can share its store with in-process users: [`Daemon::bind_with`] takes a
@@ -44,13 +45,21 @@ use std::net::Shutdown;
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::thread::JoinHandle;
 
 /// Messages (replies and events) queued for one client before it counts as not reading.
 const OUT_QUEUE: usize = 4096;
+
+/// Bytes queued for one connection of an unprivileged domain before it counts as not reading
+/// (at most [`OUT_QUEUE`] messages of up to 4 KiB would otherwise be 16 MiB per connection).
+const GUEST_OUT_BYTES: usize = 1 << 20;
+
+/// Connections an unprivileged domain may have open at once on its socket (each costs the
+/// daemon two threads); further ones are closed at once. A real guest has exactly one ring.
+pub const MAX_GUEST_CONNECTIONS: usize = 32;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -64,6 +73,10 @@ pub fn socket_path(dir: &Path, domid: DomId) -> PathBuf {
 struct ConnHandle {
     stream: UnixStream,
     out: SyncSender<Vec<u8>>,
+    /// Bytes in `out` not yet written to the socket.
+    queued: Arc<AtomicUsize>,
+    /// How many bytes may be queued before the client is hung up.
+    max_queued: usize,
 }
 
 struct Listener {
@@ -93,6 +106,8 @@ struct Inner {
     listeners: Mutex<HashMap<DomId, Listener>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     stopping: AtomicBool,
+    /// Open (or being opened) connections per unprivileged domain.
+    guest_conns: Mutex<HashMap<DomId, usize>>,
 }
 
 impl Inner {
@@ -105,12 +120,21 @@ impl Inner {
         let Some(handle) = conns.get(&conn) else {
             return;
         };
-        match handle.out.try_send(bytes) {
-            Ok(()) | Err(TrySendError::Disconnected(_)) => {}
-            Err(TrySendError::Full(_)) => {
-                // Not reading its replies: cut it off (its reader thread cleans up).
-                let _ = handle.stream.shutdown(Shutdown::Both);
+        let len = bytes.len();
+        let queued = handle.queued.fetch_add(len, Ordering::Relaxed) + len;
+        let full = if queued > handle.max_queued {
+            true
+        } else {
+            match handle.out.try_send(bytes) {
+                Ok(()) => return,
+                Err(TrySendError::Disconnected(_)) => false,
+                Err(TrySendError::Full(_)) => true,
             }
+        };
+        handle.queued.fetch_sub(len, Ordering::Relaxed);
+        if full {
+            // Not reading its replies: cut it off (its reader thread cleans up).
+            let _ = handle.stream.shutdown(Shutdown::Both);
         }
     }
 
@@ -126,6 +150,33 @@ impl Inner {
                     Ok(bytes) => self.send(&conns, *conn, bytes),
                     Err(_) => continue, // cannot happen: paths and tokens fit a payload
                 }
+            }
+        }
+    }
+
+    /// Count a new connection of `domid`; `false` if an unprivileged domain has too many.
+    fn admit_guest_conn(&self, domid: DomId) -> bool {
+        if domid == DomId::DOM0 {
+            return true;
+        }
+        let mut counts = lock(&self.guest_conns);
+        let n = counts.entry(domid).or_default();
+        if *n >= MAX_GUEST_CONNECTIONS {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    fn release_guest_conn(&self, domid: DomId) {
+        if domid == DomId::DOM0 {
+            return;
+        }
+        let mut counts = lock(&self.guest_conns);
+        if let Some(n) = counts.get_mut(&domid) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(&domid);
             }
         }
     }
@@ -222,14 +273,24 @@ fn accept_loop(inner: &Weak<Inner>, listener: &UnixListener, domid: DomId, stop:
         }
         match stream {
             Ok(stream) => {
+                if !inner.admit_guest_conn(domid) {
+                    drop(stream); // over the limit: hang up at once
+                    continue;
+                }
                 let thread_inner = Arc::clone(&inner);
                 let spawned = std::thread::Builder::new()
                     .name(format!("xenstored-conn-dom{domid}"))
-                    .spawn(move || serve(&thread_inner, stream, domid));
-                if let Ok(t) = spawned {
-                    let mut threads = lock(&inner.threads);
-                    threads.retain(|t| !t.is_finished());
-                    threads.push(t);
+                    .spawn(move || {
+                        serve(&thread_inner, stream, domid);
+                        thread_inner.release_guest_conn(domid);
+                    });
+                match spawned {
+                    Ok(t) => {
+                        let mut threads = lock(&inner.threads);
+                        threads.retain(|t| !t.is_finished());
+                        threads.push(t);
+                    }
+                    Err(_) => inner.release_guest_conn(domid),
                 }
             }
             // Out of descriptors or similar: back off briefly rather than spin.
@@ -244,6 +305,12 @@ fn serve(inner: &Arc<Inner>, stream: UnixStream, domid: DomId) {
         return;
     };
     let (out_tx, out_rx) = mpsc::sync_channel::<Vec<u8>>(OUT_QUEUE);
+    let queued = Arc::new(AtomicUsize::new(0));
+    let max_queued = if domid == DomId::DOM0 {
+        usize::MAX
+    } else {
+        GUEST_OUT_BYTES
+    };
     let conn = {
         let mut store = inner.store().lock();
         if !store.is_domain_introduced(domid) || inner.stopping.load(Ordering::SeqCst) {
@@ -255,6 +322,8 @@ fn serve(inner: &Arc<Inner>, stream: UnixStream, domid: DomId) {
             ConnHandle {
                 stream: handle_stream,
                 out: out_tx,
+                queued: Arc::clone(&queued),
+                max_queued,
             },
         );
         conn
@@ -268,8 +337,18 @@ fn serve(inner: &Arc<Inner>, stream: UnixStream, domid: DomId) {
                     let _ = w.shutdown(Shutdown::Both);
                     break;
                 }
+                queued.fetch_sub(bytes.len(), Ordering::Relaxed);
             }
         });
+    if writer.is_err() {
+        // Without a writer every reply would be dropped and the client would wait forever:
+        // hang up instead.
+        let mut store = inner.store().lock();
+        store.disconnect(conn);
+        lock(&inner.conns).remove(&conn);
+        let _ = stream.shutdown(Shutdown::Both);
+        return;
+    }
 
     let mut reader = &stream;
     let mut decoder = Decoder::new();
@@ -384,6 +463,7 @@ impl Daemon {
             listeners: Mutex::new(HashMap::new()),
             threads: Mutex::new(Vec::new()),
             stopping: AtomicBool::new(false),
+            guest_conns: Mutex::new(HashMap::new()),
         });
         let observer: Arc<dyn Observer> = Arc::new(DaemonObserver(Arc::downgrade(&inner)));
         if !local.set_observer(Some(observer)) {

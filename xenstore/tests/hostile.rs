@@ -367,3 +367,112 @@ fn decoder_and_dispatch_survive_random_streams() {
     }
     assert_eq!(store.read(dom0, T0, "/keep").unwrap(), b"kept");
 }
+
+/// Introduce `domid` with a home it owns; returns dom0's client.
+fn introduce_guest(d: &xenstore::daemon::DaemonHandle, domid: DomId) -> Client {
+    let c = Client::open_path(&d.socket_path(DomId(0))).expect("connect dom0");
+    c.introduce(domid, 0, 0).unwrap();
+    let home = format!("/local/domain/{domid}");
+    c.mkdir(T0, &home).unwrap();
+    c.set_perms(T0, &home, &[Perm::new(domid, Access::None)])
+        .unwrap();
+    c
+}
+
+/// Send one READ of `path` and wait for its reply; `None` if the daemon hung up instead.
+fn read_once(s: &mut UnixStream, path: &str) -> Option<Message> {
+    let req = Request::Read { path: path.into() };
+    let bytes = req.to_message(1, T0).unwrap().encode().unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(&bytes).ok()?;
+    let mut d = xenstore::wire::Decoder::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = s.read(&mut buf).ok()?;
+        if n == 0 {
+            return None;
+        }
+        d.feed(&buf[..n]);
+        if let Some(m) = d.next_message().ok()? {
+            return Some(m);
+        }
+    }
+}
+
+#[test]
+fn guest_cannot_open_unbounded_connections() {
+    let dir = TempDir::new("conns");
+    let d = Daemon::spawn(&dir.path().join("run")).expect("start daemon");
+    let _dom0 = introduce_guest(&d, DomId(7));
+    let sock = d.socket_path(DomId(7));
+    // Every accepted connection costs the daemon two threads: a guest must not get 300.
+    let mut open = Vec::new();
+    let mut served = 0;
+    for _ in 0..300 {
+        let Ok(mut s) = UnixStream::connect(&sock) else {
+            continue;
+        };
+        if read_once(&mut s, "x").is_some() {
+            served += 1;
+        }
+        open.push(s);
+    }
+    assert!(served >= 1);
+    assert!(
+        served <= xenstore::daemon::MAX_GUEST_CONNECTIONS,
+        "{served} concurrent guest connections served"
+    );
+    // dom0 is not limited, and once the guest hangs up it may connect again.
+    assert!(Client::open_path(&d.socket_path(DomId(0))).is_ok());
+    drop(open);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut s = UnixStream::connect(&sock).unwrap();
+        if read_once(&mut s, "x").is_some() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the guest cannot connect again");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn guest_that_never_reads_is_cut_off_before_queuing_megabytes() {
+    let dir = TempDir::new("flood");
+    let d = Daemon::spawn(&dir.path().join("run")).expect("start daemon");
+    let dom0 = introduce_guest(&d, DomId(8));
+    // A value as big as a guest may read, read back again and again without reading a reply.
+    dom0.write(T0, "/local/domain/8/big", &vec![b'v'; 4000])
+        .unwrap();
+    let mut s = UnixStream::connect(d.socket_path(DomId(8))).unwrap();
+    let req = Request::Read { path: "big".into() };
+    let one = req.to_message(1, T0).unwrap().encode().unwrap();
+    s.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
+    // 3000 replies of 4 KiB: 12 MiB the daemon would hold for this client.
+    let mut sent = 0;
+    for _ in 0..3000 {
+        if s.write_all(&one).is_err() {
+            break;
+        }
+        sent += 1;
+    }
+    // Now read everything the daemon is willing to send before it hangs up.
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut total = 0usize;
+    let mut buf = vec![0u8; 65536];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => total += n,
+        }
+        if total >= sent * (16 + 4000) {
+            break;
+        }
+    }
+    assert!(
+        total < 4 * 1024 * 1024,
+        "the daemon queued {total} bytes for a client that did not read ({sent} requests)"
+    );
+    // Others are unaffected.
+    assert_eq!(dom0.read(T0, "/local/domain/8/big").unwrap().len(), 4000);
+}
