@@ -271,7 +271,9 @@ impl Client {
         self.ack(TxId::NONE, &Request::ResetWatches)?;
         let mut state = lock(&self.shared.state);
         state.events.clear();
-        self.drain_notify();
+        if state.closed.is_none() {
+            self.drain_notify();
+        }
         Ok(())
     }
 
@@ -292,6 +294,10 @@ impl Client {
 
     /// A long directory listing, fetched in chunks with `DIRECTORY_PART` as libxenstore does.
     fn directory_in_parts(&self, tx: TxId, path: &str) -> Result<Vec<String>> {
+        // A directory that keeps changing under us (or a daemon that says so) must not keep us
+        // here forever.
+        const MAX_RESTARTS: usize = 64;
+        let mut restarts = 0;
         'restart: loop {
             let mut names = Vec::new();
             let mut offset: u32 = 0;
@@ -313,9 +319,18 @@ impl Client {
                     return Err(unexpected(&reply));
                 };
                 if generation.is_some_and(|prev| prev != g) {
+                    restarts += 1;
+                    if restarts > MAX_RESTARTS {
+                        return Err(XenstoreError::Errno(Errno::EAGAIN));
+                    }
                     continue 'restart;
                 }
                 generation = Some(g);
+                if chunk.is_empty() && !done {
+                    return Err(XenstoreError::Protocol(
+                        "DIRECTORY_PART reply without names that does not end the list".into(),
+                    ));
+                }
                 for n in chunk {
                     offset = offset.saturating_add(n.len() as u32 + 1);
                     names.push(n);
@@ -524,7 +539,9 @@ impl XenStore for Client {
         let mut state = lock(&self.shared.state);
         loop {
             if let Some(event) = state.events.pop_front() {
-                if state.events.is_empty() {
+                // A dead connection keeps the descriptor readable: pollers must come back to
+                // learn about it.
+                if state.events.is_empty() && state.closed.is_none() {
                     self.drain_notify();
                 }
                 return Ok(Some(event));

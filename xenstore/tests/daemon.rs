@@ -452,3 +452,89 @@ fn unknown_message_type_is_enosys_like_xenstored() {
         ]
     );
 }
+
+#[test]
+fn event_fd_stays_readable_after_the_daemon_dies_and_the_last_event_is_taken() {
+    let dir = TempDir::new("fdd");
+    let d = start(&dir);
+    let c = dom0(&d);
+    c.watch("/w", "t").unwrap();
+    c.write(T0, "/w", b"1").unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !c.has_watch_events() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    d.stop();
+    // The request fails once the reader has seen the hang-up.
+    assert!(c.read(T0, "/w").is_err());
+    while let Ok(Some(_)) = c.next_watch_event(Some(Duration::ZERO)) {}
+    // A poller must still wake up to learn that the connection is dead.
+    assert!(
+        readable(c.as_raw_fd(), 1000),
+        "the event fd went quiet on a dead connection"
+    );
+    assert!(c.next_watch_event(WAIT).is_err());
+}
+
+/// A fake daemon on a socketpair: answers `DIRECTORY` with `E2BIG` and every `DIRECTORY_PART`
+/// with `reply(n)` for the n-th one.
+fn fake_directory_daemon(
+    reply: impl Fn(u64) -> Reply + Send + 'static,
+) -> (Client, std::thread::JoinHandle<()>) {
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    let server = std::thread::spawn(move || {
+        let mut s = theirs;
+        let mut d = Decoder::new();
+        let mut buf = [0u8; 4096];
+        let mut parts = 0;
+        loop {
+            let n = match s.read(&mut buf) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            d.feed(&buf[..n]);
+            while let Ok(Some(m)) = d.next_message() {
+                let r = if m.msg_type == MsgType::DirectoryPart {
+                    parts += 1;
+                    reply(parts)
+                } else {
+                    Reply::Error(Errno::E2BIG)
+                };
+                let out = r
+                    .to_message(m.msg_type, m.req_id, m.tx_id)
+                    .encode()
+                    .unwrap();
+                if s.write_all(&out).is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    (Client::from_stream(ours).unwrap(), server)
+}
+
+fn directory_within_30s(c: Client) -> xenstore::Result<Vec<String>> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(c.directory(T0, "/d"));
+    });
+    rx.recv_timeout(Duration::from_secs(30))
+        .expect("directory() did not return: DIRECTORY_PART loop never ends")
+}
+
+#[test]
+fn directory_part_that_makes_no_progress_is_an_error_not_a_hang() {
+    let (c, _server) = fake_directory_daemon(|_| Reply::DirectoryPart {
+        generation: 1,
+        names: vec![],
+        done: false,
+    });
+    assert!(directory_within_30s(c).is_err());
+    // A generation that changes on every chunk restarts the listing; not forever.
+    let (c, _server) = fake_directory_daemon(|n| Reply::DirectoryPart {
+        generation: n,
+        names: vec!["a".into()],
+        done: false,
+    });
+    assert!(directory_within_30s(c).is_err());
+}
