@@ -253,3 +253,43 @@ fn xs_against_the_real_xenstored() {
     );
     exercise(&socket);
 }
+
+#[test]
+fn xs_exit_status_survives_an_unwritable_stderr_and_stdout() {
+    let dir = TempDir::new("full");
+    let daemon = Daemon::spawn(&dir.0.join("run")).unwrap();
+    let socket = daemon.socket_path(DomId(0));
+    let full = || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap()
+    };
+    let run = |args: &[&str], stdout: Stdio, stderr: Stdio| {
+        let child = Command::new(XS)
+            .args(args)
+            .env("XENSTORED_PATH", &socket)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .expect("start xs");
+        wait(child).status.code()
+    };
+    // A usage error with nowhere to report it is still a usage error, not a panic (101).
+    assert_eq!(run(&["bogus"], Stdio::null(), Stdio::from(full())), Some(2));
+    // A store error likewise.
+    assert_eq!(
+        run(&["read", "/nope"], Stdio::null(), Stdio::from(full())),
+        Some(1)
+    );
+    // Output that cannot be written is a runtime failure, reported as such.
+    Client::open_path(&socket)
+        .unwrap()
+        .write(TxId::NONE, "/v", b"x")
+        .unwrap();
+    assert_eq!(
+        run(&["read", "/v"], Stdio::from(full()), Stdio::from(full())),
+        Some(1)
+    );
+}

@@ -244,15 +244,21 @@ fn main() -> ExitCode {
     {
         Ok(args) => args,
         Err(bad) => {
-            eprintln!("xs: argument {bad:?} is not valid UTF-8");
+            report(&format!("argument {bad:?} is not valid UTF-8"));
             return ExitCode::from(2);
         }
     };
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
-            eprintln!("xs: {}", f.message);
+            report(&f.message);
             ExitCode::from(f.status)
         }
     }
+}
+
+/// One `xs: ...` line on stderr. `eprintln!` would panic (exit 101) if stderr cannot be
+/// written; the exit status must still say what went wrong.
+fn report(message: &str) {
+    let _ = writeln!(std::io::stderr(), "xs: {message}");
 }
