@@ -57,8 +57,8 @@ pub struct Quotas {
     pub max_value_size: usize,
     /// Watches a domain may hold (`-W`, default 128); beyond it `E2BIG`.
     pub max_watches: usize,
-    /// Transactions one connection may have open (`-t`, default 10, binds dom0 too); beyond it
-    /// `ENOSPC`.
+    /// Transactions open at once (`-t`, default 10): per domain for an unprivileged domain (all
+    /// its connections together), per connection for dom0; beyond it `ENOSPC`.
     pub max_transactions: usize,
     /// Entries in one permission list (`-A`, default 5); beyond it `ENOSPC`.
     pub max_perms: usize,
@@ -764,13 +764,24 @@ impl Store {
 
     /// Begin a transaction on `conn`.
     pub fn transaction_start(&mut self, conn: ConnId) -> Result<TxId, Errno> {
-        self.who(conn)?;
+        let who = self.who(conn)?;
         let max = self.quotas.max_transactions;
-        let mut id = self.next_tx;
-        let c = self.conns.get_mut(&conn).ok_or(Errno::EIO)?;
-        if c.transactions.len() >= max {
+        // A guest's limit covers all its connections (a real guest has one ring; here it could
+        // open many sockets); dom0's binds each connection.
+        let open = if who.privileged() {
+            self.conns.get(&conn).map_or(0, |c| c.transactions.len())
+        } else {
+            self.conns
+                .values()
+                .filter(|c| c.domid == who.domid)
+                .map(|c| c.transactions.len())
+                .sum()
+        };
+        if open >= max {
             return Err(Errno::ENOSPC);
         }
+        let mut id = self.next_tx;
+        let c = self.conns.get_mut(&conn).ok_or(Errno::EIO)?;
         // Ids are unique per connection; skip 0 (no transaction) and ids still in use.
         while id == 0 || c.transactions.contains_key(&TxId(id)) {
             id = id.wrapping_add(1);

@@ -400,7 +400,8 @@ fn watch_transaction_and_permission_quotas() {
     s.transaction_start(g).unwrap();
     s.transaction_start(g).unwrap();
     assert_eq!(s.transaction_start(g), Err(Errno::ENOSPC));
-    s.transaction_start(g2).unwrap();
+    // The guest's limit covers its other connections too.
+    assert_eq!(s.transaction_start(g2), Err(Errno::ENOSPC));
     assert_eq!(
         s.set_perms(g, T0, "/local/domain/5", &perms(&["n5", "r1", "r2"])),
         Err(Errno::ENOSPC)
@@ -642,4 +643,22 @@ fn tx_reading_a_node_deleted_and_recreated_meanwhile_conflicts() {
     s.write(other, T0, "/c/e", b"").unwrap();
     assert_eq!(s.transaction_end(d0, tx, true), Err(Errno::EAGAIN));
     assert_eq!(s.directory(d0, T0, "/c").unwrap(), ["d", "e"]);
+}
+
+#[test]
+fn guest_transaction_limit_is_per_domain_not_per_connection() {
+    let (mut s, d0, g) = with_guest();
+    let g2 = s.connect(DomId(5));
+    let max = s.quotas().max_transactions;
+    for _ in 0..max {
+        s.transaction_start(g).unwrap();
+    }
+    // Another connection of the same guest does not get ten more (each may copy 1024 nodes).
+    assert_eq!(s.transaction_start(g2), Err(Errno::ENOSPC));
+    // dom0's connections keep their own limit each.
+    let d1 = s.connect(DomId(0));
+    for _ in 0..max {
+        s.transaction_start(d0).unwrap();
+    }
+    s.transaction_start(d1).unwrap();
 }
