@@ -50,6 +50,8 @@ pub mod sim;
 pub mod xen;
 #[cfg(feature = "std")]
 mod wait;
+#[cfg(feature = "std")]
+pub mod xensim;
 
 #[cfg(feature = "std")]
 pub use backend::Backend;
