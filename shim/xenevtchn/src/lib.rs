@@ -13,6 +13,7 @@
 
 use std::ffi::{c_int, c_uint, c_void};
 use std::io;
+use std::io::Write as _;
 use std::os::fd::{AsFd, AsRawFd};
 
 use evtchn::xensim::XsEvtchn;
@@ -86,7 +87,10 @@ pub extern "C" fn xenevtchn_open(_logger: *mut c_void, open_flags: c_uint) -> *m
             Box::into_raw(Box::new(Handle { events }))
         }
         Err(e) => {
-            eprintln!("xenevtchn (xensim): cannot open an event-channel handle: {e}");
+            let _ = writeln!(
+                std::io::stderr(),
+                "xenevtchn (xensim): cannot open an event-channel handle: {e}"
+            );
             set_errno(errno_of(&e));
             std::ptr::null_mut()
         }

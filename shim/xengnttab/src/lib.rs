@@ -15,6 +15,7 @@
 use std::collections::HashMap;
 use std::ffi::{c_int, c_uint, c_void};
 use std::io;
+use std::io::Write as _;
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
@@ -92,7 +93,10 @@ pub extern "C" fn xengnttab_open(_logger: *mut c_void, _open_flags: c_uint) -> *
             regions: Mutex::new(HashMap::new()),
         })),
         Err(e) => {
-            eprintln!("xengnttab (xensim): cannot open a grant-mapping handle: {e}");
+            let _ = writeln!(
+                std::io::stderr(),
+                "xengnttab (xensim): cannot open a grant-mapping handle: {e}"
+            );
             set_errno(errno_of(&e));
             std::ptr::null_mut()
         }
@@ -364,7 +368,10 @@ pub extern "C" fn xengntshr_open(_logger: *mut c_void, _open_flags: c_uint) -> *
             regions: Mutex::new(HashMap::new()),
         })),
         Err(e) => {
-            eprintln!("xengntshr (xensim): cannot open a grant-sharing handle: {e}");
+            let _ = writeln!(
+                std::io::stderr(),
+                "xengntshr (xensim): cannot open a grant-sharing handle: {e}"
+            );
             set_errno(errno_of(&e));
             std::ptr::null_mut()
         }

@@ -324,7 +324,7 @@ where
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "-h" || a == "--help") {
-        println!("{USAGE}");
+        let _ = writeln!(std::io::stdout(), "{USAGE}");
         return ExitCode::SUCCESS;
     }
     let outcome = parse(args)
@@ -339,7 +339,7 @@ fn main() -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err((message, status)) => {
-            eprintln!("vchan-cat: {message}");
+            let _ = writeln!(std::io::stderr(), "vchan-cat: {message}");
             ExitCode::from(status)
         }
     }

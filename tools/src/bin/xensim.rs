@@ -8,6 +8,7 @@
 //! as soon as its descriptors close, however it died.
 
 use std::ffi::OsString;
+use std::io::Write as _;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -242,7 +243,8 @@ fn serve(opts: &Options) -> Result<(), Failure> {
         .name("xensim-host".into())
         .spawn(move || runner.run())
         .map_err(|e| runtime(format!("cannot start the host thread: {e}")))?;
-    println!(
+    let _ = writeln!(
+        std::io::stdout(),
         "xensim: serving {} (dom0 xenstore at {})",
         dir.display(),
         xenstored.socket_path(DomId::DOM0).display()
@@ -254,7 +256,7 @@ fn serve(opts: &Options) -> Result<(), Failure> {
     let _ = thread.join();
     xenstored.stop();
     let _ = std::fs::remove_dir_all(&lib);
-    eprintln!("xensim: stopped");
+    let _ = writeln!(std::io::stderr(), "xensim: stopped");
     Ok(())
 }
 
@@ -351,7 +353,8 @@ fn stats(opts: &Options) -> Result<(), Failure> {
     let dir = need_dir(opts)?;
     let s = control(&dir)?.stats().map_err(|e| runtime(e.to_string()))?;
     // The asking connection is not counted.
-    println!(
+    let _ = writeln!(
+        std::io::stdout(),
         "domains {} handles {} ports {} grants {} mappings {}",
         s.domains,
         s.handles.saturating_sub(1),
@@ -365,13 +368,13 @@ fn stats(opts: &Options) -> Result<(), Failure> {
 fn main() -> ExitCode {
     let mut args: Vec<OsString> = std::env::args_os().skip(1).collect();
     if args.is_empty() {
-        eprintln!("{USAGE}");
+        let _ = writeln!(std::io::stderr(), "{USAGE}");
         return ExitCode::from(2);
     }
     let command = args.remove(0).to_string_lossy().into_owned();
     let outcome = match command.as_str() {
         "-h" | "--help" | "help" => {
-            println!("{USAGE}");
+            let _ = writeln!(std::io::stdout(), "{USAGE}");
             Ok(())
         }
         "serve" => parse(args, &["--dir"], false).and_then(|o| serve(&o)),
@@ -384,7 +387,7 @@ fn main() -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
-            eprintln!("xensim: {}", f.message);
+            let _ = writeln!(std::io::stderr(), "xensim: {}", f.message);
             ExitCode::from(f.status)
         }
     }
