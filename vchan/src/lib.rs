@@ -46,10 +46,10 @@ mod endpoint;
 mod error;
 #[cfg(feature = "std")]
 pub mod sim;
-#[cfg(all(feature = "std", target_os = "linux"))]
-pub mod xen;
 #[cfg(feature = "std")]
 mod wait;
+#[cfg(all(feature = "std", target_os = "linux"))]
+pub mod xen;
 #[cfg(feature = "std")]
 pub mod xensim;
 
