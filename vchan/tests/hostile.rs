@@ -142,6 +142,19 @@ fn connect(host: &Host, port_no: u32) -> Result<Endpoint, VchanError> {
     Vchan::client(&host.client_dom, SERVER, &Address::Port(port_no), None)
 }
 
+/// Map the control page of the server at port 1 a second time, as the client domain: a third
+/// party with the peer's access that the endpoints do not know about.
+fn map_server_page(host: &Host) -> <<SimDomainAlias as Backend>::Mapper as GrantMap>::Mapping {
+    let store = host.client_dom.open_store().unwrap();
+    let path = format!("/local/domain/0/data/vchan/{CLIENT}/1/ring-ref");
+    let raw = store.read(TxId::NONE, &path).unwrap();
+    let ring_ref = GrantRef(String::from_utf8(raw).unwrap().parse().unwrap());
+    let mapper = host.client_dom.open_mapper().unwrap();
+    mapper
+        .map_grant_refs(SERVER, &[ring_ref], true, None)
+        .unwrap()
+}
+
 #[test]
 fn a_client_refuses_every_invalid_layout() {
     let host = Host::new();
@@ -299,7 +312,7 @@ fn orders_and_grants_rewritten_after_connect_change_nothing() {
         server_read: 8192,
         server_write: 8192,
     });
-    // Map the control page a second time, as the client domain, and scribble the shared copy.
+    // Scribble the shared copy through a second mapping.
     let ring_ref = {
         let store = host.client_dom.open_store().unwrap();
         let raw = store
