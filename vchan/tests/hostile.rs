@@ -313,20 +313,7 @@ fn orders_and_grants_rewritten_after_connect_change_nothing() {
         server_write: 8192,
     });
     // Scribble the shared copy through a second mapping.
-    let ring_ref = {
-        let store = host.client_dom.open_store().unwrap();
-        let raw = store
-            .read(
-                TxId::NONE,
-                &format!("/local/domain/0/data/vchan/{CLIENT}/1/ring-ref"),
-            )
-            .unwrap();
-        GrantRef(String::from_utf8(raw).unwrap().parse().unwrap())
-    };
-    let mapper = host.client_dom.open_mapper().unwrap();
-    let page = mapper
-        .map_grant_refs(SERVER, &[ring_ref], true, None)
-        .unwrap();
+    let page = map_server_page(&host);
     poke16(&page, abi::LEFT_ORDER, 20);
     poke16(&page, abi::RIGHT_ORDER, 3);
     for i in 0..4 {
@@ -362,20 +349,7 @@ fn a_hostile_client_cannot_break_the_server() {
         RingSizes::default(),
     )
     .unwrap();
-    let ring_ref = {
-        let store = host.client_dom.open_store().unwrap();
-        let raw = store
-            .read(
-                TxId::NONE,
-                &format!("/local/domain/0/data/vchan/{CLIENT}/1/ring-ref"),
-            )
-            .unwrap();
-        GrantRef(String::from_utf8(raw).unwrap().parse().unwrap())
-    };
-    let mapper = host.client_dom.open_mapper().unwrap();
-    let page = mapper
-        .map_grant_refs(SERVER, &[ring_ref], true, None)
-        .unwrap();
+    let page = map_server_page(&host);
     poke8(&page, abi::CLI_LIVE, abi::LIVE_CONNECTED);
     poke32(&page, abi::LEFT_PROD, 1025);
     assert!(matches!(
@@ -401,20 +375,7 @@ fn a_hostile_client_cannot_break_the_server() {
 fn notify_bytes_scribbled_during_a_transfer_never_corrupt_data() {
     let host = Host::new();
     let (server, client) = host.pair(RingSizes::default());
-    let ring_ref = {
-        let store = host.client_dom.open_store().unwrap();
-        let raw = store
-            .read(
-                TxId::NONE,
-                &format!("/local/domain/0/data/vchan/{CLIENT}/1/ring-ref"),
-            )
-            .unwrap();
-        GrantRef(String::from_utf8(raw).unwrap().parse().unwrap())
-    };
-    let mapper = host.client_dom.open_mapper().unwrap();
-    let page = mapper
-        .map_grant_refs(SERVER, &[ring_ref], true, None)
-        .unwrap();
+    let page = map_server_page(&host);
     server.set_read_timeout(Some(Duration::from_millis(50)));
     client.set_write_timeout(Some(Duration::from_millis(50)));
     // 64 rounds of the 1 KiB ring: each withheld event costs one 50 ms timeout.
