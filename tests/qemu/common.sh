@@ -59,21 +59,12 @@ kill_when_flowing() {
     kill -9 "$2"
 }
 
-# The cat-like transfer tool: vchan-cat when the image has it, else qemu-peer's send/recv modes.
+# The transfers of the cat tests, all through vchan-cat:
 #   send_server CLIENT PORT FILE   serve CLIENT, send FILE, close
 #   recv_client SERVER PORT        connect to SERVER, what arrives goes to stdout
 #   recv_server CLIENT PORT        serve CLIENT, what arrives goes to stdout
 #   send_client SERVER PORT FILE   connect to SERVER, send FILE, close
-if [ -x /bin/vchan-cat ]; then
-    CAT_TOOL=vchan-cat
-    send_server() { timeout 120 vchan-cat -N -l "$1" "$2" < "$3" > /dev/null; }
-    recv_client() { timeout 120 vchan-cat --wait 90 "$1" "$2" < /dev/null; }
-    recv_server() { timeout 120 vchan-cat -l "$1" "$2" < /dev/null; }
-    send_client() { timeout 120 vchan-cat -N --wait 90 "$1" "$2" < "$3" > /dev/null; }
-else
-    CAT_TOOL=qemu-peer
-    send_server() { timeout 120 $PEER server "$1" "$2" 0 0 send "$3"; }
-    recv_client() { timeout 120 $PEER client "$1" "$2" recv; }
-    recv_server() { timeout 120 $PEER server "$1" "$2" 0 0 recv; }
-    send_client() { timeout 120 $PEER client "$1" "$2" send "$3"; }
-fi
+send_server() { timeout 120 vchan-cat -N -l "$1" "$2" < "$3" > /dev/null; }
+recv_client() { timeout 120 vchan-cat --wait 90 "$1" "$2" < /dev/null; }
+recv_server() { timeout 120 vchan-cat -l "$1" "$2" < /dev/null; }
+send_client() { timeout 120 vchan-cat -N --wait 90 "$1" "$2" < "$3" > /dev/null; }

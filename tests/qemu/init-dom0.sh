@@ -34,7 +34,6 @@ fi
 
 if [ -n "$D" ]; then
     # The same order as init-domu.sh; whichever side serves runs in the background.
-    echo "cat tests use $CAT_TOOL"
     side cat-dom0-server-sends send_server $D 10 $PAYLOAD
     wait
     result cat-domu-server-sends recv_check recv_client $D 11

@@ -10,7 +10,6 @@ ME=$(xenstore-read domid 2>/dev/null)
 # Our xenstore client, unprivileged, over /dev/xen/xenbus.
 result xenstore-domu timeout 60 $PEER xenstore guest
 
-echo "cat tests use $CAT_TOOL"
 result cat-dom0-server-sends recv_check recv_client 0 10
 side cat-domu-server-sends send_server 0 11 $PAYLOAD
 wait

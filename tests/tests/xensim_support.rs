@@ -49,29 +49,24 @@ pub fn artifacts() -> &'static Artifacts {
     ARTIFACTS.get_or_init(|| {
         let dir = profile_dir();
         let release = dir.file_name().is_some_and(|n| n == "release");
-        let mut cargo = Command::new(env!("CARGO"));
-        cargo.args([
-            "build",
-            "--quiet",
-            "-p",
-            "tools",
-            "--bin",
-            "xensim",
-            "--bin",
-            "vchan-cat",
-        ]);
-        cargo.args(["-p", "shim-xengnttab", "-p", "shim-xenevtchn"]);
-        if release {
-            cargo.arg("--release");
+        // Two builds: `--bin` filters the targets of every selected package, so naming the
+        // binaries and the stand-in libraries in one command would skip the libraries.
+        let builds: [&[&str]; 2] = [
+            &["-p", "tools", "--bin", "xensim", "--bin", "vchan-cat"],
+            &["-p", "shim-xengnttab", "-p", "shim-xenevtchn", "--lib"],
+        ];
+        for selection in builds {
+            let mut cargo = Command::new(env!("CARGO"));
+            cargo.args(["build", "--quiet"]).args(selection);
+            if release {
+                cargo.arg("--release");
+            }
+            let status = cargo
+                .current_dir(env!("CARGO_MANIFEST_DIR"))
+                .status()
+                .expect("run cargo build");
+            assert!(status.success(), "cargo build {selection:?} failed");
         }
-        let status = cargo
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .status()
-            .expect("run cargo build");
-        assert!(
-            status.success(),
-            "cargo build of xensim, vchan-cat and the stand-in libraries failed"
-        );
         for name in ["xensim", "vchan-cat", "libxengnttab.so", "libxenevtchn.so"] {
             assert!(
                 dir.join(name).exists(),

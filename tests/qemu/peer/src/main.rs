@@ -6,8 +6,7 @@
 //! qemu-peer server CLIENT_DOMID PORT READ_MIN WRITE_MIN MODE [ARGS] [--caps READ WRITE]
 //! qemu-peer client SERVER_DOMID PORT MODE [ARGS] [--caps READ WRITE]
 //! ```
-//! Modes: `send FILE` (write the file, close), `recv` (copy to stdout until the peer closes),
-//! `echo` (send back everything until the peer closes), `echo-check FILE` (send the file while
+//! Modes: `echo` (send back everything until the peer closes), `echo-check FILE` (send the file while
 //! reading it back, compare), `flood MARKER` (write for ever; create MARKER once data flows),
 //! `drain-measure` (read until the peer goes; fail unless that was noticed within 1 s of the last
 //! data). `--caps` checks the ring capacities this end sees. Exit status 0 means the check held;
@@ -19,7 +18,7 @@ mod devices;
 
 use std::error::Error;
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{Read, Write};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -141,19 +140,6 @@ fn check_caps(chan: &Chan, caps: Caps) -> Res {
 
 fn mode(chan: Chan, args: &[String]) -> Res {
     match arg(args, 0, "a mode")? {
-        "send" => {
-            let data = fs::read(arg(args, 1, "file")?)?;
-            (&chan).write_all(&data)?;
-            chan.close()?;
-            Ok(())
-        }
-        "recv" => {
-            let mut out = io::stdout().lock();
-            io::copy(&mut &chan, &mut out)?;
-            out.flush()?;
-            chan.close()?;
-            Ok(())
-        }
         "echo" => {
             let mut buf = vec![0u8; 64 * 1024];
             let mut total = 0usize;
