@@ -69,7 +69,7 @@ if [ -n "$D" ]; then
     echo "----- end of domU console -----"
 fi
 
-# Our endpoints at both ends inside dom0 (loopback: see TESTING-qemu.md).
+# Our endpoints at both ends inside dom0 (loopback: see TESTING.md).
 side rust-loopback timeout 60 $PEER server 0 2 65536 65536 echo
 result rust-loopback timeout 60 $PEER client 0 2 echo-check $PAYLOAD
 wait

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The QEMU tier: boot a real Xen 4.17 hypervisor with a Debian dom0 and a PV domU under QEMU
 # (TCG) and run the project's binaries against the real kernel devices, the real xenstored and
-# Debian's libxenvchan. See TESTING-qemu.md.
+# Debian's libxenvchan. See TESTING.md.
 #
 # Environment (all optional):
 #   XEN_QEMU_CACHE    downloaded packages and unpacked images (default /var/cache/xenvchan-qemu)
