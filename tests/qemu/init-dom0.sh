@@ -14,6 +14,22 @@ xen-init-dom0 || echo "xen-init-dom0 failed"
 # Our xenstore client against the real xenstored (privileged socket connection).
 result xenstore-dom0 timeout 60 $PEER xenstore dom0
 
+# Our xs command against the real xenstored, cross-checked with Xen's own xenstore tools.
+xs_check() {
+    xs write /xs-test/a hello && [ "$(xenstore-read /xs-test/a)" = hello ] || return 1
+    xenstore-write /xs-test/b world && [ "$(xs read /xs-test/b)" = world ] || return 2
+    xs ls /xs-test | grep -q world || return 3
+    xs chmod /xs-test/a n0 r5 && xenstore-ls -p /xs-test | grep '^a ' | grep -q 'n0,r5' || return 4
+    timeout 20 xs watch /xs-test -n 2 > /tmp/xs-watch &
+    watcher=$!
+    sleep 1
+    xenstore-write /xs-test/c now
+    wait $watcher || return 5
+    grep -qx /xs-test/c /tmp/xs-watch || return 6
+    xs rm /xs-test && ! xenstore-read /xs-test/a 2>/dev/null || return 7
+}
+result xs-dom0 xs_check
+
 # Our /dev/xen backends on their own.
 result backends-dom0 timeout 60 $PEER devices
 

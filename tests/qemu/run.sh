@@ -17,7 +17,7 @@ TIMEOUT=${XEN_QEMU_TIMEOUT:-420}
 XEN_BIN=usr/lib/xen-4.17/bin
 # Every check the run must report as PASS.
 EXPECTED=(
-    boot xenstore-dom0 backends-dom0 c-loopback
+    boot xenstore-dom0 xs-dom0 backends-dom0 c-loopback
     domu-boot xenstore-domu
     cat-dom0-server-sends cat-domu-server-sends cat-dom0-server-receives cat-domu-server-receives
     c-server-rust-client rust-server-c-client
@@ -130,9 +130,10 @@ build_programs() {
     export CARGO_TARGET_DIR=$ROOT/target
     cargo build -q --release --manifest-path "$ROOT/Cargo.toml" -p xen-qemu-peer
     PEER_BIN=$ROOT/target/release/xen-qemu-peer
-    say "building vchan-cat (release)"
-    cargo build -q --release --manifest-path "$ROOT/Cargo.toml" -p tools --bin vchan-cat
+    say "building vchan-cat and xs (release)"
+    cargo build -q --release --manifest-path "$ROOT/Cargo.toml" -p tools --bin vchan-cat --bin xs
     CAT_BIN=$ROOT/target/release/vchan-cat
+    XS_BIN=$ROOT/target/release/xs
     say "compiling the libxenvchan peer"
     mkdir -p "$WORK"
     gcc -O2 -Wall -Wextra -Werror -o "$WORK/vchan-peer" "$HERE/c/vchan-peer.c" -lxenvchan -lxenstore
@@ -168,6 +169,7 @@ base_image() {
     copy_prog "$PEER_BIN" "$IMG/bin/qemu-peer"
     copy_prog "$WORK/vchan-peer" "$IMG/bin/vchan-peer"
     copy_prog "$CAT_BIN" "$IMG/bin/vchan-cat"
+    copy_prog "$XS_BIN" "$IMG/bin/xs"
     copy_prog "$XROOT/usr/bin/xenstore" "$IMG/usr/bin/xenstore"
     local t
     for t in read write ls rm; do ln -s xenstore "$IMG/usr/bin/xenstore-$t"; done
