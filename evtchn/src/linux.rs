@@ -8,12 +8,11 @@
 
 pub mod abi;
 
-use std::ffi::CString;
 use std::fmt;
 use std::io;
 use std::mem::size_of;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::{DomId, EventChannel, Port};
@@ -40,6 +39,27 @@ impl std::error::Error for OpenError {
     }
 }
 
+/// Open a Xen device node read-write and close-on-exec, with `extra_flags` (such as
+/// `O_NONBLOCK`). A missing device or driver is an `io::Error` of kind `NotFound` whose message
+/// names the path. Shared by the Linux backends of this crate and of `gnttab`.
+pub fn open_device(path: &Path, extra_flags: libc::c_int) -> io::Result<OwnedFd> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(extra_flags)
+        .open(path)
+        .map(OwnedFd::from)
+        .map_err(|source| {
+            io::Error::new(
+                source.kind(),
+                OpenError {
+                    path: path.to_owned(),
+                    source,
+                },
+            )
+        })
+}
+
 /// An event-channel handle: `/dev/xen/evtchn` (libxenevtchn's `xenevtchn_handle`).
 #[derive(Debug)]
 pub struct Evtchn {
@@ -55,31 +75,7 @@ impl Evtchn {
     /// Open an evtchn device at `path`. A missing device or driver is an `io::Error` of kind
     /// `NotFound` whose message names the path.
     pub fn open_path(path: impl AsRef<Path>) -> io::Result<Evtchn> {
-        let path = path.as_ref();
-        let wrap = |source: io::Error| {
-            io::Error::new(
-                source.kind(),
-                OpenError {
-                    path: path.to_owned(),
-                    source,
-                },
-            )
-        };
-        let c_path = CString::new(path.as_os_str().as_bytes())
-            .map_err(|_| wrap(io::Error::from_raw_os_error(libc::EINVAL)))?;
-        // SAFETY: `c_path` is a valid NUL-terminated string that outlives the call; open takes
-        // no other pointers. The result is checked before use.
-        let fd = unsafe {
-            libc::open(
-                c_path.as_ptr(),
-                libc::O_RDWR | libc::O_CLOEXEC | libc::O_NONBLOCK,
-            )
-        };
-        if fd < 0 {
-            return Err(wrap(io::Error::last_os_error()));
-        }
-        // SAFETY: `fd` was just returned by open and nothing else owns it.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        let fd = open_device(path.as_ref(), libc::O_NONBLOCK)?;
         Ok(Evtchn { fd })
     }
 

@@ -24,15 +24,16 @@
 
 pub mod abi;
 
-use std::ffi::{c_void, CString};
+use std::ffi::c_void;
 use std::fmt;
 use std::io;
 use std::mem::size_of;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStrExt;
-use std::path::{Path, PathBuf};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::path::Path;
 use std::ptr::NonNull;
 use std::sync::Arc;
+
+use evtchn::linux::open_device;
 
 use crate::{
     DomId, GrantMap, GrantRef, GrantShare, SharedMemory, SharedPages, UnmapNotify, PAGE_SIZE,
@@ -42,54 +43,6 @@ use crate::{
 pub const GNTALLOC_PATH: &str = "/dev/xen/gntalloc";
 /// Where the grant-mapping device lives.
 pub const GNTDEV_PATH: &str = "/dev/xen/gntdev";
-
-/// An error opening a device: names the path, keeps the kind and the OS error as its source.
-#[derive(Debug)]
-struct OpenError {
-    path: PathBuf,
-    source: io::Error,
-}
-
-impl fmt::Display for OpenError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "cannot open {}: {}", self.path.display(), self.source)
-    }
-}
-
-impl std::error::Error for OpenError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.source)
-    }
-}
-
-/// Open a Xen device node read-write and close-on-exec. A missing device or driver is an
-/// `io::Error` of kind `NotFound` whose message names the path.
-pub(crate) fn open_device(path: &Path, extra_flags: libc::c_int) -> io::Result<OwnedFd> {
-    let wrap = |source: io::Error| {
-        io::Error::new(
-            source.kind(),
-            OpenError {
-                path: path.to_owned(),
-                source,
-            },
-        )
-    };
-    let c_path = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| wrap(io::Error::from_raw_os_error(libc::EINVAL)))?;
-    // SAFETY: `c_path` is a valid NUL-terminated string that outlives the call; open takes no
-    // other pointers. The result is checked before use.
-    let fd = unsafe {
-        libc::open(
-            c_path.as_ptr(),
-            libc::O_RDWR | libc::O_CLOEXEC | extra_flags,
-        )
-    };
-    if fd < 0 {
-        return Err(wrap(io::Error::last_os_error()));
-    }
-    // SAFETY: `fd` was just returned by open and nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
 
 /// Issue an ioctl whose argument is the memory at `arg`, retrying on `EINTR`.
 ///
