@@ -286,26 +286,42 @@ fn index_offsets(side: Side) -> (usize, usize) {
     }
 }
 
-/// The reading half of a ring: owns the consumer index.
-pub struct Consumer {
+/// What both halves of a ring know: where it is, where its indices are, which notify byte is
+/// whose. All private, all fixed at connect.
+struct RingEnd {
     page: ControlPage,
     ring: RingGeometry,
     prod_offset: usize,
     cons_offset: usize,
     own_notify: usize,
     peer_notify: usize,
+}
+
+impl RingEnd {
+    fn new(page: ControlPage, ring: RingGeometry, role: Role) -> RingEnd {
+        debug_assert!(ring.size.is_power_of_two());
+        let (prod_offset, cons_offset) = index_offsets(ring.side);
+        RingEnd {
+            page,
+            ring,
+            prod_offset,
+            cons_offset,
+            own_notify: role.own_notify(),
+            peer_notify: role.peer_notify(),
+        }
+    }
+}
+
+/// The reading half of a ring: owns the consumer index.
+pub struct Consumer {
+    end: RingEnd,
     /// Our consumer index: we are its only writer, so the private copy is the truth.
     cons: u32,
 }
 
 /// The writing half of a ring: owns the producer index.
 pub struct Producer {
-    page: ControlPage,
-    ring: RingGeometry,
-    prod_offset: usize,
-    cons_offset: usize,
-    own_notify: usize,
-    peer_notify: usize,
+    end: RingEnd,
     /// Our producer index: we are its only writer, so the private copy is the truth.
     prod: u32,
 }
@@ -325,34 +341,27 @@ impl Consumer {
     /// `ring.data` must be valid for reads of `ring.size` bytes (a power of two) for as long as
     /// the consumer is used, under the same access rules as [`ControlPage::new`].
     pub unsafe fn new(page: ControlPage, ring: RingGeometry, role: Role, cons: u32) -> Consumer {
-        debug_assert!(ring.size.is_power_of_two());
-        let (prod_offset, cons_offset) = index_offsets(ring.side);
         Consumer {
-            page,
-            ring,
-            prod_offset,
-            cons_offset,
-            own_notify: role.own_notify(),
-            peer_notify: role.peer_notify(),
+            end: RingEnd::new(page, ring, role),
             cons,
         }
     }
 
     /// The ring's size in bytes.
     pub fn capacity(&self) -> usize {
-        self.ring.size as usize
+        self.end.ring.size as usize
     }
 
     /// Bytes ready to read: the peer's producer index is read once and checked.
     pub fn available(&self) -> Result<usize, RingCorrupted> {
-        let prod = self.page.load_index(self.prod_offset);
+        let prod = self.end.page.load_index(self.end.prod_offset);
         let ready = prod.wrapping_sub(self.cons);
-        if ready > self.ring.size {
+        if ready > self.end.ring.size {
             return Err(RingCorrupted {
-                ring: self.ring.side,
+                ring: self.end.ring.side,
                 prod,
                 cons: self.cons,
-                size: self.ring.size,
+                size: self.end.ring.size,
             });
         }
         Ok(ready as usize)
@@ -361,8 +370,9 @@ impl Consumer {
     /// Ask the writer to notify us when it writes, then look again: the answer is what a caller
     /// that is about to sleep must use.
     pub fn request_and_recheck(&self) -> Result<usize, RingCorrupted> {
-        self.page
-            .request_notify(self.peer_notify, abi::NOTIFY_WRITE);
+        self.end
+            .page
+            .request_notify(self.end.peer_notify, abi::NOTIFY_WRITE);
         self.available()
     }
 
@@ -386,9 +396,9 @@ impl Consumer {
 
     /// Copy `buf.len()` bytes (known to be ready) out and publish the new index.
     fn consume(&mut self, buf: &mut [u8]) -> bool {
-        let mask = self.ring.size - 1;
+        let mask = self.end.ring.size - 1;
         let start = (self.cons & mask) as usize;
-        let first = buf.len().min(self.ring.size as usize - start);
+        let first = buf.len().min(self.end.ring.size as usize - start);
         // SAFETY: `start + first <= size`, and the wrapped part `buf.len() - first` starts at 0
         // and is at most `size - first` (as `buf.len() <= size`), so both copies stay inside the
         // ring (valid for `size` bytes by `new`'s contract); they write to a private buffer. The bytes are ours to read: the peer's Release store of `prod` (loaded with
@@ -396,15 +406,16 @@ impl Consumer {
         // store of `cons` below. A hostile peer that writes them anyway only changes the bytes
         // we copy; it cannot reach our memory.
         unsafe {
-            let data = self.ring.data.as_ptr();
+            let data = self.end.ring.data.as_ptr();
             ptr::copy_nonoverlapping(data.add(start), buf.as_mut_ptr(), first);
             ptr::copy_nonoverlapping(data, buf.as_mut_ptr().add(first), buf.len() - first);
         }
         // Ring sizes are at most 1 MiB and `buf.len()` is at most the ready count.
         self.cons = self.cons.wrapping_add(buf.len() as u32);
-        self.page.store_index(self.cons_offset, self.cons);
-        self.page
-            .take_notify_request(self.own_notify, abi::NOTIFY_READ)
+        self.end.page.store_index(self.end.cons_offset, self.cons);
+        self.end
+            .page
+            .take_notify_request(self.end.own_notify, abi::NOTIFY_READ)
     }
 }
 
@@ -416,42 +427,37 @@ impl Producer {
     /// `ring.data` must be valid for reads and writes of `ring.size` bytes (a power of two) for as
     /// long as the producer is used, under the same access rules as [`ControlPage::new`].
     pub unsafe fn new(page: ControlPage, ring: RingGeometry, role: Role, prod: u32) -> Producer {
-        debug_assert!(ring.size.is_power_of_two());
-        let (prod_offset, cons_offset) = index_offsets(ring.side);
         Producer {
-            page,
-            ring,
-            prod_offset,
-            cons_offset,
-            own_notify: role.own_notify(),
-            peer_notify: role.peer_notify(),
+            end: RingEnd::new(page, ring, role),
             prod,
         }
     }
 
     /// The ring's size in bytes.
     pub fn capacity(&self) -> usize {
-        self.ring.size as usize
+        self.end.ring.size as usize
     }
 
     /// Free space in bytes: the peer's consumer index is read once and checked.
     pub fn space(&self) -> Result<usize, RingCorrupted> {
-        let cons = self.page.load_index(self.cons_offset);
+        let cons = self.end.page.load_index(self.end.cons_offset);
         let used = self.prod.wrapping_sub(cons);
-        if used > self.ring.size {
+        if used > self.end.ring.size {
             return Err(RingCorrupted {
-                ring: self.ring.side,
+                ring: self.end.ring.side,
                 prod: self.prod,
                 cons,
-                size: self.ring.size,
+                size: self.end.ring.size,
             });
         }
-        Ok((self.ring.size - used) as usize)
+        Ok((self.end.ring.size - used) as usize)
     }
 
     /// Ask the reader to notify us when it consumes, then look again.
     pub fn request_and_recheck(&self) -> Result<usize, RingCorrupted> {
-        self.page.request_notify(self.peer_notify, abi::NOTIFY_READ);
+        self.end
+            .page
+            .request_notify(self.end.peer_notify, abi::NOTIFY_READ);
         self.space()
     }
 
@@ -475,22 +481,23 @@ impl Producer {
 
     /// Copy `buf` (known to fit) in and publish the new index.
     fn produce(&mut self, buf: &[u8]) -> bool {
-        let mask = self.ring.size - 1;
+        let mask = self.end.ring.size - 1;
         let start = (self.prod & mask) as usize;
-        let first = buf.len().min(self.ring.size as usize - start);
+        let first = buf.len().min(self.end.ring.size as usize - start);
         // SAFETY: both copies stay inside the ring (valid for `size` bytes by `new`'s contract)
         // and read from a private buffer. The bytes are free: the peer's Release store of `cons`
         // (loaded with Acquire in `space`) says it has finished reading them.
         unsafe {
-            let data = self.ring.data.as_ptr();
+            let data = self.end.ring.data.as_ptr();
             ptr::copy_nonoverlapping(buf.as_ptr(), data.add(start), first);
             ptr::copy_nonoverlapping(buf.as_ptr().add(first), data, buf.len() - first);
         }
         // Ring sizes are at most 1 MiB and `buf.len()` is at most the free space.
         self.prod = self.prod.wrapping_add(buf.len() as u32);
-        self.page.store_index(self.prod_offset, self.prod);
-        self.page
-            .take_notify_request(self.own_notify, abi::NOTIFY_WRITE)
+        self.end.page.store_index(self.end.prod_offset, self.prod);
+        self.end
+            .page
+            .take_notify_request(self.end.own_notify, abi::NOTIFY_WRITE)
     }
 }
 
