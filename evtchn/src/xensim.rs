@@ -46,10 +46,17 @@ pub mod op {
     pub const EV_BIND_UNBOUND: u32 = 2;
     /// `[EV_BIND_INTERDOMAIN, remote, remote_port]` -> `[0, port]`.
     pub const EV_BIND_INTERDOMAIN: u32 = 3;
-    /// `[EV_NOTIFY, port]` -> `[0]`.
+    /// `[EV_NOTIFY, port]`, one way: the host sends no reply (the client has checked the port
+    /// is bound by this handle, so the host has nothing to report; it ignores a port that is
+    /// not, as a stale notify).
     pub const EV_NOTIFY: u32 = 4;
-    /// `[EV_UNMASK, port]` -> `[0]`.
+    /// `[EV_UNMASK, port]`, one way, as `EV_NOTIFY`.
     pub const EV_UNMASK: u32 = 5;
+
+    /// Whether the host answers `op` (all but the one-way [`EV_NOTIFY`] and [`EV_UNMASK`]).
+    pub fn has_reply(op: u32) -> bool {
+        !matches!(op, EV_NOTIFY | EV_UNMASK)
+    }
     /// `[EV_UNBIND, port]` -> `[0]`.
     pub const EV_UNBIND: u32 = 6;
     /// `[GNT_SHARE, grantee, count, writable, notify_offset, notify_port]` ->
@@ -295,23 +302,50 @@ pub fn send_msg(sock: BorrowedFd<'_>, words: &[u32], fds: &[BorrowedFd<'_>]) -> 
     }
 }
 
-/// Receive one message: its words and attached descriptors, or `None` at end of stream. A message
-/// whose length is not a whole number of words is an `InvalidData` error.
-pub fn recv_msg(sock: BorrowedFd<'_>) -> io::Result<Option<(Vec<u32>, Vec<OwnedFd>)>> {
-    let mut bytes = vec![0u8; MAX_MESSAGE];
+/// Receive buffers for [`recv_msg_with`], kept by a caller that receives many messages (the
+/// host), so receiving allocates nothing once they exist.
+pub struct MsgBuf {
+    bytes: Vec<u8>,
+    control: Vec<u64>,
+    words: Vec<u32>,
+}
+
+impl MsgBuf {
+    /// Buffers for the largest message and the most descriptors.
+    pub fn new() -> MsgBuf {
+        // SAFETY: CMSG_SPACE is a pure computation.
+        let space = unsafe { libc::CMSG_SPACE((MAX_FDS * size_of::<RawFd>()) as u32) } as usize;
+        MsgBuf {
+            bytes: vec![0u8; MAX_MESSAGE],
+            control: vec![0u64; space.div_ceil(8)],
+            words: Vec::with_capacity(MAX_MESSAGE / 4),
+        }
+    }
+}
+
+impl Default for MsgBuf {
+    fn default() -> Self {
+        MsgBuf::new()
+    }
+}
+
+/// Receive one message into `buf`: its words (borrowed from `buf`) and attached descriptors, or
+/// `None` at end of stream. A message whose length is not a whole number of words is an
+/// `InvalidData` error. Allocates only for descriptors that arrive.
+pub fn recv_msg_with<'b>(
+    sock: BorrowedFd<'_>,
+    buf: &'b mut MsgBuf,
+) -> io::Result<Option<(&'b [u32], Vec<OwnedFd>)>> {
     let mut iov = libc::iovec {
-        iov_base: bytes.as_mut_ptr().cast(),
-        iov_len: bytes.len(),
+        iov_base: buf.bytes.as_mut_ptr().cast(),
+        iov_len: buf.bytes.len(),
     };
-    // SAFETY: CMSG_SPACE is a pure computation.
-    let space = unsafe { libc::CMSG_SPACE((MAX_FDS * size_of::<RawFd>()) as u32) } as usize;
-    let mut control = vec![0u64; space.div_ceil(8)];
     // SAFETY: msghdr is plain data; all-zero is a valid value.
     let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = space as _;
+    msg.msg_control = buf.control.as_mut_ptr().cast();
+    msg.msg_controllen = (buf.control.len() * 8) as _;
     let len = loop {
         // SAFETY: `msg` points at live buffers of the sizes it states.
         let rc = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
@@ -349,11 +383,49 @@ pub fn recv_msg(sock: BorrowedFd<'_>) -> io::Result<Option<(Vec<u32>, Vec<OwnedF
             "malformed xensim message",
         ));
     }
-    let words = bytes[..len]
-        .chunks_exact(4)
-        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
-    Ok(Some((words, fds)))
+    buf.words.clear();
+    buf.words.extend(
+        buf.bytes[..len]
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+    );
+    Ok(Some((&buf.words, fds)))
+}
+
+/// Receive one message: its words and attached descriptors, or `None` at end of stream (see
+/// [`recv_msg_with`], which this calls with fresh buffers).
+pub fn recv_msg(sock: BorrowedFd<'_>) -> io::Result<Option<(Vec<u32>, Vec<OwnedFd>)>> {
+    let mut buf = MsgBuf::new();
+    Ok(recv_msg_with(sock, &mut buf)?.map(|(words, fds)| (words.to_vec(), fds)))
+}
+
+/// Send a message of at most 4 words with no descriptors and no allocation (the one-way event
+/// operations). Never raises `SIGPIPE`.
+pub fn send_small(sock: BorrowedFd<'_>, words: &[u32]) -> io::Result<()> {
+    let mut bytes = [0u8; 16];
+    if words.len() > 4 {
+        return Err(io::Error::from_raw_os_error(libc::E2BIG));
+    }
+    for (chunk, word) in bytes.chunks_exact_mut(4).zip(words) {
+        chunk.copy_from_slice(&word.to_le_bytes());
+    }
+    let len = words.len() * 4;
+    loop {
+        // SAFETY: `bytes` is valid for reads of `len` (at most 16) bytes for the call's duration.
+        let rc = unsafe {
+            libc::send(
+                sock.as_raw_fd(),
+                bytes.as_ptr().cast(),
+                len,
+                libc::MSG_NOSIGNAL,
+            )
+        };
+        match cvt_size(rc) {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// One connection to the simulated hypervisor: a device handle's life line.
@@ -414,6 +486,15 @@ impl HostConn {
         self.domid
     }
 
+    /// Send a request that has no reply ([`op::has_reply`] is false for it), allocating nothing.
+    pub fn send_one_way(&self, request: &[u32]) -> io::Result<()> {
+        debug_assert!(request.first().is_some_and(|&op| !op::has_reply(op)));
+        send_small(self.sock.as_fd(), request).map_err(|e| match e.raw_os_error() {
+            Some(libc::EPIPE) | Some(libc::ECONNRESET) => host_gone(),
+            _ => e,
+        })
+    }
+
     /// Send a request and wait for its reply; returns the reply's values (after the status).
     pub fn call(&self, request: &[u32]) -> io::Result<Vec<u32>> {
         Ok(self.call_with_fds(request, &[])?.0)
@@ -466,6 +547,9 @@ pub struct XsEvtchn {
     conn: HostConn,
     /// Our end of the delivery socket: one message per delivered event.
     events: OwnedFd,
+    /// The ports this handle has bound, so the one-way notify and unmask can refuse any other
+    /// port here, as the Linux driver does, without waiting for the host.
+    bound: Mutex<Vec<Port>>,
 }
 
 impl XsEvtchn {
@@ -474,7 +558,11 @@ impl XsEvtchn {
         let (mine, theirs) = seqpacket_pair()?;
         let conn = HostConn::connect(dir, domid, op::KIND_EVENTS, &[theirs.as_fd()])?;
         drop(theirs);
-        Ok(XsEvtchn { conn, events: mine })
+        Ok(XsEvtchn {
+            conn,
+            events: mine,
+            bound: Mutex::new(Vec::new()),
+        })
     }
 
     /// Open a handle as configured by `XENSIM_DIR` and `XENSIM_DOMID`.
@@ -486,6 +574,21 @@ impl XsEvtchn {
     /// The domain this handle belongs to.
     pub fn domid(&self) -> DomId {
         self.conn.domid()
+    }
+
+    fn bound(&self, port: Port) -> io::Result<Port> {
+        if lock(&self.bound).contains(&port) {
+            Ok(port)
+        } else {
+            // What the Linux driver answers for a port this handle has not bound.
+            Err(io::Error::from_raw_os_error(libc::ENOTCONN))
+        }
+    }
+
+    fn remember(&self, port: io::Result<Port>) -> io::Result<Port> {
+        let port = port?;
+        lock(&self.bound).push(port);
+        Ok(port)
     }
 
     /// Take the next delivered event. With `block`, wait for one (unless the fd was made
@@ -523,21 +626,26 @@ impl XsEvtchn {
 
 impl EventChannel for XsEvtchn {
     fn bind_unbound_port(&self, remote: DomId) -> io::Result<Port> {
-        one(self
-            .conn
-            .call(&[op::EV_BIND_UNBOUND, u32::from(remote.0)])?)
-        .map(Port)
+        self.remember(
+            self.conn
+                .call(&[op::EV_BIND_UNBOUND, u32::from(remote.0)])
+                .and_then(one)
+                .map(Port),
+        )
     }
 
     fn bind_interdomain(&self, remote: DomId, remote_port: Port) -> io::Result<Port> {
-        one(self
-            .conn
-            .call(&[op::EV_BIND_INTERDOMAIN, u32::from(remote.0), remote_port.0])?)
-        .map(Port)
+        self.remember(
+            self.conn
+                .call(&[op::EV_BIND_INTERDOMAIN, u32::from(remote.0), remote_port.0])
+                .and_then(one)
+                .map(Port),
+        )
     }
 
     fn notify(&self, port: Port) -> io::Result<()> {
-        self.conn.call(&[op::EV_NOTIFY, port.0]).map(drop)
+        let port = self.bound(port)?;
+        self.conn.send_one_way(&[op::EV_NOTIFY, port.0])
     }
 
     fn pending(&self) -> io::Result<Option<Port>> {
@@ -545,11 +653,15 @@ impl EventChannel for XsEvtchn {
     }
 
     fn unmask(&self, port: Port) -> io::Result<()> {
-        self.conn.call(&[op::EV_UNMASK, port.0]).map(drop)
+        let port = self.bound(port)?;
+        self.conn.send_one_way(&[op::EV_UNMASK, port.0])
     }
 
     fn unbind(&self, port: Port) -> io::Result<()> {
-        self.conn.call(&[op::EV_UNBIND, port.0]).map(drop)
+        let port = self.bound(port)?;
+        self.conn.call(&[op::EV_UNBIND, port.0])?;
+        lock(&self.bound).retain(|&p| p != port);
+        Ok(())
     }
 }
 

@@ -1110,13 +1110,19 @@ impl Host {
             }
         };
         if wire::send_msg(sock.as_fd(), &[0], &[]).is_ok() {
+            // One receive buffer for the connection's life: a message costs no allocation.
+            let mut buf = wire::MsgBuf::new();
             loop {
-                let words = match wire::recv_msg(sock.as_fd()) {
+                let words = match wire::recv_msg_with(sock.as_fd(), &mut buf) {
                     // Descriptors sent with requests are not expected; dropping closes them.
                     Ok(Some((words, _fds))) => words,
                     Ok(None) | Err(_) => break,
                 };
-                let reply = self.dispatch(conn, &words);
+                let reply = self.dispatch(conn, words);
+                if !words.first().copied().is_some_and(op::has_reply) {
+                    // One-way (notify, unmask): the client checked the port; nothing to say.
+                    continue;
+                }
                 let sent = match reply {
                     Ok((mut values, files, writable)) => {
                         values.insert(0, 0);

@@ -119,6 +119,8 @@ pub struct Vchan<B: Backend> {
     page: ControlPage,
     reader: Mutex<Consumer>,
     writer: Mutex<Producer>,
+    read_capacity: usize,
+    write_capacity: usize,
     events: B::Events,
     port: Port,
     waiter: Waiter,
@@ -128,7 +130,34 @@ pub struct Vchan<B: Backend> {
     /// Set when a notify failed after data was committed; reported by the next call.
     notify_failed: AtomicBool,
     deferred: Mutex<Option<VchanError>>,
+    /// Set by `hang_up`: the peer has been told we are gone; reads drain the ring, writes fail.
+    hung_up: AtomicBool,
     resources: Option<Resources<B>>,
+}
+
+/// Which ring a data operation uses.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Direction {
+    Read,
+    Write,
+}
+
+/// What the shared wait loop needs from either half of a ring.
+trait RingHalf {
+    /// Ask the peer for an event when it makes progress on this ring.
+    fn request_event(&self);
+}
+
+impl RingHalf for Consumer {
+    fn request_event(&self) {
+        self.request_write_notify();
+    }
+}
+
+impl RingHalf for Producer {
+    fn request_event(&self) {
+        self.request_read_notify();
+    }
 }
 
 const NO_TIMEOUT: u64 = u64::MAX;
@@ -394,6 +423,8 @@ impl<B: Backend> Vchan<B> {
         Vchan {
             role,
             page,
+            read_capacity: reader.capacity(),
+            write_capacity: writer.capacity(),
             reader: Mutex::new(reader),
             writer: Mutex::new(writer),
             events,
@@ -404,6 +435,7 @@ impl<B: Backend> Vchan<B> {
             write_timeout: AtomicU64::new(NO_TIMEOUT),
             notify_failed: AtomicBool::new(false),
             deferred: Mutex::new(None),
+            hung_up: AtomicBool::new(false),
             resources: Some(resources),
         }
     }
@@ -420,12 +452,12 @@ impl<B: Backend> Vchan<B> {
 
     /// The capacity of the ring this end reads.
     pub fn read_capacity(&self) -> usize {
-        lock(&self.reader).capacity()
+        self.read_capacity
     }
 
     /// The capacity of the ring this end writes.
     pub fn write_capacity(&self) -> usize {
-        lock(&self.writer).capacity()
+        self.write_capacity
     }
 
     /// The connection's state, from the peer's live byte.
@@ -456,12 +488,14 @@ impl<B: Backend> Vchan<B> {
             .store(encode_timeout(timeout), Ordering::Relaxed);
     }
 
-    /// Bytes ready to read now; also asks the peer for an event when it writes more.
+    /// Bytes ready to read now; also asks the peer for an event when it writes more. Never waits
+    /// for a blocked `read` or `recv` on another thread.
     pub fn data_ready(&self) -> Result<usize> {
         Ok(lock(&self.reader).request_and_recheck()?)
     }
 
-    /// Bytes that can be written now; also asks the peer for an event when it frees more.
+    /// Bytes that can be written now; also asks the peer for an event when it frees more. Never
+    /// waits for a blocked `write` or `send` on another thread.
     pub fn buffer_space(&self) -> Result<usize> {
         Ok(lock(&self.writer).request_and_recheck()?)
     }
@@ -469,124 +503,189 @@ impl<B: Backend> Vchan<B> {
     /// Read what is available, up to `buf.len()` bytes. Blocks (in blocking mode) until at least
     /// one byte is ready; `Ok(0)` means the peer closed and everything it wrote has been read.
     pub fn read(&self, buf: &mut [u8]) -> Result<usize> {
-        self.check_deferred()?;
         if buf.is_empty() {
-            return Ok(0);
+            return self.check_deferred().map(|()| 0);
         }
-        let mut reader = lock(&self.reader);
-        let deadline = self.deadline(&self.read_timeout);
-        loop {
-            let ticket = self.waiter.ticket();
-            let (n, wanted) = reader.read(buf)?;
-            if n > 0 {
-                self.notify_if(wanted);
-                return Ok(n);
-            }
-            if reader.request_and_recheck()? > 0 {
-                continue;
-            }
-            if self.state()? == State::PeerClosed {
-                // Close race: the peer may have written and then closed after our last look. The
-                // live byte is read with SeqCst, so this look sees everything written before it.
-                let (n, wanted) = reader.read(buf)?;
-                self.notify_if(wanted);
-                return Ok(n);
-            }
-            self.sleep(ticket, deadline, || {
-                reader.available().map_or(true, |n| n > 0)
-            })?;
-        }
+        self.transfer(
+            &self.reader,
+            Direction::Read,
+            |reader| Ok(reader.read(buf)?).map(|(n, wanted)| (n > 0).then_some((n, wanted))),
+            |reader| Ok(reader.available()? > 0),
+            || Ok(0),
+        )
     }
 
     /// Receive exactly `buf.len()` bytes as one unit, or nothing. Fails with `MessageTooLarge`
     /// if the ring can never hold that much, and `PeerClosed` if the peer closed with fewer
     /// bytes left in the ring.
     pub fn recv(&self, buf: &mut [u8]) -> Result<()> {
-        self.check_deferred()?;
-        let mut reader = lock(&self.reader);
-        if buf.len() > reader.capacity() {
+        if buf.len() > self.read_capacity {
             return Err(VchanError::MessageTooLarge {
                 len: buf.len(),
-                capacity: reader.capacity(),
+                capacity: self.read_capacity,
             });
         }
-        let deadline = self.deadline(&self.read_timeout);
-        loop {
-            let ticket = self.waiter.ticket();
-            if let Some(wanted) = reader.read_exact(buf)? {
-                self.notify_if(wanted);
-                return Ok(());
-            }
-            if reader.request_and_recheck()? >= buf.len() {
-                continue;
-            }
-            if self.state()? == State::PeerClosed {
-                if let Some(wanted) = reader.read_exact(buf)? {
-                    self.notify_if(wanted);
-                    return Ok(());
-                }
-                return Err(VchanError::PeerClosed);
-            }
-            self.sleep(ticket, deadline, || {
-                reader.available().map_or(true, |n| n >= buf.len())
-            })?;
-        }
+        let len = buf.len();
+        self.transfer(
+            &self.reader,
+            Direction::Read,
+            |reader| Ok(reader.read_exact(buf)?.map(|wanted| ((), wanted))),
+            |reader| Ok(reader.available()? >= len),
+            || Err(VchanError::PeerClosed),
+        )
     }
 
     /// Write as much of `buf` as fits now. Blocks (in blocking mode) until at least one byte fits.
     /// Fails with `PeerClosed` once the peer has gone.
     pub fn write(&self, buf: &[u8]) -> Result<usize> {
-        self.check_deferred()?;
         if buf.is_empty() {
-            return Ok(0);
+            return self.check_deferred().map(|()| 0);
         }
-        let mut writer = lock(&self.writer);
-        let deadline = self.deadline(&self.write_timeout);
-        loop {
-            let ticket = self.waiter.ticket();
-            if self.state()? == State::PeerClosed {
-                return Err(VchanError::PeerClosed);
-            }
-            let (n, wanted) = writer.write(buf)?;
-            if n > 0 {
-                self.notify_if(wanted);
-                return Ok(n);
-            }
-            if writer.request_and_recheck()? > 0 {
-                continue;
-            }
-            self.sleep(ticket, deadline, || writer.space().map_or(true, |n| n > 0))?;
-        }
+        self.transfer(
+            &self.writer,
+            Direction::Write,
+            |writer| Ok(writer.write(buf)?).map(|(n, wanted)| (n > 0).then_some((n, wanted))),
+            |writer| Ok(writer.space()? > 0),
+            || Err(VchanError::PeerClosed),
+        )
     }
 
     /// Send all of `buf` as one unit, or nothing. Fails with `MessageTooLarge` if the ring can
     /// never hold it (in either mode), and `PeerClosed` once the peer has gone.
     pub fn send(&self, buf: &[u8]) -> Result<()> {
-        self.check_deferred()?;
-        let mut writer = lock(&self.writer);
-        if buf.len() > writer.capacity() {
+        if buf.len() > self.write_capacity {
             return Err(VchanError::MessageTooLarge {
                 len: buf.len(),
-                capacity: writer.capacity(),
+                capacity: self.write_capacity,
             });
         }
-        let deadline = self.deadline(&self.write_timeout);
+        self.transfer(
+            &self.writer,
+            Direction::Write,
+            |writer| Ok(writer.write_all_or_nothing(buf)?.map(|wanted| ((), wanted))),
+            |writer| Ok(writer.space()? >= buf.len()),
+            || Err(VchanError::PeerClosed),
+        )
+    }
+
+    /// The wait loop shared by `read`, `recv`, `write` and `send`.
+    ///
+    /// `attempt` tries the operation on the half (`None`: not enough data or space yet; `Some`
+    /// carries the result and whether the peer asked for an event). `ready` says whether an
+    /// attempt would now succeed. `closed` is the outcome once the peer has gone and the ring
+    /// cannot answer.
+    ///
+    /// The order of the steps is what makes this fast and free of lost wake-ups:
+    /// 1. Try. While the peer keeps up, this is all that happens: no system call, no event.
+    /// 2. Poll the ring for a bounded time (`SPIN_BUDGET`) *without* asking the peer for an
+    ///    event, so a peer that answers within microseconds never pays for a notify.
+    /// 3. Take a ticket from the waiter, then set the notify request in the peer's byte and look
+    ///    once more (`request_and_recheck`: a full fence between the two, paired with the
+    ///    peer's fence between publishing its index and reading our request). Either that look
+    ///    sees the peer's progress, or the peer sees the request and sends an event.
+    /// 4. Sleep on the event fd until that event, or any event taken by another thread after
+    ///    the ticket, and start again.
+    ///
+    /// The half's mutex is held only while trying and looking, never while spinning or
+    /// sleeping, so `data_ready`, `buffer_space` and the other direction never wait for a
+    /// sleeper. In non-blocking mode step 2 is replaced by taking the pending events (so the fd
+    /// turns readable only for news after the final look) and step 4 by `WouldBlock`.
+    fn transfer<H: RingHalf, T>(
+        &self,
+        half: &Mutex<H>,
+        direction: Direction,
+        mut attempt: impl FnMut(&mut H) -> Result<Option<(T, bool)>>,
+        ready: impl Fn(&H) -> Result<bool>,
+        closed: impl Fn() -> Result<T>,
+    ) -> Result<T> {
+        self.check_deferred()?;
+        let timeout = match direction {
+            Direction::Read => &self.read_timeout,
+            Direction::Write => &self.write_timeout,
+        };
+        let deadline = self.deadline(timeout);
+        let mut final_look = false;
         loop {
             let ticket = self.waiter.ticket();
-            if self.state()? == State::PeerClosed {
-                return Err(VchanError::PeerClosed);
+            let mut guard = lock(half);
+            if direction == Direction::Write && self.write_is_over()? {
+                return if self.hung_up.load(Ordering::Acquire) {
+                    Err(VchanError::ShutDown)
+                } else {
+                    closed()
+                };
             }
-            if let Some(wanted) = writer.write_all_or_nothing(buf)? {
+            if let Some((outcome, wanted)) = attempt(&mut guard)? {
+                drop(guard);
                 self.notify_if(wanted);
-                return Ok(());
+                return Ok(outcome);
             }
-            if writer.request_and_recheck()? >= buf.len() {
+            let nonblocking = self.nonblocking.load(Ordering::Relaxed);
+            if !final_look {
+                drop(guard);
+                if nonblocking {
+                    self.waiter.take_pending(&self.events)?;
+                } else if spin_until(|| {
+                    if self.read_is_over(direction).unwrap_or(true) {
+                        // Straight to the final look, which handles the close (or the error).
+                        Some(false)
+                    } else {
+                        // An error is reported by the attempt that follows.
+                        ready(&lock(half)).unwrap_or(true).then_some(true)
+                    }
+                }) {
+                    continue;
+                }
+                final_look = true;
                 continue;
             }
-            self.sleep(ticket, deadline, || {
-                writer.space().map_or(true, |n| n >= buf.len())
-            })?;
+            final_look = false;
+            guard.request_event();
+            if ready(&guard)? {
+                continue;
+            }
+            if self.read_is_over(direction)? {
+                // Close race: the peer may have written and then closed after our last look.
+                // The live byte is read with SeqCst, so this look sees everything written
+                // before the close.
+                if let Some((outcome, wanted)) = attempt(&mut guard)? {
+                    drop(guard);
+                    self.notify_if(wanted);
+                    return Ok(outcome);
+                }
+                return closed();
+            }
+            drop(guard);
+            if nonblocking {
+                return Err(VchanError::WouldBlock);
+            }
+            self.waiter.wait(&self.events, ticket, deadline)?;
         }
+    }
+
+    /// The waiter's generation: it moves whenever some thread or task takes events.
+    #[cfg(feature = "tokio")]
+    pub(crate) fn waiter_ticket(&self) -> u64 {
+        self.waiter.ticket()
+    }
+
+    /// Take the pending events without waiting (for a caller that then looks at the state).
+    #[cfg(feature = "tokio")]
+    pub(crate) fn take_pending_events(&self) -> Result<usize> {
+        self.waiter.take_pending(&self.events)
+    }
+
+    /// Whether a reader can expect nothing more than what the ring holds: the peer has closed,
+    /// or this end has hung up. A nonsense live byte is an error.
+    fn read_is_over(&self, direction: Direction) -> Result<bool> {
+        Ok(direction == Direction::Read
+            && (self.hung_up.load(Ordering::Acquire) || self.state()? == State::PeerClosed))
+    }
+
+    /// Whether writing is over: the peer has closed, or this end has hung up. A nonsense live
+    /// byte is an error.
+    fn write_is_over(&self) -> Result<bool> {
+        Ok(self.hung_up.load(Ordering::Acquire) || self.state()? == State::PeerClosed)
     }
 
     /// Wait until the client has connected (server) or the peer has closed, up to `timeout`.
@@ -630,6 +729,20 @@ impl<B: Backend> Vchan<B> {
             Err(VchanError::TimedOut) => Ok(false),
             Err(e) => Err(e),
         }
+    }
+
+    /// Tell the peer this end is closed, as `close` does, but keep the rings mapped: what the
+    /// peer sent before it noticed can still be read, then reads return `Ok(0)`. Writes fail
+    /// with `ShutDown`. The resources are released by `close` or when the endpoint is dropped.
+    /// This is what an async stream's `poll_shutdown` does.
+    pub fn hang_up(&self) -> Result<()> {
+        if self.hung_up.swap(true, Ordering::AcqRel) || self.resources.is_none() {
+            return Ok(());
+        }
+        self.page.set_live(self.role.own_live(), abi::LIVE_EXITED);
+        self.events
+            .notify(self.port)
+            .map_err(VchanError::backend("notify the peer of the close"))
     }
 
     /// Close the channel: release the rings, mark this side gone, tell the peer, and (server)
@@ -697,27 +810,6 @@ impl<B: Backend> Vchan<B> {
         }
     }
 
-    /// Block for an event (or fail with `WouldBlock` in non-blocking mode). `ready` tells whether
-    /// the ring can now answer; it is polled for a short while before sleeping, because a peer
-    /// running on another CPU usually answers sooner than a sleep and wake-up take.
-    fn sleep(
-        &self,
-        ticket: u64,
-        deadline: Option<Instant>,
-        ready: impl Fn() -> bool,
-    ) -> Result<()> {
-        if self.nonblocking.load(Ordering::Relaxed) {
-            // Take the pending event now, so the fd only turns readable for news that comes after
-            // the caller's last look at the ring.
-            self.waiter.take_pending(&self.events)?;
-            return Err(VchanError::WouldBlock);
-        }
-        if spin_until(&ready) {
-            return Ok(());
-        }
-        self.waiter.wait(&self.events, ticket, deadline)
-    }
-
     /// Send the peer an event if it asked for one. The data is already committed, so a failure
     /// cannot be reported as "nothing written": it is kept and reported by the next call.
     fn notify_if(&self, wanted: bool) {
@@ -745,25 +837,34 @@ impl<B: Backend> Vchan<B> {
     }
 }
 
-/// How many times a blocking call polls the ring before it sleeps (about 10-50 µs of CPU).
-const SPIN_LIMIT: u32 = 2048;
+/// How long a blocking call polls the ring before it asks the peer for an event and sleeps. A
+/// peer on another CPU that is keeping up answers well within this (a ring round trip takes
+/// well under a microsecond); one that does not costs us this much CPU before we sleep. Sleeping
+/// and waking through the event channel costs tens of microseconds on any backend.
+const SPIN_BUDGET: Duration = Duration::from_micros(50);
 
-/// Poll `ready` up to `SPIN_LIMIT` times; false at once on a machine with one CPU, where the peer
-/// cannot make progress while we spin.
-fn spin_until(ready: &impl Fn() -> bool) -> bool {
+/// Poll `look` for up to `SPIN_BUDGET` until it has an answer (`Some`), and return that answer;
+/// false once the budget is spent, and at once on a machine with one CPU, where the peer cannot
+/// make progress while we spin.
+fn spin_until(look: impl Fn() -> Option<bool>) -> bool {
     static MANY_CPUS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let many =
         *MANY_CPUS.get_or_init(|| std::thread::available_parallelism().is_ok_and(|n| n.get() > 1));
     if !many {
         return false;
     }
-    for i in 0..SPIN_LIMIT {
-        if i % 16 == 0 && ready() {
-            return true;
+    let started = Instant::now();
+    loop {
+        for _ in 0..64 {
+            if let Some(answer) = look() {
+                return answer;
+            }
+            std::hint::spin_loop();
         }
-        std::hint::spin_loop();
+        if started.elapsed() >= SPIN_BUDGET {
+            return false;
+        }
     }
-    false
 }
 
 fn encode_timeout(timeout: Option<Duration>) -> u64 {

@@ -45,6 +45,9 @@ pub enum VchanError {
     /// The peer has closed the channel (or died); nothing more can be sent.
     #[error("the peer has closed the channel")]
     PeerClosed,
+    /// This end has hung up (`Vchan::hang_up`); nothing more can be sent.
+    #[error("this end of the channel has been shut down")]
+    ShutDown,
     /// A non-blocking operation could not proceed now.
     #[error("the operation would block")]
     WouldBlock,
@@ -84,7 +87,7 @@ impl VchanError {
             VchanError::MessageTooLarge { .. } | VchanError::Loopback(_) => {
                 io::ErrorKind::InvalidInput
             }
-            VchanError::PeerClosed => io::ErrorKind::BrokenPipe,
+            VchanError::PeerClosed | VchanError::ShutDown => io::ErrorKind::BrokenPipe,
             VchanError::WouldBlock => io::ErrorKind::WouldBlock,
             VchanError::TimedOut => io::ErrorKind::TimedOut,
             VchanError::Xenstore(xenstore::XenstoreError::Io(e)) => e.kind(),

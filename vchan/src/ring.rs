@@ -176,7 +176,16 @@ impl ControlPage {
         // request bit; it pairs with the fence in the peer's `request_notify`. Either the peer
         // re-reads our index after our store, or we see its request and send the event.
         fence(Ordering::SeqCst);
-        self.u8_at(own_notify).fetch_and(!bit, Ordering::Relaxed) & bit != 0
+        let notify = self.u8_at(own_notify);
+        // Look before touching: while the peer keeps up it has no request outstanding, and a plain
+        // load leaves the cache line shared where a read-modify-write would take it exclusive on
+        // every call. Only we clear bits in this byte, so a set bit seen here is still set for
+        // the fetch-and-clear below (a hostile peer that clears it only loses its own event).
+        // ORDERING: Relaxed; the fence above already ordered this load after our index store.
+        if notify.load(Ordering::Relaxed) & bit == 0 {
+            return false;
+        }
+        notify.fetch_and(!bit, Ordering::Relaxed) & bit != 0
     }
 }
 
@@ -370,10 +379,16 @@ impl Consumer {
     /// Ask the writer to notify us when it writes, then look again: the answer is what a caller
     /// that is about to sleep must use.
     pub fn request_and_recheck(&self) -> Result<usize, RingCorrupted> {
+        self.request_write_notify();
+        self.available()
+    }
+
+    /// Ask the writer to notify us when it writes (followed by a full fence): a caller that then
+    /// finds the ring still short may sleep until the event.
+    pub fn request_write_notify(&self) {
         self.end
             .page
             .request_notify(self.end.peer_notify, abi::NOTIFY_WRITE);
-        self.available()
     }
 
     /// Copy up to `buf.len()` bytes out. Returns the count and whether the writer asked to be
@@ -455,10 +470,16 @@ impl Producer {
 
     /// Ask the reader to notify us when it consumes, then look again.
     pub fn request_and_recheck(&self) -> Result<usize, RingCorrupted> {
+        self.request_read_notify();
+        self.space()
+    }
+
+    /// Ask the reader to notify us when it consumes (followed by a full fence): a caller that
+    /// then finds the ring still full may sleep until the event.
+    pub fn request_read_notify(&self) {
         self.end
             .page
             .request_notify(self.end.peer_notify, abi::NOTIFY_READ);
-        self.space()
     }
 
     /// Copy up to `buf.len()` bytes in. Returns the count and whether the reader asked to be told

@@ -65,7 +65,7 @@ impl Waiter {
                 drop(leader_present);
                 let outcome = poll_readable(events, timeout).and_then(|ready| {
                     if ready {
-                        take_events(events)
+                        take_events(events).map(drop)
                     } else {
                         Ok(())
                     }
@@ -89,14 +89,16 @@ impl Waiter {
     }
 
     /// Take whatever events are pending without sleeping (non-blocking mode), waking any other
-    /// waiters so none of them misses what was taken.
-    pub(crate) fn take_pending<E: EventChannel>(&self, events: &E) -> Result<()> {
-        let outcome = take_events(events);
-        let _guard = lock(&self.leader_present);
-        // ORDERING: as in `finish_round`.
-        self.generation.fetch_add(1, Ordering::Release);
-        self.followers.notify_all();
-        outcome
+    /// waiters so none of them misses what was taken. Returns how many were taken.
+    pub(crate) fn take_pending<E: EventChannel>(&self, events: &E) -> Result<usize> {
+        let taken = take_events(events);
+        if !matches!(taken, Ok(0)) {
+            let _guard = lock(&self.leader_present);
+            // ORDERING: as in `finish_round`.
+            self.generation.fetch_add(1, Ordering::Release);
+            self.followers.notify_all();
+        }
+        taken
     }
 
     fn finish_round(&self) {
@@ -123,9 +125,10 @@ fn remaining(deadline: Option<Instant>) -> Result<Option<Duration>> {
     }
 }
 
-/// Take delivered events and re-arm their ports.
-fn take_events<E: EventChannel>(events: &E) -> Result<()> {
-    for _ in 0..MAX_EVENTS_PER_WAKE {
+/// Take delivered events and re-arm their ports; returns how many were taken.
+fn take_events<E: EventChannel>(events: &E) -> Result<usize> {
+    let mut taken = 0;
+    while taken < MAX_EVENTS_PER_WAKE {
         match events
             .pending()
             .map_err(VchanError::backend("take an event"))?
@@ -135,8 +138,9 @@ fn take_events<E: EventChannel>(events: &E) -> Result<()> {
                 .map_err(VchanError::backend("unmask the event channel"))?,
             None => break,
         }
+        taken += 1;
     }
-    Ok(())
+    Ok(taken)
 }
 
 /// Wait for the event fd to become readable. `Ok(false)` on timeout or interruption.

@@ -1,0 +1,168 @@
+//! The data path allocates nothing: once connected, `read`, `write`, `send` and `recv` (including
+//! the ones that notify the peer, and blocking ones that sleep on the event channel and are woken)
+//! make no heap allocation. A counting global allocator checks it, in its own test binary so no
+//! other test's allocations are counted.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Barrier, Mutex, PoisonError};
+use std::thread;
+use std::time::Duration;
+
+mod common;
+use common::Host;
+use vchan::RingSizes;
+
+/// Counts allocations (and reallocations) made by threads that have `COUNTED` set, so the test
+/// harness and tests running in parallel are not counted.
+struct Counting;
+
+thread_local! {
+    static COUNTED: Cell<bool> = const { Cell::new(false) };
+}
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+
+fn counted() -> bool {
+    COUNTED.try_with(Cell::get).unwrap_or(false)
+}
+
+// SAFETY: every call is forwarded unchanged to the system allocator; the counter only observes.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if counted() {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: the caller's contract for `alloc` is passed on unchanged.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: the caller's contract for `dealloc` is passed on unchanged.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if counted() {
+            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        }
+        // SAFETY: the caller's contract for `realloc` is passed on unchanged.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Allocations made by `work`, on this thread and any that call `count_this_thread` meanwhile.
+/// One test at a time measures (the others' counted threads would add to the same total).
+fn allocations_during(work: impl FnOnce()) -> usize {
+    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner);
+    ALLOCATIONS.store(0, Ordering::SeqCst);
+    count_this_thread(true);
+    work();
+    count_this_thread(false);
+    ALLOCATIONS.load(Ordering::SeqCst)
+}
+
+fn count_this_thread(on: bool) {
+    COUNTED.with(|c| c.set(on));
+}
+
+#[test]
+fn read_write_send_and_recv_allocate_nothing_once_connected() {
+    let host = Host::new();
+    let (server, client) = host.pair(RingSizes {
+        server_read: 4096,
+        server_write: 4096,
+    });
+    let message = [7u8; 512];
+    let mut buf = [0u8; 512];
+    let mut ops = |rounds: usize| {
+        for _ in 0..rounds {
+            // Ask for events first, so the writes below notify (the event path is counted too).
+            server.data_ready().unwrap();
+            assert_eq!(client.write(&message).unwrap(), message.len());
+            assert_eq!(server.read(&mut buf).unwrap(), message.len());
+            client.data_ready().unwrap();
+            server.send(&message).unwrap();
+            client.recv(&mut buf).unwrap();
+            assert_eq!(buf, message);
+        }
+    };
+    // Warm up: lazily created state (event queues, the CPU-count probe) comes into being here.
+    ops(16);
+    let counted = allocations_during(|| ops(1000));
+    assert_eq!(
+        counted, 0,
+        "{counted} allocations in 1000 rounds of the data path"
+    );
+    drop((server, client));
+    host.assert_clean();
+}
+
+#[test]
+fn blocking_calls_that_sleep_and_wake_allocate_nothing() {
+    let host = Host::new();
+    let (server, client) = host.pair(RingSizes::default());
+    let capacity = client.write_capacity();
+    // The writer fills the ring many times over, and each side pauses now and then for longer
+    // than the spin budget, so the other finds the ring empty or full and sleeps on the event
+    // channel until it is woken.
+    let total = capacity * 2000;
+    let started = Barrier::new(2);
+    let finished = Barrier::new(2);
+    let rounds = 2;
+    thread::scope(|s| {
+        // Spawned (and its buffer allocated) before counting starts; the barriers allocate
+        // nothing.
+        s.spawn(|| {
+            let chunk = vec![1u8; capacity];
+            for round in 0..rounds {
+                started.wait();
+                count_this_thread(round > 0);
+                let mut sent = 0;
+                for write in 0.. {
+                    if sent == total {
+                        break;
+                    }
+                    if write % 200 == 199 {
+                        // Longer than the spin budget: the reader goes to sleep on the event.
+                        thread::sleep(Duration::from_millis(1));
+                    }
+                    sent += client.write(&chunk[..capacity.min(total - sent)]).unwrap();
+                }
+                count_this_thread(false);
+                finished.wait();
+            }
+        });
+        let mut buf = [0u8; 100];
+        let mut transfer = || {
+            started.wait();
+            let mut got = 0;
+            for read in 0.. {
+                if got == total {
+                    break;
+                }
+                if read % 5000 == 4999 {
+                    // And the other way round: the writer finds the ring full and sleeps.
+                    thread::sleep(Duration::from_millis(1));
+                }
+                let n = server.read(&mut buf).unwrap();
+                assert!(n > 0, "early EOF after {got} bytes");
+                got += n;
+            }
+            finished.wait();
+        };
+        // The first round warms up what is created lazily (the event queues' storage).
+        transfer();
+        let counted = allocations_during(transfer);
+        assert_eq!(
+            counted, 0,
+            "{counted} allocations while blocking reads and writes woke each other"
+        );
+    });
+    drop((server, client));
+    host.assert_clean();
+}
