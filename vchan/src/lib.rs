@@ -29,7 +29,8 @@
 //! The peer is treated as hostile: every value it can write is read once per decision and
 //! validated, and a corrupted ring is a [`VchanError`], never a hang, a panic or an out-of-bounds
 //! access. Without the default `std` feature only the ring and layout core ([`abi`], [`layout`],
-//! [`ring`]) is built, for unikernels that bring their own grant and event plumbing.
+//! [`ring`]) is built, for unikernels that bring their own grant and event plumbing. The `tokio`
+//! feature adds [`AsyncVchan`], an `AsyncRead + AsyncWrite` endpoint.
 #![cfg_attr(not(feature = "std"), no_std)]
 #![deny(unsafe_code)]
 
@@ -38,6 +39,8 @@ pub mod layout;
 #[allow(unsafe_code)]
 pub mod ring;
 
+#[cfg(feature = "tokio")]
+mod async_vchan;
 #[cfg(feature = "std")]
 mod backend;
 #[cfg(feature = "std")]
@@ -53,6 +56,8 @@ pub mod xen;
 #[cfg(feature = "std")]
 pub mod xensim;
 
+#[cfg(feature = "tokio")]
+pub use async_vchan::AsyncVchan;
 #[cfg(feature = "std")]
 pub use backend::Backend;
 #[cfg(feature = "std")]

@@ -420,3 +420,45 @@ fn notify_bytes_scribbled_during_a_transfer_never_corrupt_data() {
     drop((page, server, client));
     host.assert_clean();
 }
+
+#[cfg(feature = "tokio")]
+#[test]
+fn a_hostile_peer_gives_an_async_reader_a_typed_error_not_a_hang() {
+    use tokio::io::AsyncReadExt;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let host = Host::new();
+    let raw = RawServer::publish(&host, 1, 10, 11);
+    let client = connect(&host, 1).unwrap();
+    let started = Instant::now();
+    runtime.block_on(async {
+        let mut client = vchan::AsyncVchan::new(client).unwrap();
+        let reading = async {
+            let mut buf = [0u8; 16];
+            client.read(&mut buf).await
+        };
+        let corrupting = async {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            // The right ring is 2048 bytes: claim 2049 are ready, and wake the reader.
+            poke32(&raw.control, abi::RIGHT_PROD, 2049);
+            raw.kick();
+        };
+        let (result, ()) = tokio::time::timeout(BOUND, async { tokio::join!(reading, corrupting) })
+            .await
+            .expect("the async reader hung on a corrupted ring");
+        let err = result.unwrap_err();
+        let cause = err.get_ref().and_then(|e| e.downcast_ref::<VchanError>());
+        assert!(
+            matches!(cause, Some(VchanError::RingCorrupted(_))),
+            "{err:?}"
+        );
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+        drop(client);
+    });
+    assert!(started.elapsed() < BOUND);
+    drop(raw);
+    RawServer::remove_keys(&host, 1);
+    host.assert_clean();
+}
