@@ -146,17 +146,26 @@ enum Direction {
 trait RingHalf {
     /// Ask the peer for an event when it makes progress on this ring.
     fn request_event(&self);
+    /// Whether an operation on `wanted` bytes can complete without reading the control page
+    /// (from what this half last saw of the peer's index).
+    fn answers_privately(&self, wanted: usize) -> bool;
 }
 
 impl RingHalf for Consumer {
     fn request_event(&self) {
         self.request_write_notify();
     }
+    fn answers_privately(&self, _wanted: usize) -> bool {
+        false
+    }
 }
 
 impl RingHalf for Producer {
     fn request_event(&self) {
         self.request_read_notify();
+    }
+    fn answers_privately(&self, wanted: usize) -> bool {
+        self.known_room_covers(wanted)
     }
 }
 
@@ -506,9 +515,11 @@ impl<B: Backend> Vchan<B> {
         if buf.is_empty() {
             return self.check_deferred().map(|()| 0);
         }
+        let wanted = buf.len();
         self.transfer(
             &self.reader,
             Direction::Read,
+            wanted,
             |reader| Ok(reader.read(buf)?).map(|(n, wanted)| (n > 0).then_some((n, wanted))),
             |reader| Ok(reader.available()? > 0),
             || Ok(0),
@@ -529,6 +540,7 @@ impl<B: Backend> Vchan<B> {
         self.transfer(
             &self.reader,
             Direction::Read,
+            len,
             |reader| Ok(reader.read_exact(buf)?.map(|wanted| ((), wanted))),
             |reader| Ok(reader.available()? >= len),
             || Err(VchanError::PeerClosed),
@@ -544,6 +556,7 @@ impl<B: Backend> Vchan<B> {
         self.transfer(
             &self.writer,
             Direction::Write,
+            buf.len(),
             |writer| Ok(writer.write(buf)?).map(|(n, wanted)| (n > 0).then_some((n, wanted))),
             |writer| Ok(writer.space()? > 0),
             || Err(VchanError::PeerClosed),
@@ -562,6 +575,7 @@ impl<B: Backend> Vchan<B> {
         self.transfer(
             &self.writer,
             Direction::Write,
+            buf.len(),
             |writer| Ok(writer.write_all_or_nothing(buf)?.map(|wanted| ((), wanted))),
             |writer| Ok(writer.space()? >= buf.len()),
             || Err(VchanError::PeerClosed),
@@ -594,6 +608,7 @@ impl<B: Backend> Vchan<B> {
         &self,
         half: &Mutex<H>,
         direction: Direction,
+        wanted: usize,
         mut attempt: impl FnMut(&mut H) -> Result<Option<(T, bool)>>,
         ready: impl Fn(&H) -> Result<bool>,
         closed: impl Fn() -> Result<T>,
@@ -608,7 +623,13 @@ impl<B: Backend> Vchan<B> {
         loop {
             let ticket = self.waiter.ticket();
             let mut guard = lock(half);
-            if direction == Direction::Write && self.write_is_over()? {
+            // A write that fits the room already known touches no shared cache line at all, so it
+            // does not look at the peer's live byte either (as libxenvchan, which looks only
+            // when the ring is short): the first write that needs the peer's index finds out.
+            if direction == Direction::Write
+                && !guard.answers_privately(wanted)
+                && self.write_is_over()?
+            {
                 return if self.hung_up.load(Ordering::Acquire) {
                     Err(VchanError::ShutDown)
                 } else {
@@ -859,7 +880,9 @@ fn spin_until(look: impl Fn() -> Option<bool>) -> bool {
             if let Some(answer) = look() {
                 return answer;
             }
-            std::hint::spin_loop();
+            for _ in 0..8 {
+                std::hint::spin_loop();
+            }
         }
         if started.elapsed() >= SPIN_BUDGET {
             return false;

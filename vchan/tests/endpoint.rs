@@ -390,3 +390,53 @@ fn many_pairs_in_one_host_are_independent() {
     drop(pairs);
     host.assert_clean();
 }
+
+#[test]
+fn size_queries_answer_while_a_read_and_a_write_are_blocked() {
+    let host = Host::new();
+    let (server, client) = host.pair(RingSizes::default());
+    // Fill the client's write ring so a write blocks too.
+    let capacity = client.write_capacity();
+    client.write_all_bytes(&vec![5u8; capacity]);
+    let blocked = &client;
+    thread::scope(|s| {
+        let reader = s.spawn(move || blocked.read(&mut [0u8; 8]));
+        let writer = s.spawn(move || blocked.write(b"more"));
+        // Both are asleep on the event channel by now (well past the spin budget).
+        thread::sleep(Duration::from_millis(100));
+        let (tx, rx) = std::sync::mpsc::channel();
+        s.spawn(move || {
+            let answers = (
+                blocked.data_ready().unwrap(),
+                blocked.buffer_space().unwrap(),
+                blocked.read_capacity(),
+                blocked.write_capacity(),
+            );
+            tx.send(answers).unwrap();
+        });
+        let answers = rx
+            .recv_timeout(BOUND)
+            .expect("the size queries waited for the blocked calls");
+        assert_eq!(answers, (0, 0, 2048, capacity));
+        // Release both blocked calls.
+        server.write_all_bytes(b"hi");
+        let mut sink = vec![0u8; capacity];
+        (&server).read_exact(&mut sink).unwrap();
+        assert_eq!(reader.join().unwrap().unwrap(), 2);
+        assert_eq!(writer.join().unwrap().unwrap(), 4);
+    });
+    drop((server, client));
+    host.assert_clean();
+}
+
+/// `Write::write_all` on a shared reference, unwrapped.
+trait WriteAllBytes {
+    fn write_all_bytes(&self, data: &[u8]);
+}
+
+impl WriteAllBytes for Endpoint {
+    fn write_all_bytes(&self, data: &[u8]) {
+        let mut w = self;
+        w.write_all(data).unwrap();
+    }
+}
