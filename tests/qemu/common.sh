@@ -68,3 +68,25 @@ send_server() { timeout 120 vchan-cat -N -l "$1" "$2" < "$3" > /dev/null; }
 recv_client() { timeout 120 vchan-cat --wait 90 "$1" "$2" < /dev/null; }
 recv_server() { timeout 120 vchan-cat -l "$1" "$2" < /dev/null; }
 send_client() { timeout 120 vchan-cat -N --wait 90 "$1" "$2" < "$3" > /dev/null; }
+
+# The benchmark cells of the real-Xen tier (vchan-perf's peer protocol): "IMPL PORT RING MODE MSG
+# COUNT", run by dom0 as servers and by the domU as clients, in this order. Figures under emulation
+# say nothing about speed; they show the benchmark runs on real Xen, for ours and for C.
+BENCH_CELLS="ours 40 65536 stream 4096 8388608
+c 41 65536 stream 4096 8388608
+ours 42 1048576 stream 65536 16777216
+c 43 1048576 stream 65536 16777216
+ours 44 65536 pingpong 64 300
+c 45 65536 pingpong 64 300"
+
+# bench_prog IMPL: the command of the Rust or the C peer (its arguments follow).
+bench_prog() {
+    if [ "$1" = ours ]; then echo "vchan-perf peer"; else echo vchan-perf-c; fi
+}
+
+# bench_client IMPL SERVER PORT RING MODE MSG COUNT: run one client and print its figures as a
+# "BENCH IMPL RING MSG <result line>" line for `vchan-perf report`.
+bench_client() {
+    line=$(timeout 300 $(bench_prog "$1") client "$2" "$3" "$5" "$6" "$7") || return 1
+    echo "BENCH $1 $4 $6 $line"
+}

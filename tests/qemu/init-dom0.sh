@@ -77,6 +77,12 @@ if [ -n "$D" ]; then
     result kill-client timeout 120 $PEER server $D 30 65536 65536 drain-measure
     result kill-server timeout 120 $PEER client $D 31 drain-measure
 
+    # The benchmark, dom0 to domU: dom0 serves (and writes), the guest reads and reports.
+    echo "$BENCH_CELLS" | while read -r impl port ring mode msg count; do
+        side "bench-$impl-$port" timeout 300 $(bench_prog "$impl") server $D "$port" "$ring" "$mode" "$msg" "$count"
+        wait
+    done
+
     for _ in $(seq 1 600); do xl list domu >/dev/null 2>&1 || break; sleep 0.2; done
     xl list domu >/dev/null 2>&1 && { echo "domU still running: destroying it"; xl destroy domu; }
     sleep 1

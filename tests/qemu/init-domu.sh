@@ -34,6 +34,10 @@ $PEER server 0 31 65536 65536 flood /tmp/flowing-31 &
 kill_when_flowing /tmp/flowing-31 $! || echo "FAIL kill-server (guest side)"
 wait
 
+echo "$BENCH_CELLS" | while read -r impl port ring mode msg count; do
+    result "bench-$impl-$port" bench_client "$impl" 0 "$port" "$ring" "$mode" "$msg" "$count"
+done
+
 echo "domU checks done"
 sleep 1
 poweroff -f

@@ -1671,6 +1671,17 @@ fn table(args: &TableArgs) -> Result<(), String> {
     out.push_str(&legend(&columns));
     out.push('\n');
     out.push_str(&tables(&results, &columns));
+    if !args.quick {
+        progress("idle connected pair");
+        let (idle, cpu) = idle_cpu()?;
+        let _ = writeln!(
+            out,
+            "\nIdle: a connected pair (both ends in this process) whose reader was blocked for \
+             {} s used {} ms of CPU time.",
+            idle.as_secs(),
+            number(cpu.as_secs_f64() * 1e3)
+        );
+    }
     io::stdout()
         .write_all(out.as_bytes())
         .map_err(|e| format!("cannot write standard output: {e}"))?;
@@ -1680,6 +1691,62 @@ fn table(args: &TableArgs) -> Result<(), String> {
         write_svg(path, &svg(&results, &columns, title, &subtitle))?;
     }
     Ok(())
+}
+
+/// CPU time used so far by every thread of this process, from the scheduler's own accounting
+/// (`/proc/self/task/*/schedstat`, nanoseconds on a CPU).
+fn process_cpu_time() -> Result<Duration, String> {
+    let unreadable = |e: io::Error| format!("cannot read this process's CPU time: {e}");
+    let mut total = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").map_err(unreadable)? {
+        let path = task.map_err(unreadable)?.path().join("schedstat");
+        // A thread that ended meanwhile has no file any more: it is not running either.
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        total += text
+            .split_whitespace()
+            .next()
+            .and_then(|ns| ns.parse::<u64>().ok())
+            .ok_or_else(|| format!("{} holds {text:?}", path.display()))?;
+    }
+    Ok(Duration::from_nanos(total))
+}
+
+/// Connect a pair on the simulated host (dom0 serving domain 1, both in this process), block a
+/// reader for a while and measure the CPU time the process used meanwhile: a waiting endpoint
+/// spins only for its short budget, then sleeps in the kernel.
+fn idle_cpu() -> Result<(Duration, Duration), String> {
+    const IDLE: Duration = Duration::from_secs(2);
+    let server_dom = XensimDomain::from_env().map_err(|e| format!("idle pair: {e}"))?;
+    let client_dom = XensimDomain::new(server_dom.dir(), DomId(1));
+    let address = Address::Port(9999);
+    let server = Vchan::server(&server_dom, DomId(1), &address, RingSizes::default())
+        .map_err(|e| format!("idle pair: {}", describe(&e)))?;
+    let client = Vchan::client(
+        &client_dom,
+        DomId::DOM0,
+        &address,
+        Some(Duration::from_secs(5)),
+    )
+    .map_err(|e| format!("idle pair: {}", describe(&e)))?;
+    thread::scope(|s| {
+        let reader = s.spawn(|| client.read(&mut [0u8; 1]));
+        // Past the reader's spin budget before the measurement starts.
+        thread::sleep(Duration::from_millis(100));
+        let before = process_cpu_time()?;
+        thread::sleep(IDLE);
+        let used = process_cpu_time()?.saturating_sub(before);
+        server
+            .write(b"x")
+            .map_err(|e| format!("idle pair: {}", describe(&e)))?;
+        match reader.join() {
+            Ok(Ok(1)) => Ok((IDLE, used)),
+            Ok(Ok(n)) => Err(format!("idle pair: the reader woke with {n} bytes")),
+            Ok(Err(e)) => Err(format!("idle pair: {}", describe(&e))),
+            Err(_) => Err("idle pair: the reader panicked".to_owned()),
+        }
+    })
 }
 
 fn write_svg(path: &Path, text: &str) -> Result<(), String> {
