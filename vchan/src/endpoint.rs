@@ -623,22 +623,23 @@ impl<B: Backend> Vchan<B> {
         loop {
             let ticket = self.waiter.ticket();
             let mut guard = lock(half);
-            // A write that fits the room already known touches no shared cache line at all, so it
-            // does not look at the peer's live byte either (as libxenvchan, which looks only
-            // when the ring is short): the first write that needs the peer's index finds out.
+            // A write that fits the room already known reads no shared cache line before it
+            // copies (the peer's live byte shares the line with its index); it looks afterwards.
             if direction == Direction::Write
                 && !guard.answers_privately(wanted)
                 && self.write_is_over()?
             {
-                return if self.hung_up.load(Ordering::Acquire) {
-                    Err(VchanError::ShutDown)
-                } else {
-                    closed()
-                };
+                return self.refuse_write(closed);
             }
             if let Some((outcome, wanted)) = attempt(&mut guard)? {
                 drop(guard);
                 self.notify_if(wanted);
+                // A write that skipped the look at the peer's live byte looks now, when the line
+                // holding it is in our cache (we just published our index in it): a peer that
+                // has gone will never read what we wrote, and the writer hears so at once.
+                if direction == Direction::Write && self.write_is_over()? {
+                    return self.refuse_write(closed);
+                }
                 return Ok(outcome);
             }
             let nonblocking = self.nonblocking.load(Ordering::Relaxed);
@@ -701,6 +702,16 @@ impl<B: Backend> Vchan<B> {
     fn read_is_over(&self, direction: Direction) -> Result<bool> {
         Ok(direction == Direction::Read
             && (self.hung_up.load(Ordering::Acquire) || self.state()? == State::PeerClosed))
+    }
+
+    /// The error for a write once writing is over: `ShutDown` after our own `hang_up`, else the
+    /// caller's (`PeerClosed`).
+    fn refuse_write<T>(&self, closed: impl Fn() -> Result<T>) -> Result<T> {
+        if self.hung_up.load(Ordering::Acquire) {
+            Err(VchanError::ShutDown)
+        } else {
+            closed()
+        }
     }
 
     /// Whether writing is over: the peer has closed, or this end has hung up. A nonsense live

@@ -683,6 +683,31 @@ mod tests {
     }
 
     #[test]
+    fn a_remembered_peer_index_is_conservative_and_reloaded_when_short() {
+        let mut page = Page::new();
+        let view = page.view();
+        let (mut tx, mut rx) = pair(&mut page, 10);
+        assert_eq!(tx.write(&[1u8; 600]).unwrap().0, 600);
+        let mut buf = [0u8; 1024];
+        assert_eq!(rx.read(&mut buf).unwrap().0, 600);
+        // The writer still remembers cons = 0: room for 424, which this write fits.
+        assert_eq!(tx.write(&[2u8; 400]).unwrap().0, 400);
+        // 24 known: this one reloads cons (600) and finds 624 free.
+        assert_eq!(tx.write(&[3u8; 100]).unwrap().0, 100);
+        // A corrupt index is seen the next time one is loaded, never trusted.
+        view.store_index(abi::LEFT_CONS, 5000);
+        assert_eq!(tx.write(&[4u8; 10]).unwrap().0, 10, "known room, no load");
+        assert!(tx.write(&[5u8; 1000]).is_err(), "reloaded: corrupt");
+        // The reader likewise: what it has seen published stays readable without a reload.
+        let mut page2 = Page::new();
+        let (mut tx2, mut rx2) = pair(&mut page2, 10);
+        assert_eq!(tx2.write(&[6u8; 100]).unwrap().0, 100);
+        assert_eq!(rx2.read(&mut buf[..10]).unwrap().0, 10);
+        assert_eq!(rx2.read(&mut buf[..90]).unwrap().0, 90);
+        assert_eq!(&buf[..90], &[6u8; 90][..]);
+    }
+
+    #[test]
     fn indices_wrap_at_u32_max() {
         let mut page = Page::new();
         let view = page.view();
