@@ -80,6 +80,11 @@ pub const GRANTS: usize = offset_of!(VchanInterface, grants);
 pub const NOTIFY_WRITE: u8 = 0x1;
 /// Notify bit: "tell me when you have consumed".
 pub const NOTIFY_READ: u8 = 0x2;
+/// Not in libxenvchan: set by an endpoint of this crate in the *peer's* notify byte when it will
+/// write no more (half-close, `Vchan::shutdown_write`). The peer reads end-of-stream once its ring
+/// is empty, and can still write. libxenvchan only ever tests and clears its own two bits, so a C
+/// peer ignores this one and sees the end only when the channel closes.
+pub const NOTIFY_WRITE_SHUT: u8 = 0x80;
 
 /// Live byte: that side has exited.
 pub const LIVE_EXITED: u8 = 0;

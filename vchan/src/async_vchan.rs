@@ -101,8 +101,9 @@ impl Wake for Wakers {
     }
 }
 
-/// A vchan endpoint for tokio: `AsyncRead + AsyncWrite`, and `poll_shutdown` tells the peer this
-/// end is closed (see [`Vchan::hang_up`]; what the peer sent before can still be read).
+/// A vchan endpoint for tokio: `AsyncRead + AsyncWrite`; `poll_shutdown` shuts down the writing
+/// side ([`Vchan::shutdown_write`]): the peer reads end-of-stream, and this end can still read
+/// its reply. Dropping it closes the channel.
 ///
 /// Create it with [`AsyncVchan::server`] or [`AsyncVchan::client`] (which run the blocking
 /// set-up, including a client's wait for its server, off the runtime's worker threads), or wrap
@@ -315,7 +316,7 @@ impl<B: Backend> AsyncWrite for AsyncVchan<B> {
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let this: &Self = &self;
-        Poll::Ready(this.vchan.hang_up().map_err(io::Error::from))
+        Poll::Ready(this.vchan.shutdown_write().map_err(io::Error::from))
     }
 }
 

@@ -130,8 +130,8 @@ pub struct Vchan<B: Backend> {
     /// Set when a notify failed after data was committed; reported by the next call.
     notify_failed: AtomicBool,
     deferred: Mutex<Option<VchanError>>,
-    /// Set by `hang_up`: the peer has been told we are gone; reads drain the ring, writes fail.
-    hung_up: AtomicBool,
+    /// Set by `shutdown_write`: writes fail with `ShutDown`.
+    write_shut: AtomicBool,
     resources: Option<Resources<B>>,
 }
 
@@ -444,7 +444,7 @@ impl<B: Backend> Vchan<B> {
             write_timeout: AtomicU64::new(NO_TIMEOUT),
             notify_failed: AtomicBool::new(false),
             deferred: Mutex::new(None),
-            hung_up: AtomicBool::new(false),
+            write_shut: AtomicBool::new(false),
             resources: Some(resources),
         }
     }
@@ -626,8 +626,8 @@ impl<B: Backend> Vchan<B> {
             // A write that fits the room already known reads no shared cache line before it
             // copies (the peer's live byte shares the line with its index); it looks afterwards.
             if direction == Direction::Write
-                && !guard.answers_privately(wanted)
-                && self.write_is_over()?
+                && (self.write_shut.load(Ordering::Acquire)
+                    || !guard.answers_privately(wanted) && self.write_is_over()?)
             {
                 return self.refuse_write(closed);
             }
@@ -698,16 +698,16 @@ impl<B: Backend> Vchan<B> {
     }
 
     /// Whether a reader can expect nothing more than what the ring holds: the peer has closed,
-    /// or this end has hung up. A nonsense live byte is an error.
+    /// or shut down its writing side. A nonsense live byte is an error.
     fn read_is_over(&self, direction: Direction) -> Result<bool> {
         Ok(direction == Direction::Read
-            && (self.hung_up.load(Ordering::Acquire) || self.state()? == State::PeerClosed))
+            && (self.page.write_shut(self.role.own_notify()) || self.state()? == State::PeerClosed))
     }
 
-    /// The error for a write once writing is over: `ShutDown` after our own `hang_up`, else the
-    /// caller's (`PeerClosed`).
+    /// The error for a write once writing is over: `ShutDown` after our own `shutdown_write`,
+    /// else the caller's (`PeerClosed`).
     fn refuse_write<T>(&self, closed: impl Fn() -> Result<T>) -> Result<T> {
-        if self.hung_up.load(Ordering::Acquire) {
+        if self.write_shut.load(Ordering::Acquire) {
             Err(VchanError::ShutDown)
         } else {
             closed()
@@ -717,7 +717,7 @@ impl<B: Backend> Vchan<B> {
     /// Whether writing is over: the peer has closed, or this end has hung up. A nonsense live
     /// byte is an error.
     fn write_is_over(&self) -> Result<bool> {
-        Ok(self.hung_up.load(Ordering::Acquire) || self.state()? == State::PeerClosed)
+        Ok(self.write_shut.load(Ordering::Acquire) || self.state()? == State::PeerClosed)
     }
 
     /// Wait until the client has connected (server) or the peer has closed, up to `timeout`.
@@ -763,18 +763,22 @@ impl<B: Backend> Vchan<B> {
         }
     }
 
-    /// Tell the peer this end is closed, as `close` does, but keep the rings mapped: what the
-    /// peer sent before it noticed can still be read, then reads return `Ok(0)`. Writes fail
-    /// with `ShutDown`. The resources are released by `close` or when the endpoint is dropped.
-    /// This is what an async stream's `poll_shutdown` does.
-    pub fn hang_up(&self) -> Result<()> {
-        if self.hung_up.swap(true, Ordering::AcqRel) || self.resources.is_none() {
+    /// Shut down the writing side (half-close): writes fail with `ShutDown` from now on, and a
+    /// peer of this crate reads end-of-stream once it has read everything written before, while
+    /// both sides can go on reading what the other writes. The flag travels in the peer's notify
+    /// byte ([`abi::NOTIFY_WRITE_SHUT`]); a libxenvchan peer ignores it and sees the end of the
+    /// stream only when the channel closes. Idempotent.
+    pub fn shutdown_write(&self) -> Result<()> {
+        if self.write_shut.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        self.page.set_live(self.role.own_live(), abi::LIVE_EXITED);
+        // A write in progress on another thread finishes first; any later one sees the flag
+        // under the same lock and writes nothing.
+        drop(lock(&self.writer));
+        self.page.set_write_shut(self.role.peer_notify());
         self.events
             .notify(self.port)
-            .map_err(VchanError::backend("notify the peer of the close"))
+            .map_err(VchanError::backend("notify the peer of the shutdown"))
     }
 
     /// Close the channel: release the rings, mark this side gone, tell the peer, and (server)

@@ -45,8 +45,8 @@ pub enum VchanError {
     /// The peer has closed the channel (or died); nothing more can be sent.
     #[error("the peer has closed the channel")]
     PeerClosed,
-    /// This end has hung up (`Vchan::hang_up`); nothing more can be sent.
-    #[error("this end of the channel has been shut down")]
+    /// This end's writing side was shut down (`Vchan::shutdown_write`); nothing more can be sent.
+    #[error("this end of the channel was shut down for writing")]
     ShutDown,
     /// A non-blocking operation could not proceed now.
     #[error("the operation would block")]

@@ -131,6 +131,21 @@ impl ControlPage {
         self.u8_at(offset).store(value, Ordering::SeqCst);
     }
 
+    /// Set the half-close flag ([`abi::NOTIFY_WRITE_SHUT`]) in a notify byte.
+    pub fn set_write_shut(&self, offset: usize) {
+        // ORDERING: SeqCst, after our last index store (Release): a peer that sees the flag with
+        // its SeqCst load in `write_shut` and then looks at the ring sees all we wrote.
+        self.u8_at(offset)
+            .fetch_or(abi::NOTIFY_WRITE_SHUT, Ordering::SeqCst);
+    }
+
+    /// Whether a notify byte carries the half-close flag.
+    pub fn write_shut(&self, offset: usize) -> bool {
+        // ORDERING: SeqCst, pairs with `set_write_shut`; like `live`, the reader re-checks the
+        // ring after seeing it, so it must not be reordered with the index loads around it.
+        self.u8_at(offset).load(Ordering::SeqCst) & abi::NOTIFY_WRITE_SHUT != 0
+    }
+
     /// Write a notify byte outright (the handshake's initial request).
     pub fn set_notify(&self, offset: usize, bits: u8) {
         // ORDERING: SeqCst; the handshake's writes are then published with the event or xenstore.

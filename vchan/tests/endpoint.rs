@@ -440,3 +440,36 @@ impl WriteAllBytes for Endpoint {
         w.write_all(data).unwrap();
     }
 }
+
+#[test]
+fn shutdown_write_is_a_half_close_for_a_peer_of_this_crate() {
+    for (read, write, name) in PLACEMENTS {
+        let host = Host::new();
+        let (server, client) = host.pair(sizes(read, write));
+        let request = pattern(client.write_capacity() + 1000, 4);
+        let reply = pattern(3 * server.write_capacity() + 7, 5);
+        thread::scope(|s| {
+            let serving = s.spawn(|| {
+                let mut got = Vec::new();
+                (&server).read_to_end(&mut got).unwrap();
+                server.write_all_bytes(&reply);
+                server.shutdown_write().unwrap();
+                got
+            });
+            client.write_all_bytes(&request);
+            client.shutdown_write().unwrap();
+            assert!(
+                matches!(client.write(b"x"), Err(VchanError::ShutDown)),
+                "{name}: write after shutdown"
+            );
+            let mut got = Vec::new();
+            (&client).read_to_end(&mut got).unwrap();
+            assert!(got == reply, "{name}: reply lost after the half-close");
+            assert!(serving.join().unwrap() == request, "{name}: request lost");
+        });
+        // Both still connected: a half-close is not a close.
+        assert_eq!(client.state().unwrap(), State::Connected);
+        drop((server, client));
+        host.assert_clean();
+    }
+}
