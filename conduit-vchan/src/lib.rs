@@ -1,2 +1,70 @@
-//! Endpoint naming over vchan and TCP (not yet built: see the project's issues).
+//! conduit-vchan: name an endpoint and get the same byte stream, over vchan, TCP, Unix sockets
+//! (and TLS over any of them), blocking or async. Change the name, not the program.
+//!
+//! | name | transport |
+//! |---|---|
+//! | `tcp://HOST:PORT` | TCP |
+//! | `unix:///ABS/PATH`, `unix:REL` | a Unix stream socket |
+//! | `vchan://DOMID/PORT` | a vchan at libxenvchan's conventional path, wire-compatible with any libxenvchan peer; one connection at a time |
+//! | `vchan://DOMAIN/SERVICE` | a fresh vchan per connection through the service's rendezvous (see [`rendezvous`]); any number at once |
+//! | `vchan://*/SERVICE` | a listener for any domain its options allow |
+//! | `tls+...` | TLS over any of the above, configured in code |
+//!
+//! DOMAIN is a domain id or the domain's name as the toolstack wrote it.
+//!
+//! ```
+//! use std::io::{Read, Write};
+//! use conduit_vchan::{Connector, Listener, ListenOptions, Xen};
+//! use vchan::sim::SimXen;
+//! use xen_types::DomId;
+//!
+//! let xen = SimXen::new();                                  // an in-process simulated Xen
+//! let dom0 = Xen::Sim(xen.domain(DomId(0)));
+//! let guest = Xen::Sim(xen.create_domain(DomId(5)).unwrap());
+//!
+//! // The same code serves and connects over any transport: only the names change.
+//! for (listen, connect) in [("vchan://*/greet", "vchan://5/greet"),
+//!                           ("tcp://127.0.0.1:0", "")] {
+//!     let listener = Listener::bind_with(&listen.parse().unwrap(),
+//!                                        ListenOptions::new().xen(guest.clone())).unwrap();
+//!     let target = if connect.is_empty() { listener.local_endpoint() } else { connect.parse().unwrap() };
+//!     let server = std::thread::spawn(move || {
+//!         let (mut conn, _peer) = listener.accept().unwrap();
+//!         conn.write_all(b"hello").unwrap();
+//!     });
+//!     let mut conn = Connector::new().xen(dom0.clone()).connect(&target).unwrap();
+//!     let mut text = String::new();
+//!     conn.read_to_string(&mut text).unwrap();
+//!     assert_eq!(text, "hello");
+//!     server.join().unwrap();
+//! }
+//! ```
+//!
+//! Features: `vchan` (default) brings the vchan transports and links the Xen crates; without it
+//! only TCP and Unix sockets are built. `tokio` adds the async API ([`AsyncListener`],
+//! [`Connector::connect_async`], [`AsyncConnection`]). Nothing else is linked unless asked for.
 #![forbid(unsafe_code)]
+
+#[cfg(feature = "tokio")]
+mod asynch;
+mod blocking;
+mod endpoint;
+mod error;
+#[cfg(feature = "vchan")]
+pub mod rendezvous;
+#[cfg(feature = "vchan")]
+mod xen;
+
+#[cfg(all(feature = "tokio", feature = "vchan"))]
+pub use asynch::AsyncVchanStream;
+#[cfg(feature = "tokio")]
+pub use asynch::{connect_async, AsyncConnection, AsyncListener};
+pub use blocking::{
+    connect, Connection, Connector, ListenOptions, Listener, Peer, DEFAULT_CONNECT_TIMEOUT,
+};
+pub use endpoint::{Domain, Endpoint, ParseError, Transport, VchanPort};
+pub use error::{ConduitError, Result};
+#[cfg(feature = "vchan")]
+pub use rendezvous::Allow;
+#[cfg(feature = "vchan")]
+pub use xen::{IntoVchanStream, VchanStream, Xen};

@@ -355,6 +355,14 @@ impl<B: Backend> Vchan<B> {
         #[allow(unsafe_code)]
         let page = unsafe { ControlPage::new(control.as_ptr()) };
 
+        // A server that already has a client, or has closed, is not ours to join (stale keys
+        // of a server that is going away, or someone else's channel): two clients on one page
+        // would corrupt each other's indices.
+        if page.live(abi::CLI_LIVE) != abi::LIVE_WAITING
+            || page.live(abi::SRV_LIVE) != abi::LIVE_CONNECTED
+        {
+            return Err(VchanError::NotWaiting { path });
+        }
         // Everything the server wrote is read once, validated, and kept privately from here on.
         let layout = Layout::from_orders(page.order(Side::Left), page.order(Side::Right))?;
         let mut rings = Vec::new();
@@ -760,6 +768,21 @@ impl<B: Backend> Vchan<B> {
             Ok(()) => Ok(true),
             Err(VchanError::TimedOut) => Ok(false),
             Err(e) => Err(e),
+        }
+    }
+
+    /// Remove a server's xenstore keys now, rather than at close: once its client has
+    /// connected, nobody else should find them (a second client would join a channel that is
+    /// taken, or, later, one that is closing). Idempotent; a client has nothing to remove.
+    pub fn unpublish(&self) -> Result<()> {
+        match &self.resources {
+            Some(Resources::Server {
+                store,
+                path,
+                created,
+                ..
+            }) => Ok(unpublish(store, path, created)?),
+            _ => Ok(()),
         }
     }
 

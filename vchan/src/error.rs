@@ -34,6 +34,12 @@ pub enum VchanError {
         /// The xenstore path that was searched.
         path: String,
     },
+    /// The server published at the path already has a client, or has closed.
+    #[error("the vchan server at {path} is not waiting for a client (it has one, or it closed)")]
+    NotWaiting {
+        /// The xenstore path of the server's keys.
+        path: String,
+    },
     /// A packet can never fit the ring, in any mode.
     #[error("a {len}-byte message cannot fit a {capacity}-byte ring")]
     MessageTooLarge {
@@ -84,6 +90,7 @@ impl VchanError {
             | VchanError::BadLiveByte(_)
             | VchanError::BadKey { .. } => io::ErrorKind::InvalidData,
             VchanError::NoServer { .. } => io::ErrorKind::NotFound,
+            VchanError::NotWaiting { .. } => io::ErrorKind::ConnectionRefused,
             VchanError::MessageTooLarge { .. } | VchanError::Loopback(_) => {
                 io::ErrorKind::InvalidInput
             }

@@ -58,8 +58,11 @@ const OUT_QUEUE: usize = 4096;
 const GUEST_OUT_BYTES: usize = 1 << 20;
 
 /// Connections an unprivileged domain may have open at once on its socket (each costs the
-/// daemon two threads); further ones are closed at once. A real guest has exactly one ring.
-pub const MAX_GUEST_CONNECTIONS: usize = 32;
+/// daemon two threads); further ones are closed at once. A real guest has one ring, which its
+/// kernel shares among every open of `/dev/xen/xenbus`; here each open is a connection, and each
+/// vchan server keeps one for its life (to remove its keys when it closes), so a guest serving a
+/// conduit service to a hundred clients at once needs a hundred.
+pub const MAX_GUEST_CONNECTIONS: usize = 256;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)

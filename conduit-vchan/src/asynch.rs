@@ -1,0 +1,443 @@
+//! Async connections and listeners for tokio: [`AsyncConnection`] is `AsyncRead + AsyncWrite`
+//! over any transport, [`AsyncListener::accept`] is cancel-safe.
+
+use std::fmt;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+
+use crate::blocking::{Connection, Connector, ListenOptions, Peer, SlotGuard, Stream};
+use crate::endpoint::{Endpoint, Transport};
+use crate::error::{ConduitError, Result};
+#[cfg(feature = "vchan")]
+use crate::xen::{VchanStream, Xen};
+#[cfg(feature = "vchan")]
+use std::sync::atomic::{AtomicBool, Ordering};
+#[cfg(feature = "vchan")]
+use std::sync::Arc;
+#[cfg(feature = "vchan")]
+use vchan::AsyncVchan;
+#[cfg(feature = "vchan")]
+use xen_types::DomId;
+
+/// A vchan as an async stream, on any platform.
+#[cfg(feature = "vchan")]
+pub enum AsyncVchanStream {
+    /// On the in-process simulation.
+    Sim(AsyncVchan<vchan::sim::SimDomain>),
+    /// On the simulated host.
+    Xensim(AsyncVchan<vchan::xensim::XensimDomain>),
+    /// On real Xen.
+    #[cfg(target_os = "linux")]
+    Real(AsyncVchan<vchan::xen::XenDomain>),
+}
+
+#[cfg(feature = "vchan")]
+impl AsyncVchanStream {
+    /// Register a connected vchan with the runtime (call inside one).
+    pub fn new(stream: VchanStream) -> io::Result<AsyncVchanStream> {
+        Ok(match stream {
+            VchanStream::Sim(v) => AsyncVchanStream::Sim(AsyncVchan::new(v)?),
+            VchanStream::Xensim(v) => AsyncVchanStream::Xensim(AsyncVchan::new(v)?),
+            #[cfg(target_os = "linux")]
+            VchanStream::Real(v) => AsyncVchanStream::Real(AsyncVchan::new(v)?),
+        })
+    }
+}
+
+#[cfg(feature = "vchan")]
+macro_rules! each_async {
+    ($stream:expr, $v:ident => $body:expr) => {
+        match $stream {
+            AsyncVchanStream::Sim($v) => $body,
+            AsyncVchanStream::Xensim($v) => $body,
+            #[cfg(target_os = "linux")]
+            AsyncVchanStream::Real($v) => $body,
+        }
+    };
+}
+
+enum AsyncStream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+    /// Boxed: a vchan endpoint is hundreds of bytes, a socket a few.
+    #[cfg(feature = "vchan")]
+    Vchan(Box<AsyncVchanStream>),
+}
+
+/// A connected byte stream over any transport, for tokio: `AsyncRead + AsyncWrite`;
+/// `shutdown()` is the half-close (the peer reads end-of-stream, this end can still read).
+pub struct AsyncConnection {
+    stream: AsyncStream,
+    peer: Peer,
+    _slot: Option<SlotGuard>,
+}
+
+impl AsyncConnection {
+    /// Who is on the other end.
+    pub fn peer(&self) -> &Peer {
+        &self.peer
+    }
+
+    /// Register a blocking connection with the runtime (call inside one).
+    pub fn from_blocking(connection: Connection) -> io::Result<AsyncConnection> {
+        let (stream, peer, slot) = connection.into_parts();
+        let stream = match stream {
+            Stream::Tcp(s) => {
+                s.set_nonblocking(true)?;
+                AsyncStream::Tcp(TcpStream::from_std(s)?)
+            }
+            Stream::Unix(s) => {
+                s.set_nonblocking(true)?;
+                AsyncStream::Unix(UnixStream::from_std(s)?)
+            }
+            #[cfg(feature = "vchan")]
+            Stream::Vchan(v) => AsyncStream::Vchan(Box::new(AsyncVchanStream::new(*v)?)),
+        };
+        Ok(AsyncConnection {
+            stream,
+            peer,
+            _slot: slot,
+        })
+    }
+}
+
+impl AsyncRead for AsyncConnection {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().stream {
+            AsyncStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            AsyncStream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            #[cfg(feature = "vchan")]
+            AsyncStream::Vchan(v) => each_async!(&mut **v, s => Pin::new(s).poll_read(cx, buf)),
+        }
+    }
+}
+
+impl AsyncWrite for AsyncConnection {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match &mut self.get_mut().stream {
+            AsyncStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            AsyncStream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            #[cfg(feature = "vchan")]
+            AsyncStream::Vchan(v) => each_async!(&mut **v, s => Pin::new(s).poll_write(cx, buf)),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().stream {
+            AsyncStream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            AsyncStream::Unix(s) => Pin::new(s).poll_flush(cx),
+            #[cfg(feature = "vchan")]
+            AsyncStream::Vchan(v) => each_async!(&mut **v, s => Pin::new(s).poll_flush(cx)),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().stream {
+            AsyncStream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            AsyncStream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            #[cfg(feature = "vchan")]
+            AsyncStream::Vchan(v) => each_async!(&mut **v, s => Pin::new(s).poll_shutdown(cx)),
+        }
+    }
+}
+
+impl fmt::Debug for AsyncConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AsyncConnection")
+            .field("peer", &self.peer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connector {
+    /// Connect to `endpoint` without blocking the runtime (a vchan connect, which may wait for
+    /// its server, runs on tokio's blocking pool).
+    pub async fn connect_async(&self, endpoint: &Endpoint) -> Result<AsyncConnection> {
+        if endpoint.tls {
+            return Err(ConduitError::Unsupported {
+                endpoint: endpoint.to_string(),
+                reason: "tls+ needs a TLS configuration given in code",
+            });
+        }
+        self.connect_plain_async(endpoint).await
+    }
+
+    pub(crate) async fn connect_plain_async(&self, endpoint: &Endpoint) -> Result<AsyncConnection> {
+        let name = endpoint.to_string();
+        let io_error = |source| ConduitError::Io {
+            op: "connect to",
+            endpoint: name.clone(),
+            source,
+        };
+        match &endpoint.transport {
+            Transport::Tcp { host, port } => {
+                let stream = TcpStream::connect((host.as_str(), *port))
+                    .await
+                    .map_err(io_error)?;
+                let peer = stream.peer_addr().map_err(io_error)?;
+                Ok(AsyncConnection {
+                    stream: AsyncStream::Tcp(stream),
+                    peer: Peer::Tcp(peer),
+                    _slot: None,
+                })
+            }
+            Transport::Unix(path) => {
+                let stream = UnixStream::connect(path).await.map_err(io_error)?;
+                Ok(AsyncConnection {
+                    stream: AsyncStream::Unix(stream),
+                    peer: Peer::Unix(Some(path.clone())),
+                    _slot: None,
+                })
+            }
+            Transport::Vchan { .. } => {
+                let (connector, target) = (self.clone(), endpoint.clone());
+                let connection =
+                    tokio::task::spawn_blocking(move || connector.connect_plain(&target))
+                        .await
+                        .map_err(|e| io_error(io::Error::other(e.to_string())))??;
+                AsyncConnection::from_blocking(connection).map_err(io_error)
+            }
+        }
+    }
+}
+
+/// Connect to `endpoint` with the defaults of [`Connector::new`], for tokio.
+pub async fn connect_async(endpoint: &Endpoint) -> Result<AsyncConnection> {
+    Connector::new().connect_async(endpoint).await
+}
+
+/// Accepts connections on an endpoint, for tokio.
+pub struct AsyncListener {
+    endpoint: Endpoint,
+    kind: AsyncKind,
+}
+
+enum AsyncKind {
+    Tcp(TcpListener),
+    Unix(UnixListener, std::path::PathBuf),
+    /// The integer port: the blocking listener, one connection at a time, on the blocking pool.
+    #[cfg(feature = "vchan")]
+    VchanPort(Arc<crate::blocking::Listener>),
+    #[cfg(feature = "vchan")]
+    VchanService {
+        accepted:
+            tokio::sync::Mutex<tokio::sync::mpsc::UnboundedReceiver<Result<(VchanStream, DomId)>>>,
+        stop: Arc<AtomicBool>,
+        thread: Option<std::thread::JoinHandle<()>>,
+    },
+}
+
+impl AsyncListener {
+    /// Listen on `endpoint` with the defaults of [`ListenOptions::new`] (inside a runtime).
+    pub async fn bind(endpoint: &Endpoint) -> Result<AsyncListener> {
+        AsyncListener::bind_with(endpoint, ListenOptions::new()).await
+    }
+
+    /// Listen on `endpoint`, as [`crate::Listener::bind_with`] does.
+    pub async fn bind_with(endpoint: &Endpoint, options: ListenOptions) -> Result<AsyncListener> {
+        #[cfg(not(feature = "vchan"))]
+        let ListenOptions {} = options;
+        let name = endpoint.to_string();
+        let io_error = |source| ConduitError::Io {
+            op: "listen on",
+            endpoint: name.clone(),
+            source,
+        };
+        let kind = match &endpoint.transport {
+            Transport::Tcp { host, port } => AsyncKind::Tcp(
+                TcpListener::bind((host.as_str(), *port))
+                    .await
+                    .map_err(io_error)?,
+            ),
+            Transport::Unix(path) => {
+                AsyncKind::Unix(UnixListener::bind(path).map_err(io_error)?, path.clone())
+            }
+            #[cfg(feature = "vchan")]
+            Transport::Vchan { domain, port } => {
+                let xen = match options.xen.clone() {
+                    Some(xen) => xen,
+                    None => Xen::from_env().map_err(|source| ConduitError::NoXen {
+                        endpoint: name.clone(),
+                        source,
+                    })?,
+                };
+                match port {
+                    crate::endpoint::VchanPort::Number(_) => {
+                        let (target, options) = (endpoint.clone(), options.xen(xen));
+                        let listener = tokio::task::spawn_blocking(move || {
+                            crate::blocking::Listener::bind_with(&target, options)
+                        })
+                        .await
+                        .map_err(|e| io_error(io::Error::other(e.to_string())))??;
+                        AsyncKind::VchanPort(Arc::new(listener))
+                    }
+                    crate::endpoint::VchanPort::Service(service) => {
+                        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                        let (domain, service, options_service) =
+                            (domain.clone(), service.clone(), options.service.clone());
+                        let target = name.clone();
+                        let (stop, thread) = tokio::task::spawn_blocking(move || {
+                            crate::blocking::start_service(
+                                xen,
+                                &domain,
+                                &service,
+                                options_service,
+                                &target,
+                                Box::new(move |item| tx.send(item).is_ok()),
+                            )
+                        })
+                        .await
+                        .map_err(|e| io_error(io::Error::other(e.to_string())))??;
+                        AsyncKind::VchanService {
+                            accepted: tokio::sync::Mutex::new(rx),
+                            stop,
+                            thread: Some(thread),
+                        }
+                    }
+                }
+            }
+            #[cfg(not(feature = "vchan"))]
+            Transport::Vchan { .. } => {
+                return Err(ConduitError::Unsupported {
+                    endpoint: name,
+                    reason: "this build has no vchan (the conduit-vchan feature `vchan`)",
+                })
+            }
+        };
+        Ok(AsyncListener {
+            endpoint: endpoint.clone(),
+            kind,
+        })
+    }
+
+    /// The endpoint listened on (for TCP, with the port actually bound).
+    pub fn local_endpoint(&self) -> Endpoint {
+        match &self.kind {
+            AsyncKind::Tcp(l) => match l.local_addr() {
+                Ok(addr) => Endpoint {
+                    tls: self.endpoint.tls,
+                    transport: Transport::Tcp {
+                        host: addr.ip().to_string(),
+                        port: addr.port(),
+                    },
+                },
+                Err(_) => self.endpoint.clone(),
+            },
+            _ => self.endpoint.clone(),
+        }
+    }
+
+    /// Stop listening and wait until the listener has removed what it published (a service
+    /// and its pending requests). Dropping it does the same without waiting.
+    #[cfg_attr(not(feature = "vchan"), allow(unused_mut))]
+    pub async fn close(mut self) {
+        #[cfg(feature = "vchan")]
+        if let AsyncKind::VchanService { stop, thread, .. } = &mut self.kind {
+            // ORDERING: Relaxed: the thread polls the flag; the join waits for it.
+            stop.store(true, Ordering::Relaxed);
+            if let Some(thread) = thread.take() {
+                let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+            }
+        }
+    }
+
+    /// Wait for the next connection, and say who it is from. Cancel-safe for TCP, Unix sockets
+    /// and services (a connection is never lost by dropping the future); for an integer vchan
+    /// port, a cancelled accept may lose the client that was connecting at that moment.
+    pub async fn accept(&self) -> Result<(AsyncConnection, Peer)> {
+        let name = || self.endpoint.to_string();
+        let io_error = |source| ConduitError::Io {
+            op: "accept on",
+            endpoint: name(),
+            source,
+        };
+        let connection = match &self.kind {
+            AsyncKind::Tcp(l) => {
+                let (s, addr) = l.accept().await.map_err(io_error)?;
+                AsyncConnection {
+                    stream: AsyncStream::Tcp(s),
+                    peer: Peer::Tcp(addr),
+                    _slot: None,
+                }
+            }
+            AsyncKind::Unix(l, _) => {
+                let (s, addr) = l.accept().await.map_err(io_error)?;
+                let path = addr.as_pathname().map(std::path::PathBuf::from);
+                AsyncConnection {
+                    stream: AsyncStream::Unix(s),
+                    peer: Peer::Unix(path),
+                    _slot: None,
+                }
+            }
+            #[cfg(feature = "vchan")]
+            AsyncKind::VchanPort(listener) => {
+                let listener = Arc::clone(listener);
+                let (connection, _) = tokio::task::spawn_blocking(move || listener.accept())
+                    .await
+                    .map_err(|e| io_error(io::Error::other(e.to_string())))??;
+                AsyncConnection::from_blocking(connection).map_err(io_error)?
+            }
+            #[cfg(feature = "vchan")]
+            AsyncKind::VchanService { accepted, .. } => {
+                let next = accepted.lock().await.recv().await;
+                match next {
+                    Some(Ok((stream, domid))) => AsyncConnection {
+                        stream: AsyncStream::Vchan(Box::new(
+                            AsyncVchanStream::new(stream).map_err(io_error)?,
+                        )),
+                        peer: Peer::Vchan(domid),
+                        _slot: None,
+                    },
+                    Some(Err(e)) => return Err(e),
+                    None => {
+                        return Err(ConduitError::ListenerStopped {
+                            endpoint: name(),
+                            reason: "its rendezvous thread ended".to_owned(),
+                        })
+                    }
+                }
+            }
+        };
+        let peer = connection.peer.clone();
+        Ok((connection, peer))
+    }
+}
+
+impl Drop for AsyncListener {
+    fn drop(&mut self) {
+        match &mut self.kind {
+            AsyncKind::Unix(_, path) => {
+                let _ = std::fs::remove_file(path);
+            }
+            #[cfg(feature = "vchan")]
+            AsyncKind::VchanService { stop, thread, .. } => {
+                // ORDERING: Relaxed: the thread polls the flag within its tick and ends.
+                stop.store(true, Ordering::Relaxed);
+                // Not joined here: a drop inside the runtime must not block it. The thread ends
+                // within one tick and removes the service as it goes.
+                drop(thread.take());
+            }
+            _ => {}
+        }
+    }
+}
+
+impl fmt::Debug for AsyncListener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AsyncListener")
+            .field("endpoint", &self.endpoint.to_string())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,714 @@
+//! Blocking connections and listeners: [`connect`], [`Connector`], [`Listener`], [`Connection`].
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::Duration;
+
+#[cfg(feature = "vchan")]
+use std::sync::atomic::{AtomicBool, Ordering};
+#[cfg(feature = "vchan")]
+use std::sync::mpsc;
+
+use xen_types::DomId;
+
+#[cfg(feature = "vchan")]
+use crate::endpoint::{Domain, VchanPort};
+use crate::endpoint::{Endpoint, Transport};
+use crate::error::{ConduitError, Result};
+#[cfg(feature = "vchan")]
+use crate::rendezvous::{self, ServiceOptions};
+#[cfg(feature = "vchan")]
+use crate::xen::{with_backend, IntoVchanStream, VchanStream, Xen};
+
+/// Who is on the other end of a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Peer {
+    /// A TCP peer's address.
+    Tcp(SocketAddr),
+    /// A Unix-socket peer (usually unnamed).
+    Unix(Option<PathBuf>),
+    /// A vchan peer's domain, as the rendezvous (the owner of its request) or the integer
+    /// port's convention (the one domain served) established it.
+    Vchan(DomId),
+}
+
+impl fmt::Display for Peer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Peer::Tcp(addr) => write!(f, "tcp://{addr}"),
+            Peer::Unix(Some(path)) => write!(f, "unix://{}", path.display()),
+            Peer::Unix(None) => f.write_str("unix:(unnamed)"),
+            Peer::Vchan(domid) => write!(f, "domain {domid}"),
+        }
+    }
+}
+
+/// The byte stream under a connection.
+pub(crate) enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+    /// Boxed: a vchan endpoint is hundreds of bytes, a socket a few.
+    #[cfg(feature = "vchan")]
+    Vchan(Box<VchanStream>),
+}
+
+/// A connected byte stream over any transport: `Read + Write` (also for `&Connection`, so one
+/// thread can read while another writes), with
+/// [`shutdown_write`](Connection::shutdown_write) as the half-close every transport supports.
+pub struct Connection {
+    stream: Stream,
+    peer: Peer,
+    /// For an integer-port vchan listener: frees it for the next connection when dropped.
+    _slot: Option<SlotGuard>,
+}
+
+impl Connection {
+    pub(crate) fn new(stream: Stream, peer: Peer) -> Connection {
+        Connection {
+            stream,
+            peer,
+            _slot: None,
+        }
+    }
+
+    /// Who is on the other end.
+    pub fn peer(&self) -> &Peer {
+        &self.peer
+    }
+
+    /// Shut down the writing side: the peer reads end-of-stream after everything written, and
+    /// this end can still read its reply. Over vchan this is [`vchan::Vchan::shutdown_write`]
+    /// (a plain libxenvchan peer sees the end only when the connection is dropped).
+    pub fn shutdown_write(&self) -> io::Result<()> {
+        match &self.stream {
+            Stream::Tcp(s) => s.shutdown(Shutdown::Write),
+            Stream::Unix(s) => s.shutdown(Shutdown::Write),
+            #[cfg(feature = "vchan")]
+            Stream::Vchan(s) => s.shutdown_write().map_err(io::Error::from),
+        }
+    }
+
+    /// The vchan underneath, if it is one.
+    #[cfg(feature = "vchan")]
+    pub fn as_vchan(&self) -> Option<&VchanStream> {
+        match &self.stream {
+            Stream::Vchan(v) => Some(v),
+            _ => None,
+        }
+    }
+
+    #[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+    pub(crate) fn into_parts(self) -> (Stream, Peer, Option<SlotGuard>) {
+        (self.stream, self.peer, self._slot)
+    }
+}
+
+impl Read for Connection {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match &mut self.stream {
+            Stream::Tcp(s) => s.read(buf),
+            Stream::Unix(s) => s.read(buf),
+            #[cfg(feature = "vchan")]
+            Stream::Vchan(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Connection {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match &mut self.stream {
+            Stream::Tcp(s) => s.write(buf),
+            Stream::Unix(s) => s.write(buf),
+            #[cfg(feature = "vchan")]
+            Stream::Vchan(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match &mut self.stream {
+            Stream::Tcp(s) => s.flush(),
+            Stream::Unix(s) => s.flush(),
+            #[cfg(feature = "vchan")]
+            Stream::Vchan(s) => s.flush(),
+        }
+    }
+}
+
+/// As for `TcpStream`: one thread can read while another writes.
+impl Read for &Connection {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match &self.stream {
+            Stream::Tcp(s) => (&mut &*s).read(buf),
+            Stream::Unix(s) => (&mut &*s).read(buf),
+            #[cfg(feature = "vchan")]
+            Stream::Vchan(s) => (&mut &**s).read(buf),
+        }
+    }
+}
+
+impl Write for &Connection {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match &self.stream {
+            Stream::Tcp(s) => (&mut &*s).write(buf),
+            Stream::Unix(s) => (&mut &*s).write(buf),
+            #[cfg(feature = "vchan")]
+            Stream::Vchan(s) => (&mut &**s).write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection")
+            .field("peer", &self.peer)
+            .finish_non_exhaustive()
+    }
+}
+
+/// How long a vchan connect waits for its server, by default.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Opens connections; holds what a name cannot say (the Xen platform, timeouts).
+#[derive(Debug, Clone)]
+pub struct Connector {
+    #[cfg(feature = "vchan")]
+    xen: Option<Xen>,
+    timeout: Duration,
+}
+
+impl Default for Connector {
+    fn default() -> Self {
+        Connector::new()
+    }
+}
+
+impl Connector {
+    /// Defaults: the Xen platform from the environment ([`Xen::from_env`]) when a vchan
+    /// endpoint is used, and [`DEFAULT_CONNECT_TIMEOUT`].
+    pub fn new() -> Connector {
+        Connector {
+            #[cfg(feature = "vchan")]
+            xen: None,
+            timeout: DEFAULT_CONNECT_TIMEOUT,
+        }
+    }
+
+    /// Use this Xen platform for vchan endpoints.
+    #[cfg(feature = "vchan")]
+    pub fn xen(mut self, xen: Xen) -> Connector {
+        self.xen = Some(xen);
+        self
+    }
+
+    /// How long a vchan connect waits for its server or its service's answer.
+    pub fn timeout(mut self, timeout: Duration) -> Connector {
+        self.timeout = timeout;
+        self
+    }
+
+    #[cfg(feature = "vchan")]
+    pub(crate) fn platform(&self, endpoint: &Endpoint) -> Result<Xen> {
+        match &self.xen {
+            Some(xen) => Ok(xen.clone()),
+            None => Xen::from_env().map_err(|source| ConduitError::NoXen {
+                endpoint: endpoint.to_string(),
+                source,
+            }),
+        }
+    }
+
+    /// Connect to `endpoint`. TLS (`tls+`) is not built in this type; see the crate docs.
+    pub fn connect(&self, endpoint: &Endpoint) -> Result<Connection> {
+        if endpoint.tls {
+            return Err(ConduitError::Unsupported {
+                endpoint: endpoint.to_string(),
+                reason: "tls+ needs a TLS configuration given in code",
+            });
+        }
+        self.connect_plain(endpoint)
+    }
+
+    /// Connect to the transport of `endpoint`, ignoring `tls+`.
+    pub(crate) fn connect_plain(&self, endpoint: &Endpoint) -> Result<Connection> {
+        let name = endpoint.to_string();
+        let io_error = |source| ConduitError::Io {
+            op: "connect to",
+            endpoint: name.clone(),
+            source,
+        };
+        match &endpoint.transport {
+            Transport::Tcp { host, port } => {
+                let stream = TcpStream::connect((host.as_str(), *port)).map_err(io_error)?;
+                let peer = stream.peer_addr().map_err(io_error)?;
+                Ok(Connection::new(Stream::Tcp(stream), Peer::Tcp(peer)))
+            }
+            Transport::Unix(path) => {
+                let stream = UnixStream::connect(path).map_err(io_error)?;
+                Ok(Connection::new(
+                    Stream::Unix(stream),
+                    Peer::Unix(Some(path.clone())),
+                ))
+            }
+            #[cfg(feature = "vchan")]
+            Transport::Vchan { domain, port } => {
+                let xen = self.platform(endpoint)?;
+                with_backend!(&xen, b => connect_vchan(b, domain, port, self.timeout, &name))
+            }
+            #[cfg(not(feature = "vchan"))]
+            Transport::Vchan { .. } => Err(ConduitError::Unsupported {
+                endpoint: name,
+                reason: "this build has no vchan (the conduit-vchan feature `vchan`)",
+            }),
+        }
+    }
+}
+
+/// Connect over vchan on one platform.
+#[cfg(feature = "vchan")]
+pub(crate) fn connect_vchan<B: IntoVchanStream>(
+    backend: &B,
+    domain: &Domain,
+    port: &VchanPort,
+    timeout: Duration,
+    name: &str,
+) -> Result<Connection> {
+    let server = resolve(backend, domain, name)?;
+    let vchan = match port {
+        VchanPort::Number(port) => connect_port(backend, server, *port, timeout, name)?,
+        VchanPort::Service(service) => {
+            rendezvous::request(backend, server, service, timeout, name)?
+        }
+    };
+    Ok(Connection::new(
+        Stream::Vchan(Box::new(B::wrap(vchan))),
+        Peer::Vchan(server),
+    ))
+}
+
+/// Connect at an integer port's conventional path. Keys found there may belong to a server that
+/// has its client already, or is closing (a listener publishes afresh for the next connection):
+/// such a server refuses with `NotWaiting`, and we look again until `timeout`.
+#[cfg(feature = "vchan")]
+fn connect_port<B: vchan::Backend>(
+    backend: &B,
+    server: DomId,
+    port: u32,
+    timeout: Duration,
+    name: &str,
+) -> Result<vchan::Vchan<B>> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match vchan::Vchan::client(backend, server, &vchan::Address::Port(port), Some(left)) {
+            Err(vchan::VchanError::NotWaiting { .. }) if !left.is_zero() => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            outcome => return outcome.map_err(rendezvous::vchan_error("connect to", name)),
+        }
+    }
+}
+
+/// The domain id a vchan endpoint names.
+#[cfg(feature = "vchan")]
+pub(crate) fn resolve<B: vchan::Backend>(
+    backend: &B,
+    domain: &Domain,
+    name: &str,
+) -> Result<DomId> {
+    match domain {
+        Domain::Id(id) => Ok(*id),
+        Domain::Name(domain_name) => {
+            let store = backend
+                .open_store()
+                .map_err(rendezvous::xs_error("open xenstore for", name))?;
+            rendezvous::resolve_name(&store, domain_name)
+        }
+        Domain::Any => Err(ConduitError::Unsupported {
+            endpoint: name.to_owned(),
+            reason: "* names any domain, which only a listener can use",
+        }),
+    }
+}
+
+/// Connect to `endpoint` with the defaults of [`Connector::new`].
+///
+/// ```
+/// use std::io::{Read, Write};
+/// use conduit_vchan::{connect, Connector, Listener, ListenOptions, Xen};
+/// use vchan::sim::SimXen;
+/// use xen_types::DomId;
+///
+/// // Two domains of the in-process simulated Xen.
+/// let xen = SimXen::new();
+/// let dom0 = Xen::Sim(xen.domain(DomId(0)));
+/// let guest = Xen::Sim(xen.create_domain(DomId(5)).unwrap());
+///
+/// // The guest serves "echo" to any domain; dom0 connects by name.
+/// let listener = Listener::bind_with(&"vchan://*/echo".parse().unwrap(),
+///                                    ListenOptions::new().xen(guest)).unwrap();
+/// let server = std::thread::spawn(move || {
+///     let (mut conn, peer) = listener.accept().unwrap();
+///     let mut request = Vec::new();
+///     conn.read_to_end(&mut request).unwrap();         // until the client's half-close
+///     conn.write_all(&request).unwrap();
+///     peer
+/// });
+/// let mut conn = Connector::new().xen(dom0).connect(&"vchan://5/echo".parse().unwrap()).unwrap();
+/// conn.write_all(b"ping").unwrap();
+/// conn.shutdown_write().unwrap();
+/// let mut reply = Vec::new();
+/// conn.read_to_end(&mut reply).unwrap();
+/// assert_eq!(reply, b"ping");
+/// assert_eq!(server.join().unwrap().to_string(), "domain 0");
+/// ```
+pub fn connect(endpoint: &Endpoint) -> Result<Connection> {
+    Connector::new().connect(endpoint)
+}
+
+/// How a listener behaves: the Xen platform, who may connect, ring sizes, limits.
+#[derive(Debug, Clone, Default)]
+pub struct ListenOptions {
+    #[cfg(feature = "vchan")]
+    pub(crate) xen: Option<Xen>,
+    #[cfg(feature = "vchan")]
+    pub(crate) service: ServiceOptions,
+}
+
+impl ListenOptions {
+    /// The defaults: the Xen platform from the environment, any domain allowed for
+    /// `vchan://*/SERVICE`, 128 pending requests, a 10 s request timeout, 64 KiB rings.
+    pub fn new() -> ListenOptions {
+        ListenOptions::default()
+    }
+
+    /// Use this Xen platform.
+    #[cfg(feature = "vchan")]
+    pub fn xen(mut self, xen: Xen) -> ListenOptions {
+        self.xen = Some(xen);
+        self
+    }
+
+    /// Allow only these domains to use a `vchan://*/SERVICE` listener (a listener for
+    /// `vchan://DOMID/SERVICE` allows DOMID alone).
+    #[cfg(feature = "vchan")]
+    pub fn allow(mut self, domains: Vec<DomId>) -> ListenOptions {
+        self.service.allow = rendezvous::Allow::Domains(domains);
+        self
+    }
+
+    /// The most requests answered but not yet connected at once; more are refused.
+    #[cfg(feature = "vchan")]
+    pub fn max_pending(mut self, max: usize) -> ListenOptions {
+        self.service.max_pending = max;
+        self
+    }
+
+    /// How long an answered request may wait for its client before it is dropped.
+    #[cfg(feature = "vchan")]
+    pub fn request_timeout(mut self, timeout: Duration) -> ListenOptions {
+        self.service.request_timeout = timeout;
+        self
+    }
+
+    /// The ring sizes of each vchan connection.
+    #[cfg(feature = "vchan")]
+    pub fn ring_sizes(mut self, sizes: vchan::RingSizes) -> ListenOptions {
+        self.service.sizes = sizes;
+        self
+    }
+}
+
+/// Lets an integer-port vchan listener serve one connection at a time: held by the live
+/// connection, released when it is dropped.
+pub(crate) struct SlotGuard(Arc<(Mutex<bool>, Condvar)>);
+
+impl Drop for SlotGuard {
+    fn drop(&mut self) {
+        let (busy, freed) = &*self.0;
+        *busy.lock().unwrap_or_else(PoisonError::into_inner) = false;
+        freed.notify_all();
+    }
+}
+
+/// Accepts connections on an endpoint.
+pub struct Listener {
+    endpoint: Endpoint,
+    kind: ListenerKind,
+}
+
+enum ListenerKind {
+    Tcp(TcpListener),
+    Unix(UnixListener, PathBuf),
+    /// libxenvchan's convention: serve one client domain at a fixed path, one connection at a
+    /// time, publishing afresh for each.
+    #[cfg(feature = "vchan")]
+    VchanPort {
+        xen: Xen,
+        client: DomId,
+        port: u32,
+        sizes: vchan::RingSizes,
+        slot: Arc<(Mutex<bool>, Condvar)>,
+    },
+    /// A service: connections through the rendezvous, any number at once.
+    #[cfg(feature = "vchan")]
+    VchanService {
+        accepted: Mutex<mpsc::Receiver<Result<(VchanStream, DomId)>>>,
+        stop: Arc<AtomicBool>,
+        thread: Option<std::thread::JoinHandle<()>>,
+    },
+}
+
+impl Listener {
+    /// Listen on `endpoint` with the defaults of [`ListenOptions::new`].
+    pub fn bind(endpoint: &Endpoint) -> Result<Listener> {
+        Listener::bind_with(endpoint, ListenOptions::new())
+    }
+
+    /// Listen on `endpoint`. For `vchan://DOMID/PORT` the listener serves client domain DOMID;
+    /// for `vchan://DOMID/SERVICE` it publishes SERVICE for DOMID alone, for
+    /// `vchan://*/SERVICE` for the domains the options allow (default: all).
+    pub fn bind_with(endpoint: &Endpoint, options: ListenOptions) -> Result<Listener> {
+        #[cfg(not(feature = "vchan"))]
+        let ListenOptions {} = options;
+        let name = endpoint.to_string();
+        let io_error = |source| ConduitError::Io {
+            op: "listen on",
+            endpoint: name.clone(),
+            source,
+        };
+        let kind = match &endpoint.transport {
+            Transport::Tcp { host, port } => {
+                let addrs: Vec<SocketAddr> = (host.as_str(), *port)
+                    .to_socket_addrs()
+                    .map_err(io_error)?
+                    .collect();
+                ListenerKind::Tcp(TcpListener::bind(&addrs[..]).map_err(io_error)?)
+            }
+            Transport::Unix(path) => {
+                ListenerKind::Unix(UnixListener::bind(path).map_err(io_error)?, path.clone())
+            }
+            #[cfg(feature = "vchan")]
+            Transport::Vchan { domain, port } => {
+                let xen = match options.xen.clone() {
+                    Some(xen) => xen,
+                    None => Xen::from_env().map_err(|source| ConduitError::NoXen {
+                        endpoint: name.clone(),
+                        source,
+                    })?,
+                };
+                bind_vchan(xen, domain, port, options, &name)?
+            }
+            #[cfg(not(feature = "vchan"))]
+            Transport::Vchan { .. } => {
+                return Err(ConduitError::Unsupported {
+                    endpoint: name,
+                    reason: "this build has no vchan (the conduit-vchan feature `vchan`)",
+                })
+            }
+        };
+        Ok(Listener {
+            endpoint: endpoint.clone(),
+            kind,
+        })
+    }
+
+    /// The endpoint listened on (for TCP, with the port actually bound).
+    pub fn local_endpoint(&self) -> Endpoint {
+        match &self.kind {
+            ListenerKind::Tcp(l) => match l.local_addr() {
+                Ok(addr) => Endpoint {
+                    tls: self.endpoint.tls,
+                    transport: Transport::Tcp {
+                        host: addr.ip().to_string(),
+                        port: addr.port(),
+                    },
+                },
+                Err(_) => self.endpoint.clone(),
+            },
+            _ => self.endpoint.clone(),
+        }
+    }
+
+    /// Wait for the next connection, and say who it is from.
+    pub fn accept(&self) -> Result<(Connection, Peer)> {
+        let name = || self.endpoint.to_string();
+        let io_error = |source| ConduitError::Io {
+            op: "accept on",
+            endpoint: name(),
+            source,
+        };
+        let (stream, peer, slot) = match &self.kind {
+            ListenerKind::Tcp(l) => {
+                let (s, addr) = l.accept().map_err(io_error)?;
+                (Stream::Tcp(s), Peer::Tcp(addr), None)
+            }
+            ListenerKind::Unix(l, _) => {
+                let (s, addr) = l.accept().map_err(io_error)?;
+                let path = addr.as_pathname().map(PathBuf::from);
+                (Stream::Unix(s), Peer::Unix(path), None)
+            }
+            #[cfg(feature = "vchan")]
+            ListenerKind::VchanPort {
+                xen,
+                client,
+                port,
+                sizes,
+                slot,
+            } => {
+                // One connection at a time: wait for the last one to end.
+                let (busy, freed) = &**slot;
+                let mut taken = busy.lock().unwrap_or_else(PoisonError::into_inner);
+                while *taken {
+                    taken = freed.wait(taken).unwrap_or_else(PoisonError::into_inner);
+                }
+                let stream =
+                    with_backend!(xen, b => serve_port(b, *client, *port, *sizes, &name())?);
+                *taken = true;
+                (
+                    Stream::Vchan(Box::new(stream)),
+                    Peer::Vchan(*client),
+                    Some(SlotGuard(Arc::clone(slot))),
+                )
+            }
+            #[cfg(feature = "vchan")]
+            ListenerKind::VchanService { accepted, .. } => {
+                let next = accepted
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .recv();
+                match next {
+                    Ok(Ok((stream, domid))) => {
+                        (Stream::Vchan(Box::new(stream)), Peer::Vchan(domid), None)
+                    }
+                    Ok(Err(e)) => return Err(e),
+                    Err(_) => {
+                        return Err(ConduitError::ListenerStopped {
+                            endpoint: name(),
+                            reason: "its rendezvous thread ended".to_owned(),
+                        })
+                    }
+                }
+            }
+        };
+        let mut connection = Connection::new(stream, peer.clone());
+        connection._slot = slot;
+        Ok((connection, peer))
+    }
+}
+
+/// Publish at the integer port's path and wait for the client.
+#[cfg(feature = "vchan")]
+fn serve_port<B: IntoVchanStream>(
+    backend: &B,
+    client: DomId,
+    port: u32,
+    sizes: vchan::RingSizes,
+    name: &str,
+) -> Result<VchanStream> {
+    let server = vchan::Vchan::server(backend, client, &vchan::Address::Port(port), sizes)
+        .map_err(rendezvous::vchan_error("listen on", name))?;
+    server
+        .wait_connected(None)
+        .map_err(rendezvous::vchan_error("accept on", name))?;
+    // Connected: nobody else may find these keys (the next accept publishes afresh).
+    server
+        .unpublish()
+        .map_err(rendezvous::vchan_error("accept on", name))?;
+    Ok(B::wrap(server))
+}
+
+#[cfg(feature = "vchan")]
+fn bind_vchan(
+    xen: Xen,
+    domain: &Domain,
+    port: &VchanPort,
+    options: ListenOptions,
+    name: &str,
+) -> Result<ListenerKind> {
+    match port {
+        VchanPort::Number(port) => {
+            let client = with_backend!(&xen, b => resolve(b, domain, name))?;
+            Ok(ListenerKind::VchanPort {
+                xen,
+                client,
+                port: *port,
+                sizes: options.service.sizes,
+                slot: Arc::new((Mutex::new(false), Condvar::new())),
+            })
+        }
+        VchanPort::Service(service) => {
+            let (tx, rx) = mpsc::channel();
+            let (stop, thread) = start_service(
+                xen,
+                domain,
+                service,
+                options.service,
+                name,
+                Box::new(move |item| tx.send(item).is_ok()),
+            )?;
+            Ok(ListenerKind::VchanService {
+                accepted: Mutex::new(rx),
+                stop,
+                thread: Some(thread),
+            })
+        }
+    }
+}
+
+/// Where a service's rendezvous thread hands what it accepted; false once nobody listens.
+#[cfg(feature = "vchan")]
+pub(crate) type Sink = Box<dyn FnMut(Result<(VchanStream, DomId)>) -> bool + Send>;
+
+/// Publish a service and start its rendezvous thread.
+#[cfg(feature = "vchan")]
+pub(crate) fn start_service(
+    xen: Xen,
+    domain: &Domain,
+    service: &str,
+    mut options: ServiceOptions,
+    name: &str,
+    mut sink: Sink,
+) -> Result<(Arc<AtomicBool>, std::thread::JoinHandle<()>)> {
+    if *domain != Domain::Any {
+        let only = with_backend!(&xen, b => resolve(b, domain, name))?;
+        options.allow = rendezvous::Allow::Domains(vec![only]);
+    }
+    with_backend!(xen, b => rendezvous::serve(b, service.to_owned(), options, name.to_owned(),
+        move |item| sink(item.map(|(v, d)| (IntoVchanStream::wrap(v), d)))))
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        match &mut self.kind {
+            ListenerKind::Unix(_, path) => {
+                // Ours to remove, as a server removes its socket on exit.
+                let _ = std::fs::remove_file(path);
+            }
+            #[cfg(feature = "vchan")]
+            ListenerKind::VchanService { stop, thread, .. } => {
+                // ORDERING: Relaxed: the thread polls the flag; join waits for it to finish.
+                stop.store(true, Ordering::Relaxed);
+                if let Some(thread) = thread.take() {
+                    let _ = thread.join();
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+impl fmt::Debug for Listener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Listener")
+            .field("endpoint", &self.endpoint.to_string())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,181 @@
+//! The Xen platform a vchan endpoint runs on, chosen at run time, and a vchan stream over any
+//! of them. Generic code (the rendezvous, the connects) is monomorphised per platform; this enum
+//! is the one run-time choice, at the edge.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+
+use vchan::sim::SimDomain;
+#[cfg(target_os = "linux")]
+use vchan::xen::XenDomain;
+use vchan::xensim::XensimDomain;
+use vchan::{Backend, Vchan, VchanError};
+
+/// Where vchan endpoints live: which Xen, and which domain of it this program is.
+#[derive(Clone)]
+pub enum Xen {
+    /// A domain of the in-process simulation ([`vchan::sim::SimXen`]): tests and examples.
+    Sim(SimDomain),
+    /// A domain of the cross-process simulated host (`xensim serve`).
+    Xensim(XensimDomain),
+    /// Real Xen, through `/dev/xen` and xenstored.
+    #[cfg(target_os = "linux")]
+    Real(XenDomain),
+}
+
+impl Xen {
+    /// The platform this process runs on, as the tools choose it: the simulated host when
+    /// `XENSIM_DIR` is set (as under `xensim run`), else real Xen when its devices open.
+    pub fn from_env() -> io::Result<Xen> {
+        if std::env::var_os(evtchn_env::DIR).is_some() {
+            return XensimDomain::from_env().map(Xen::Xensim);
+        }
+        #[cfg(target_os = "linux")]
+        {
+            let xen = XenDomain::new();
+            xen.probe().map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!(
+                        "no Xen here ({e}); run in a Xen domain as root, or under `xensim run`"
+                    ),
+                )
+            })?;
+            Ok(Xen::Real(xen))
+        }
+        #[cfg(not(target_os = "linux"))]
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "real Xen needs Linux; set XENSIM_DIR for the simulated host",
+        ))
+    }
+}
+
+/// The environment variable that selects the simulated host (from `evtchn::xensim`).
+mod evtchn_env {
+    pub const DIR: &str = "XENSIM_DIR";
+}
+
+impl fmt::Debug for Xen {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Xen::Sim(d) => write!(f, "Xen::Sim(domain {})", d.domid()),
+            Xen::Xensim(d) => write!(f, "Xen::Xensim({:?})", d),
+            #[cfg(target_os = "linux")]
+            Xen::Real(_) => f.write_str("Xen::Real"),
+        }
+    }
+}
+
+/// Run `$body` with `$b` bound to the platform's backend, whatever the platform.
+macro_rules! with_backend {
+    ($xen:expr, $b:ident => $body:expr) => {
+        match $xen {
+            $crate::xen::Xen::Sim($b) => $body,
+            $crate::xen::Xen::Xensim($b) => $body,
+            #[cfg(target_os = "linux")]
+            $crate::xen::Xen::Real($b) => $body,
+        }
+    };
+}
+pub(crate) use with_backend;
+
+/// A connected vchan on any platform.
+pub enum VchanStream {
+    /// On the in-process simulation.
+    Sim(Vchan<SimDomain>),
+    /// On the simulated host.
+    Xensim(Vchan<XensimDomain>),
+    /// On real Xen.
+    #[cfg(target_os = "linux")]
+    Real(Vchan<XenDomain>),
+}
+
+/// The platforms' endpoints convert into [`VchanStream`].
+pub trait IntoVchanStream: Backend + Sized {
+    /// Wrap an endpoint of this platform.
+    fn wrap(vchan: Vchan<Self>) -> VchanStream;
+}
+
+impl IntoVchanStream for SimDomain {
+    fn wrap(vchan: Vchan<Self>) -> VchanStream {
+        VchanStream::Sim(vchan)
+    }
+}
+
+impl IntoVchanStream for XensimDomain {
+    fn wrap(vchan: Vchan<Self>) -> VchanStream {
+        VchanStream::Xensim(vchan)
+    }
+}
+
+#[cfg(target_os = "linux")]
+impl IntoVchanStream for XenDomain {
+    fn wrap(vchan: Vchan<Self>) -> VchanStream {
+        VchanStream::Real(vchan)
+    }
+}
+
+macro_rules! each {
+    ($stream:expr, $v:ident => $body:expr) => {
+        match $stream {
+            VchanStream::Sim($v) => $body,
+            VchanStream::Xensim($v) => $body,
+            #[cfg(target_os = "linux")]
+            VchanStream::Real($v) => $body,
+        }
+    };
+}
+
+impl VchanStream {
+    /// Half-close: see [`Vchan::shutdown_write`].
+    pub fn shutdown_write(&self) -> Result<(), VchanError> {
+        each!(self, v => v.shutdown_write())
+    }
+
+    /// Bytes ready to read now.
+    pub fn data_ready(&self) -> Result<usize, VchanError> {
+        each!(self, v => v.data_ready())
+    }
+
+    /// Close the channel, reporting errors (dropping it closes too).
+    pub fn close(self) -> Result<(), VchanError> {
+        each!(self, v => v.close())
+    }
+}
+
+impl Read for VchanStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        each!(self, v => Read::read(v, buf))
+    }
+}
+
+impl Write for VchanStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        each!(self, v => Write::write(v, buf))
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Read for &VchanStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        each!(*self, v => Read::read(&mut &*v, buf))
+    }
+}
+
+impl Write for &VchanStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        each!(*self, v => Write::write(&mut &*v, buf))
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl fmt::Debug for VchanStream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        each!(self, v => fmt::Debug::fmt(v, f))
+    }
+}

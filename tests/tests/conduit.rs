@@ -1,0 +1,420 @@
+//! conduit-vchan's conformance suite: the same cases over TCP, Unix sockets, vchan on the
+//! in-process simulation and vchan on the cross-process simulated host (`xensim`), through a
+//! service's rendezvous and through libxenvchan's integer-port convention, blocking and async.
+//! Each case ends with its transport's leak check.
+
+#[path = "xensim_support.rs"]
+mod support;
+
+use std::io::{Read, Write};
+use std::path::PathBuf;
+use std::thread;
+use std::time::Duration;
+
+use conduit_vchan::{
+    AsyncListener, Connection, Connector, Endpoint, ListenOptions, Listener, Peer, Xen,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use vchan::sim::SimXen;
+use vchan::xensim::XensimDomain;
+use xen_types::DomId;
+use xenstore::{TxId, XenStore};
+
+/// The guest that serves in every vchan rig, and the domain that connects.
+const SERVER: DomId = DomId(5);
+const CLIENT: DomId = DomId(0);
+
+/// A transport under test: how to listen, how to connect, and how to check nothing leaked.
+struct Rig {
+    name: &'static str,
+    listen: Endpoint,
+    connect: Option<Endpoint>,
+    listen_xen: Option<Xen>,
+    connector: Connector,
+    /// Several connections at once (not an integer vchan port: one at a time).
+    concurrent: bool,
+    check: Box<dyn Fn() + Send + Sync>,
+    _keep: Option<Box<dyn Send + Sync>>,
+}
+
+impl Rig {
+    fn options(&self) -> ListenOptions {
+        match &self.listen_xen {
+            Some(xen) => ListenOptions::new().xen(xen.clone()),
+            None => ListenOptions::new(),
+        }
+    }
+
+    fn bind(&self) -> (Listener, Endpoint) {
+        let listener = Listener::bind_with(&self.listen, self.options())
+            .unwrap_or_else(|e| panic!("{}: bind: {e}", self.name));
+        let target = self
+            .connect
+            .clone()
+            .unwrap_or_else(|| listener.local_endpoint());
+        (listener, target)
+    }
+
+    fn connect(&self, target: &Endpoint) -> Connection {
+        self.connector
+            .connect(target)
+            .unwrap_or_else(|e| panic!("{}: connect: {e}", self.name))
+    }
+}
+
+fn sim_rig(name: &'static str, listen: &str, connect: &str, concurrent: bool) -> Rig {
+    let xen = SimXen::new();
+    let server = xen.create_domain(SERVER).unwrap();
+    let client = xen.domain(CLIENT);
+    let checked = xen.clone();
+    Rig {
+        name,
+        listen: listen.parse().unwrap(),
+        connect: Some(connect.parse().unwrap()),
+        listen_xen: Some(Xen::Sim(server)),
+        connector: Connector::new().xen(Xen::Sim(client)),
+        concurrent,
+        check: Box::new(move || {
+            if let Err(leaks) = checked.check_leaks() {
+                panic!("{name}: leaked {leaks}");
+            }
+            let left: Vec<String> = checked
+                .store()
+                .paths()
+                .into_iter()
+                .filter(|p| p.contains("/data/conduit/"))
+                .collect();
+            assert!(left.is_empty(), "{name}: rendezvous keys left: {left:?}");
+        }),
+        _keep: None,
+    }
+}
+
+/// A tag no other rig of this process uses (tests run in parallel).
+fn unique(tag: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{tag}-{n}")
+}
+
+fn xensim_rig(name: &'static str, listen: &str, connect: &str, concurrent: bool) -> Rig {
+    let host = std::sync::Arc::new(support::Host::start(&unique(name), &[SERVER.0]));
+    let server = XensimDomain::new(&host.dir, SERVER);
+    let client = XensimDomain::new(&host.dir, CLIENT);
+    let checked = std::sync::Arc::clone(&host);
+    let dom0 = client.clone();
+    Rig {
+        name,
+        listen: listen.parse().unwrap(),
+        connect: Some(connect.parse().unwrap()),
+        listen_xen: Some(Xen::Xensim(server)),
+        connector: Connector::new().xen(Xen::Xensim(client)),
+        concurrent,
+        check: Box::new(move || {
+            checked.assert_clean();
+            let store = vchan::Backend::open_store(&dom0).unwrap();
+            let services = store
+                .directory(TxId::NONE, &format!("/local/domain/{SERVER}/data/conduit"))
+                .unwrap_or_default();
+            assert!(services.is_empty(), "{name}: services left: {services:?}");
+            let vchans = store
+                .directory(
+                    TxId::NONE,
+                    &format!("/local/domain/{SERVER}/data/vchan/{CLIENT}"),
+                )
+                .unwrap_or_default();
+            assert!(vchans.is_empty(), "{name}: vchan keys left: {vchans:?}");
+        }),
+        _keep: Some(Box::new(host)),
+    }
+}
+
+fn unix_path(tag: &str) -> PathBuf {
+    std::env::temp_dir().join(format!("conduit-{tag}-{}.sock", std::process::id()))
+}
+
+fn rigs() -> Vec<Rig> {
+    let unix = unix_path(&unique("rig"));
+    let _ = std::fs::remove_file(&unix);
+    let unix_name = format!("unix://{}", unix.display());
+    vec![
+        Rig {
+            name: "tcp",
+            listen: "tcp://127.0.0.1:0".parse().unwrap(),
+            connect: None,
+            listen_xen: None,
+            connector: Connector::new(),
+            concurrent: true,
+            check: Box::new(|| {}),
+            _keep: None,
+        },
+        Rig {
+            name: "unix",
+            listen: unix_name.parse().unwrap(),
+            connect: Some(unix_name.parse().unwrap()),
+            listen_xen: None,
+            connector: Connector::new(),
+            concurrent: true,
+            check: Box::new(move || assert!(!unix.exists(), "unix: the socket file was left")),
+            _keep: None,
+        },
+        sim_rig("sim-service", "vchan://*/svc", "vchan://5/svc", true),
+        sim_rig("sim-port", "vchan://0/7", "vchan://5/7", false),
+        xensim_rig("xensim-service", "vchan://*/svc", "vchan://5/svc", true),
+        xensim_rig("xensim-port", "vchan://0/7", "vchan://5/7", false),
+    ]
+}
+
+/// Deterministic bytes that show loss, reordering and duplication.
+fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    support::random_bytes(len, seed)
+}
+
+/// The server of most cases: read the request to EOF, answer with `reply`, half-close.
+fn answer(mut conn: Connection, reply: &[u8]) -> Vec<u8> {
+    let mut request = Vec::new();
+    conn.read_to_end(&mut request).unwrap();
+    conn.write_all(reply).unwrap();
+    conn.shutdown_write().unwrap();
+    request
+}
+
+#[test]
+fn a_request_then_half_close_gets_the_whole_reply_on_every_transport() {
+    for rig in rigs() {
+        let (listener, target) = rig.bind();
+        let request = pattern(100_000, 1);
+        let reply = pattern(300_000, 2);
+        thread::scope(|s| {
+            let serving = s.spawn(|| {
+                let (conn, peer) = listener.accept().unwrap();
+                (answer(conn, &reply), peer)
+            });
+            let mut conn = rig.connect(&target);
+            conn.write_all(&request).unwrap();
+            conn.shutdown_write().unwrap();
+            let mut got = Vec::new();
+            conn.read_to_end(&mut got).unwrap();
+            assert!(got == reply, "{}: reply differs", rig.name);
+            let (got_request, peer) = serving.join().unwrap();
+            assert!(got_request == request, "{}: request differs", rig.name);
+            if rig.listen_xen.is_some() {
+                assert_eq!(peer, Peer::Vchan(CLIENT), "{}: peer", rig.name);
+                assert_eq!(conn.peer(), &Peer::Vchan(SERVER), "{}: peer", rig.name);
+            }
+        });
+        drop(listener);
+        (rig.check)();
+    }
+}
+
+#[test]
+fn transfers_far_larger_than_the_ring_flow_both_ways_at_once() {
+    for rig in rigs() {
+        let (listener, target) = rig.bind();
+        let up = pattern(8 << 20, 3);
+        let down = pattern(6 << 20, 4);
+        thread::scope(|s| {
+            s.spawn(|| {
+                let (conn, _) = listener.accept().unwrap();
+                // Reader and writer on separate threads of one connection.
+                thread::scope(|t| {
+                    let sending = t.spawn(|| {
+                        (&conn).write_all(&down).unwrap();
+                        conn.shutdown_write().unwrap();
+                    });
+                    let mut got = Vec::new();
+                    (&conn).read_to_end(&mut got).unwrap();
+                    assert!(got == up, "{}: upload differs", rig.name);
+                    sending.join().unwrap();
+                });
+            });
+            let conn = rig.connect(&target);
+            thread::scope(|t| {
+                let sending = t.spawn(|| {
+                    for piece in up.chunks(70_001) {
+                        (&conn).write_all(piece).unwrap();
+                    }
+                    conn.shutdown_write().unwrap();
+                });
+                let mut got = Vec::new();
+                (&conn).read_to_end(&mut got).unwrap();
+                assert!(got == down, "{}: download differs", rig.name);
+                sending.join().unwrap();
+            });
+        });
+        drop(listener);
+        (rig.check)();
+    }
+}
+
+#[test]
+fn a_close_is_eof_after_every_byte() {
+    for rig in rigs() {
+        let (listener, target) = rig.bind();
+        let data = pattern(200_000, 5);
+        thread::scope(|s| {
+            s.spawn(|| {
+                let (mut conn, _) = listener.accept().unwrap();
+                conn.write_all(&data).unwrap();
+                drop(conn);
+            });
+            let mut conn = rig.connect(&target);
+            let mut got = Vec::new();
+            conn.read_to_end(&mut got).unwrap();
+            assert!(got == data, "{}: lost bytes before EOF", rig.name);
+            assert_eq!(
+                conn.read(&mut [0u8; 8]).unwrap(),
+                0,
+                "{}: EOF stays",
+                rig.name
+            );
+        });
+        drop(listener);
+        (rig.check)();
+    }
+}
+
+#[test]
+fn a_hundred_connections_at_once_each_get_their_own_answer() {
+    for rig in rigs().into_iter().filter(|r| r.concurrent) {
+        let (listener, target) = rig.bind();
+        const N: usize = 100;
+        thread::scope(|s| {
+            s.spawn(|| {
+                // Accept all first: every connection is open at the same time.
+                let conns: Vec<Connection> = (0..N).map(|_| listener.accept().unwrap().0).collect();
+                thread::scope(|t| {
+                    for conn in conns {
+                        t.spawn(move || {
+                            let mut conn = conn;
+                            let mut request = Vec::new();
+                            conn.read_to_end(&mut request).unwrap();
+                            request.reverse();
+                            conn.write_all(&request).unwrap();
+                        });
+                    }
+                });
+            });
+            let clients: Vec<_> = (0..N)
+                .map(|i| {
+                    let (rig, target) = (&rig, &target);
+                    s.spawn(move || {
+                        let mut conn = rig.connect(target);
+                        let request = format!("request {i} from one domain").into_bytes();
+                        conn.write_all(&request).unwrap();
+                        conn.shutdown_write().unwrap();
+                        let mut got = Vec::new();
+                        conn.read_to_end(&mut got).unwrap();
+                        let mut expected = request;
+                        expected.reverse();
+                        assert_eq!(got, expected, "{}: connection {i}", rig.name);
+                    })
+                })
+                .collect();
+            for c in clients {
+                c.join().unwrap();
+            }
+        });
+        drop(listener);
+        (rig.check)();
+    }
+}
+
+#[test]
+fn an_integer_port_serves_one_connection_at_a_time_and_publishes_afresh() {
+    for rig in rigs().into_iter().filter(|r| r.name.ends_with("-port")) {
+        let (listener, target) = rig.bind();
+        thread::scope(|s| {
+            s.spawn(|| {
+                for i in 0..3u8 {
+                    let (conn, _) = listener.accept().unwrap();
+                    answer(conn, &[i; 10]);
+                }
+            });
+            for i in 0..3u8 {
+                let mut conn = rig.connect(&target);
+                conn.shutdown_write().unwrap();
+                let mut got = Vec::new();
+                conn.read_to_end(&mut got).unwrap();
+                assert_eq!(got, [i; 10], "{}: connection {i}", rig.name);
+            }
+        });
+        drop(listener);
+        (rig.check)();
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn async_request_reply_split_halves_and_many_at_once_on_every_transport() {
+    let rt = runtime();
+    for rig in rigs() {
+        rt.block_on(async {
+            let listener = AsyncListener::bind_with(&rig.listen, rig.options())
+                .await
+                .unwrap_or_else(|e| panic!("{}: bind: {e}", rig.name));
+            let target = rig
+                .connect
+                .clone()
+                .unwrap_or_else(|| listener.local_endpoint());
+            let count = if rig.concurrent { 20 } else { 1 };
+            let work = async {
+                let serving = async {
+                    let mut tasks = Vec::new();
+                    for _ in 0..count {
+                        let (conn, _) = listener.accept().await.unwrap();
+                        tasks.push(tokio::spawn(async move {
+                            // Split halves in two tasks: echo until EOF, then half-close.
+                            let (mut reader, mut writer) = tokio::io::split(conn);
+                            let echo = tokio::spawn(async move {
+                                tokio::io::copy(&mut reader, &mut writer).await.unwrap();
+                                writer.shutdown().await.unwrap();
+                            });
+                            echo.await.unwrap();
+                        }));
+                    }
+                    for t in tasks {
+                        t.await.unwrap();
+                    }
+                };
+                let clients = async {
+                    let mut tasks = Vec::new();
+                    for i in 0..count {
+                        let (connector, target) = (rig.connector.clone(), target.clone());
+                        tasks.push(tokio::spawn(async move {
+                            let conn = connector.connect_async(&target).await.unwrap();
+                            let data = pattern(if i == 0 { 3 << 20 } else { 10_000 }, i as u64);
+                            let (mut reader, mut writer) = tokio::io::split(conn);
+                            let sent = data.clone();
+                            let sending = tokio::spawn(async move {
+                                writer.write_all(&sent).await.unwrap();
+                                writer.shutdown().await.unwrap();
+                            });
+                            let mut got = Vec::new();
+                            reader.read_to_end(&mut got).await.unwrap();
+                            sending.await.unwrap();
+                            assert!(got == data, "connection {i}: echo differs");
+                        }));
+                    }
+                    for t in tasks {
+                        t.await.unwrap();
+                    }
+                };
+                tokio::join!(serving, clients);
+            };
+            tokio::time::timeout(Duration::from_secs(60), work)
+                .await
+                .unwrap_or_else(|_| panic!("{}: async case hung", rig.name));
+            listener.close().await;
+        });
+        (rig.check)();
+    }
+}
