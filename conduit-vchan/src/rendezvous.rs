@@ -116,6 +116,9 @@ pub(crate) fn resolve_name<S: XenStore>(store: &S, name: &str) -> Result<DomId> 
     Err(not_found())
 }
 
+/// How often a client looks again for a service that is not published yet.
+const RETRY: Duration = Duration::from_millis(50);
+
 /// A request id: unique enough that two live requests never collide (a collision is retried).
 fn request_id() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -172,6 +175,15 @@ pub(crate) fn request<B: Backend>(
         match created {
             Ok(Ok(true)) => break node,
             Ok(Ok(false)) if attempts < 8 => continue,
+            // Not published (yet): like a vchan client waiting for its server, look again
+            // until the deadline. (A guest cannot watch a directory it may not read.)
+            Ok(Err(ConduitError::NoService { .. }))
+            | Err(XenstoreError::Errno(Errno::EACCES | Errno::ENOENT))
+                if Instant::now() + RETRY < deadline =>
+            {
+                std::thread::sleep(RETRY);
+                continue;
+            }
             Ok(Ok(false)) => {
                 return Err(ConduitError::Refused {
                     endpoint: endpoint.to_owned(),

@@ -77,6 +77,13 @@ if [ -n "$D" ]; then
     result kill-client timeout 120 $PEER server $D 30 65536 65536 drain-measure
     result kill-server timeout 120 $PEER client $D 31 drain-measure
 
+    # conduit-vchan's rendezvous through the real xenstored, both ways, four connections at
+    # once: the listener must see each request's owner as the calling domain (the domU's own
+    # node; dom0's, whose privileged creation would otherwise inherit the directory's owner).
+    side conduit-domu-calls-dom0 timeout 120 $PEER conduit-serve 'vchan://*/echo' 4 $D
+    wait
+    result conduit-dom0-calls-domu timeout 120 $PEER conduit-call "vchan://$D/echo" $PAYLOAD 4
+
     # The benchmark, dom0 to domU: dom0 serves (and writes), the guest reads and reports.
     echo "$BENCH_CELLS" | while read -r impl port ring mode msg count; do
         side "bench-$impl-$port" timeout 300 $(bench_prog "$impl") server $D "$port" "$ring" "$mode" "$msg" "$count"

@@ -34,6 +34,10 @@ $PEER server 0 31 65536 65536 flood /tmp/flowing-31 &
 kill_when_flowing /tmp/flowing-31 $! || echo "FAIL kill-server (guest side)"
 wait
 
+result conduit-domu-calls-dom0 timeout 120 $PEER conduit-call 'vchan://0/echo' $PAYLOAD 4
+side conduit-dom0-calls-domu timeout 120 $PEER conduit-serve 'vchan://*/echo' 4 0
+wait
+
 echo "$BENCH_CELLS" | while read -r impl port ring mode msg count; do
     result "bench-$impl-$port" bench_client "$impl" 0 "$port" "$ring" "$mode" "$msg" "$count"
 done

@@ -13,6 +13,16 @@
 //! diagnostics go to stderr.
 //!
 //! `qemu-peer devices` exercises the `/dev/xen` backends directly, in dom0 against itself.
+//!
+//! ```text
+//! qemu-peer conduit-serve ENDPOINT COUNT EXPECTED_PEER
+//! qemu-peer conduit-call ENDPOINT FILE COUNT
+//! ```
+//! conduit-vchan on real Xen: the server accepts COUNT connections at once on ENDPOINT (for
+//! example `vchan://*/echo`), checks that each came from domain EXPECTED_PEER as the rendezvous
+//! established it (the owner xenstored gave the request), and echoes each until the client's
+//! half-close; the caller makes COUNT connections at once, sends FILE on each, half-closes and
+//! compares the echo.
 
 mod devices;
 
@@ -108,8 +118,117 @@ fn run(args: &[String]) -> Res {
             check_caps(&chan, caps)?;
             mode(chan, &args[3..])
         }
+        "conduit-serve" => {
+            let endpoint: conduit_vchan::Endpoint = arg(&args, 1, "endpoint")?.parse()?;
+            let count: usize = arg(&args, 2, "count")?.parse()?;
+            let expected: DomId = arg(&args, 3, "expected peer")?.parse()?;
+            conduit_serve(&endpoint, count, expected)
+        }
+        "conduit-call" => {
+            let endpoint: conduit_vchan::Endpoint = arg(&args, 1, "endpoint")?.parse()?;
+            let data = fs::read(arg(&args, 2, "file")?)?;
+            let count: usize = arg(&args, 3, "count")?.parse()?;
+            conduit_call(&endpoint, &data, count)
+        }
         other => Err(format!("unknown command {other:?}").into()),
     }
+}
+
+/// Accept `count` connections (all open at once), check who each is from, echo each.
+fn conduit_serve(endpoint: &conduit_vchan::Endpoint, count: usize, expected: DomId) -> Res {
+    let options = conduit_vchan::ListenOptions::new()
+        .request_timeout(CONNECT_WAIT)
+        .xen(conduit_vchan::Xen::Real(XenDomain::new()));
+    let listener = conduit_vchan::Listener::bind_with(endpoint, options)?;
+    eprintln!("conduit: listening on {endpoint}");
+    let mut conns = Vec::new();
+    for _ in 0..count {
+        let (conn, peer) = listener.accept()?;
+        if peer != conduit_vchan::Peer::Vchan(expected) {
+            return Err(format!("a connection from {peer}, expected domain {expected}").into());
+        }
+        conns.push(conn);
+    }
+    eprintln!("conduit: {count} connections from domain {expected}, all open");
+    let echoed: Vec<Result<usize, String>> = std::thread::scope(|s| {
+        let echoes: Vec<_> = conns
+            .into_iter()
+            .map(|mut conn| {
+                s.spawn(move || -> Result<usize, String> {
+                    let mut request = Vec::new();
+                    conn.read_to_end(&mut request).map_err(|e| e.to_string())?;
+                    conn.write_all(&request).map_err(|e| e.to_string())?;
+                    conn.shutdown_write().map_err(|e| e.to_string())?;
+                    Ok(request.len())
+                })
+            })
+            .collect();
+        echoes
+            .into_iter()
+            .map(|e| e.join().unwrap_or_else(|_| Err("an echo thread panicked".into())))
+            .collect()
+    });
+    for n in echoed {
+        eprintln!("conduit: echoed {} bytes", n?);
+    }
+    Ok(())
+}
+
+/// Make `count` connections at once, send `data` on each, half-close, compare the echoes.
+fn conduit_call(endpoint: &conduit_vchan::Endpoint, data: &[u8], count: usize) -> Res {
+    let connector = conduit_vchan::Connector::new()
+        .xen(conduit_vchan::Xen::Real(XenDomain::new()))
+        .timeout(CONNECT_WAIT);
+    let outcomes: Vec<Result<(), String>> = std::thread::scope(|s| {
+        let calls: Vec<_> = (0..count)
+            .map(|i| {
+                let connector = &connector;
+                s.spawn(move || call_once(connector, endpoint, data, i))
+            })
+            .collect();
+        calls
+            .into_iter()
+            .map(|c| c.join().unwrap_or_else(|_| Err("a caller panicked".into())))
+            .collect()
+    });
+    for outcome in outcomes {
+        outcome?;
+    }
+    eprintln!("conduit: {count} calls to {endpoint}, every echo identical");
+    Ok(())
+}
+
+fn call_once(
+    connector: &conduit_vchan::Connector,
+    endpoint: &conduit_vchan::Endpoint,
+    data: &[u8],
+    i: usize,
+) -> Result<(), String> {
+    let conn = connector
+        .connect(endpoint)
+        .map_err(|e| format!("connection {i}: {e}"))?;
+    std::thread::scope(|t| {
+        let sending = t.spawn(|| -> std::io::Result<()> {
+            (&conn).write_all(data)?;
+            conn.shutdown_write()
+        });
+        let mut echo = Vec::new();
+        (&conn)
+            .read_to_end(&mut echo)
+            .map_err(|e| format!("connection {i}: read: {e}"))?;
+        sending
+            .join()
+            .map_err(|_| "a sender panicked".to_owned())?
+            .map_err(|e| format!("connection {i}: write: {e}"))?;
+        if echo != data {
+            return Err(format!(
+                "connection {i}: {} bytes echoed of {}, or different",
+                echo.len(),
+                data.len()
+            ));
+        }
+        Ok(())
+    })
 }
 
 /// Expected (read, write) ring capacities.
