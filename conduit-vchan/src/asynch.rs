@@ -16,7 +16,7 @@ use crate::error::{ConduitError, Result};
 use crate::xen::{VchanStream, Xen};
 #[cfg(feature = "vchan")]
 use std::sync::atomic::{AtomicBool, Ordering};
-#[cfg(feature = "vchan")]
+#[cfg(any(feature = "vchan", feature = "tls"))]
 use std::sync::Arc;
 #[cfg(feature = "vchan")]
 use vchan::AsyncVchan;
@@ -60,16 +60,172 @@ macro_rules! each_async {
     };
 }
 
-enum AsyncStream {
+pub(crate) enum AsyncStream {
     Tcp(TcpStream),
     Unix(UnixStream),
     /// Boxed: a vchan endpoint is hundreds of bytes, a socket a few.
     #[cfg(feature = "vchan")]
     Vchan(Box<AsyncVchanStream>),
+    /// TLS over one of the others.
+    #[cfg(feature = "tls")]
+    Tls(Box<AsyncTls>),
+}
+
+/// A TLS session over an async transport.
+#[cfg(feature = "tls")]
+pub(crate) enum AsyncTls {
+    /// An accepted connection whose handshake its first read or write drives, so that a slow
+    /// client never holds up the listener.
+    Accepting(tokio_rustls::Accept<AsyncStream>),
+    /// Handshake done.
+    Ready(tokio_rustls::TlsStream<AsyncStream>),
+    /// The handshake failed (the error went to whoever drove it).
+    Failed,
+}
+
+#[cfg(feature = "tls")]
+impl AsyncTls {
+    /// The established stream, driving an accepted connection's handshake first.
+    fn poll_ready(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<&mut tokio_rustls::TlsStream<AsyncStream>>> {
+        use std::future::Future;
+        if let AsyncTls::Accepting(accept) = self {
+            match Pin::new(accept).poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Ok(stream)) => *self = AsyncTls::Ready(stream.into()),
+                Poll::Ready(Err(e)) => {
+                    *self = AsyncTls::Failed;
+                    return Poll::Ready(Err(e));
+                }
+            }
+        }
+        match self {
+            AsyncTls::Ready(stream) => Poll::Ready(Ok(stream)),
+            _ => Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "the TLS handshake failed",
+            ))),
+        }
+    }
+}
+
+/// Poll `$op` on the established TLS stream under `$tls`.
+#[cfg(feature = "tls")]
+macro_rules! on_tls {
+    ($tls:expr, $cx:expr, $s:ident => $op:expr) => {
+        match $tls.poll_ready($cx) {
+            Poll::Ready(Ok($s)) => $op,
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    };
+}
+
+impl AsyncRead for AsyncStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            AsyncStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            AsyncStream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            #[cfg(feature = "vchan")]
+            AsyncStream::Vchan(v) => each_async!(&mut **v, s => Pin::new(s).poll_read(cx, buf)),
+            #[cfg(feature = "tls")]
+            AsyncStream::Tls(t) => on_tls!(t, cx, s => Pin::new(s).poll_read(cx, buf)),
+        }
+    }
+}
+
+impl AsyncWrite for AsyncStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            AsyncStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            AsyncStream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            #[cfg(feature = "vchan")]
+            AsyncStream::Vchan(v) => each_async!(&mut **v, s => Pin::new(s).poll_write(cx, buf)),
+            #[cfg(feature = "tls")]
+            AsyncStream::Tls(t) => on_tls!(t, cx, s => Pin::new(s).poll_write(cx, buf)),
+        }
+    }
+
+    /// Gathers on every transport: rustls hands its queued records over this way (a vchan
+    /// copies several small slices into one write).
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            AsyncStream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            AsyncStream::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            #[cfg(feature = "vchan")]
+            AsyncStream::Vchan(v) => {
+                let mut slices = bufs.iter().filter(|b| !b.is_empty());
+                match (slices.next(), slices.next()) {
+                    (None, _) => Poll::Ready(Ok(0)),
+                    (Some(only), None) => {
+                        each_async!(&mut **v, s => Pin::new(s).poll_write(cx, only))
+                    }
+                    _ => {
+                        const GATHER: usize = 64 * 1024;
+                        let total: usize = bufs.iter().map(|b| b.len()).sum();
+                        let mut joined = Vec::with_capacity(total.min(GATHER));
+                        for b in bufs {
+                            let room = GATHER - joined.len();
+                            joined.extend_from_slice(&b[..b.len().min(room)]);
+                            if joined.len() == GATHER {
+                                break;
+                            }
+                        }
+                        each_async!(&mut **v, s => Pin::new(s).poll_write(cx, &joined))
+                    }
+                }
+            }
+            #[cfg(feature = "tls")]
+            AsyncStream::Tls(t) => on_tls!(t, cx, s => Pin::new(s).poll_write_vectored(cx, bufs)),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            AsyncStream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            AsyncStream::Unix(s) => Pin::new(s).poll_flush(cx),
+            #[cfg(feature = "vchan")]
+            AsyncStream::Vchan(v) => each_async!(&mut **v, s => Pin::new(s).poll_flush(cx)),
+            #[cfg(feature = "tls")]
+            AsyncStream::Tls(t) => on_tls!(t, cx, s => Pin::new(s).poll_flush(cx)),
+        }
+    }
+
+    /// The half-close; over TLS, `close_notify` and then the transport's half-close.
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            AsyncStream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            AsyncStream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            #[cfg(feature = "vchan")]
+            AsyncStream::Vchan(v) => each_async!(&mut **v, s => Pin::new(s).poll_shutdown(cx)),
+            #[cfg(feature = "tls")]
+            AsyncStream::Tls(t) => on_tls!(t, cx, s => Pin::new(s).poll_shutdown(cx)),
+        }
+    }
 }
 
 /// A connected byte stream over any transport, for tokio: `AsyncRead + AsyncWrite`;
-/// `shutdown()` is the half-close (the peer reads end-of-stream, this end can still read).
+/// `shutdown()` is the half-close (the peer reads end-of-stream, this end can still read; over
+/// TLS it sends `close_notify` first). A TLS connection should end with `shutdown()`: dropping
+/// it closes the transport without `close_notify`, which the peer reads as an unexpected end.
 pub struct AsyncConnection {
     stream: AsyncStream,
     peer: Peer,
@@ -82,7 +238,31 @@ impl AsyncConnection {
         &self.peer
     }
 
-    /// Register a blocking connection with the runtime (call inside one).
+    /// Whether TLS runs over the transport.
+    pub fn is_tls(&self) -> bool {
+        #[cfg(feature = "tls")]
+        if let AsyncStream::Tls(_) = self.stream {
+            return true;
+        }
+        false
+    }
+
+    /// The application protocol agreed through ALPN, once a TLS handshake is done (a client's
+    /// is done when it connects; an accepted connection's on its first read or write).
+    #[cfg(feature = "tls")]
+    pub fn alpn_protocol(&self) -> Option<&[u8]> {
+        match &self.stream {
+            AsyncStream::Tls(tls) => match &**tls {
+                AsyncTls::Ready(stream) => stream.get_ref().1.alpn_protocol(),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// Register a blocking connection with the runtime (call inside one). A TLS connection
+    /// cannot move (its session is mid-stream): connect with [`Connector::connect_async`] or
+    /// accept with [`AsyncListener`] instead.
     pub fn from_blocking(connection: Connection) -> io::Result<AsyncConnection> {
         let (stream, peer, slot) = connection.into_parts();
         let stream = match stream {
@@ -96,6 +276,14 @@ impl AsyncConnection {
             }
             #[cfg(feature = "vchan")]
             Stream::Vchan(v) => AsyncStream::Vchan(Box::new(AsyncVchanStream::new(*v)?)),
+            #[cfg(feature = "tls")]
+            Stream::Tls(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::Unsupported,
+                    "a TLS connection cannot move to the async runtime: connect with \
+                     Connector::connect_async or accept with AsyncListener",
+                ))
+            }
         };
         Ok(AsyncConnection {
             stream,
@@ -111,12 +299,7 @@ impl AsyncRead for AsyncConnection {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().stream {
-            AsyncStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            AsyncStream::Unix(s) => Pin::new(s).poll_read(cx, buf),
-            #[cfg(feature = "vchan")]
-            AsyncStream::Vchan(v) => each_async!(&mut **v, s => Pin::new(s).poll_read(cx, buf)),
-        }
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
     }
 }
 
@@ -126,30 +309,27 @@ impl AsyncWrite for AsyncConnection {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match &mut self.get_mut().stream {
-            AsyncStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            AsyncStream::Unix(s) => Pin::new(s).poll_write(cx, buf),
-            #[cfg(feature = "vchan")]
-            AsyncStream::Vchan(v) => each_async!(&mut **v, s => Pin::new(s).poll_write(cx, buf)),
-        }
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().stream {
-            AsyncStream::Tcp(s) => Pin::new(s).poll_flush(cx),
-            AsyncStream::Unix(s) => Pin::new(s).poll_flush(cx),
-            #[cfg(feature = "vchan")]
-            AsyncStream::Vchan(v) => each_async!(&mut **v, s => Pin::new(s).poll_flush(cx)),
-        }
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().stream {
-            AsyncStream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            AsyncStream::Unix(s) => Pin::new(s).poll_shutdown(cx),
-            #[cfg(feature = "vchan")]
-            AsyncStream::Vchan(v) => each_async!(&mut **v, s => Pin::new(s).poll_shutdown(cx)),
-        }
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
     }
 }
 
@@ -163,15 +343,33 @@ impl fmt::Debug for AsyncConnection {
 
 impl Connector {
     /// Connect to `endpoint` without blocking the runtime (a vchan connect, which may wait for
-    /// its server, runs on tokio's blocking pool).
+    /// its server, runs on tokio's blocking pool). A `tls+` endpoint needs a configuration
+    /// given with [`Connector::tls`], and completes its handshake before this returns.
     pub async fn connect_async(&self, endpoint: &Endpoint) -> Result<AsyncConnection> {
-        if endpoint.tls {
-            return Err(ConduitError::Unsupported {
-                endpoint: endpoint.to_string(),
-                reason: "tls+ needs a TLS configuration given in code",
-            });
+        if !endpoint.tls {
+            return self.connect_plain_async(endpoint).await;
         }
-        self.connect_plain_async(endpoint).await
+        #[cfg(feature = "tls")]
+        {
+            let (config, server_name) = self.tls_config(endpoint)?;
+            let connector = tokio_rustls::TlsConnector::from(Arc::clone(config));
+            let AsyncConnection {
+                stream,
+                peer,
+                _slot,
+            } = self.connect_plain_async(endpoint).await?;
+            let stream = connector
+                .connect(server_name.clone(), stream)
+                .await
+                .map_err(|e| crate::blocking::tls_error(endpoint, e))?;
+            Ok(AsyncConnection {
+                stream: AsyncStream::Tls(Box::new(AsyncTls::Ready(stream.into()))),
+                peer,
+                _slot,
+            })
+        }
+        #[cfg(not(feature = "tls"))]
+        Err(crate::blocking::no_tls_config(endpoint))
     }
 
     pub(crate) async fn connect_plain_async(&self, endpoint: &Endpoint) -> Result<AsyncConnection> {
@@ -222,6 +420,11 @@ pub async fn connect_async(endpoint: &Endpoint) -> Result<AsyncConnection> {
 pub struct AsyncListener {
     endpoint: Endpoint,
     kind: AsyncKind,
+    /// For vchan: this domain's id, when it could be read at bind.
+    #[cfg(feature = "vchan")]
+    local_domain: Option<DomId>,
+    #[cfg(feature = "tls")]
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 enum AsyncKind {
@@ -247,8 +450,24 @@ impl AsyncListener {
 
     /// Listen on `endpoint`, as [`crate::Listener::bind_with`] does.
     pub async fn bind_with(endpoint: &Endpoint, options: ListenOptions) -> Result<AsyncListener> {
+        #[cfg(feature = "tls")]
+        let tls = match endpoint.tls {
+            true => Some(tokio_rustls::TlsAcceptor::from(
+                options
+                    .tls
+                    .clone()
+                    .ok_or_else(|| crate::blocking::no_tls_config(endpoint))?,
+            )),
+            false => None,
+        };
+        #[cfg(not(feature = "tls"))]
+        if endpoint.tls {
+            return Err(crate::blocking::no_tls_config(endpoint));
+        }
         #[cfg(not(feature = "vchan"))]
-        let ListenOptions {} = options;
+        let _ = options;
+        #[cfg(feature = "vchan")]
+        let mut local_domain = None;
         let name = endpoint.to_string();
         let io_error = |source| ConduitError::Io {
             op: "listen on",
@@ -273,9 +492,19 @@ impl AsyncListener {
                         source,
                     })?,
                 };
+                local_domain = {
+                    let xen = xen.clone();
+                    tokio::task::spawn_blocking(move || crate::xen::own_domid(&xen))
+                        .await
+                        .ok()
+                        .flatten()
+                };
                 match port {
                     crate::endpoint::VchanPort::Number(_) => {
-                        let (target, options) = (endpoint.clone(), options.xen(xen));
+                        // The blocking listener serves the transport; TLS is added here.
+                        let mut target = endpoint.clone();
+                        target.tls = false;
+                        let options = options.xen(xen);
                         let listener = tokio::task::spawn_blocking(move || {
                             crate::blocking::Listener::bind_with(&target, options)
                         })
@@ -319,7 +548,27 @@ impl AsyncListener {
         Ok(AsyncListener {
             endpoint: endpoint.clone(),
             kind,
+            #[cfg(feature = "vchan")]
+            local_domain,
+            #[cfg(feature = "tls")]
+            tls,
         })
+    }
+
+    /// This end of the listener, as a [`Peer`] would name it: the bound TCP address, the
+    /// socket's path, or this domain (for vchan).
+    pub fn local_peer(&self) -> io::Result<Peer> {
+        match &self.kind {
+            AsyncKind::Tcp(l) => l.local_addr().map(Peer::Tcp),
+            AsyncKind::Unix(_, path) => Ok(Peer::Unix(Some(path.clone()))),
+            #[cfg(feature = "vchan")]
+            _ => self.local_domain.map(Peer::Vchan).ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::NotFound,
+                    "this domain's id could not be read from xenstore",
+                )
+            }),
+        }
     }
 
     /// The endpoint listened on (for TCP, with the port actually bound).
@@ -353,7 +602,9 @@ impl AsyncListener {
         }
     }
 
-    /// Wait for the next connection, and say who it is from. Cancel-safe for TCP, Unix sockets
+    /// Wait for the next connection, and say who it is from. Over TLS the handshake is left to
+    /// the connection's first read or write (in its own task, as a server runs it), so that a
+    /// slow client never holds up the next. Cancel-safe for TCP, Unix sockets
     /// and services (a connection is never lost by dropping the future); for an integer vchan
     /// port, a cancelled accept may lose the client that was connecting at that moment.
     pub async fn accept(&self) -> Result<(AsyncConnection, Peer)> {
@@ -409,6 +660,24 @@ impl AsyncListener {
                     }
                 }
             }
+        };
+        #[cfg(feature = "tls")]
+        let connection = match &self.tls {
+            Some(acceptor) => {
+                let AsyncConnection {
+                    stream,
+                    peer,
+                    _slot,
+                } = connection;
+                AsyncConnection {
+                    stream: AsyncStream::Tls(Box::new(AsyncTls::Accepting(
+                        acceptor.accept(stream),
+                    ))),
+                    peer,
+                    _slot,
+                }
+            }
+            None => connection,
         };
         let peer = connection.peer.clone();
         Ok((connection, peer))

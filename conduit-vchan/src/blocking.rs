@@ -21,8 +21,12 @@ use crate::endpoint::{Endpoint, Transport};
 use crate::error::{ConduitError, Result};
 #[cfg(feature = "vchan")]
 use crate::rendezvous::{self, ServiceOptions};
+#[cfg(feature = "tls")]
+use crate::tls::TlsStream;
 #[cfg(feature = "vchan")]
 use crate::xen::{with_backend, IntoVchanStream, VchanStream, Xen};
+#[cfg(feature = "tls")]
+use rustls::pki_types::ServerName;
 
 /// Who is on the other end of a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,6 +58,67 @@ pub(crate) enum Stream {
     /// Boxed: a vchan endpoint is hundreds of bytes, a socket a few.
     #[cfg(feature = "vchan")]
     Vchan(Box<VchanStream>),
+    /// TLS over one of the others.
+    #[cfg(feature = "tls")]
+    Tls(Box<TlsStream>),
+}
+
+impl Stream {
+    pub(crate) fn shutdown_write(&self) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.shutdown(Shutdown::Write),
+            Stream::Unix(s) => s.shutdown(Shutdown::Write),
+            #[cfg(feature = "vchan")]
+            Stream::Vchan(s) => s.shutdown_write().map_err(io::Error::from),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.shutdown_write(),
+        }
+    }
+}
+
+/// Every transport reads and writes through a shared reference (one reader thread and one
+/// writer thread at a time).
+impl Read for &Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match *self {
+            Stream::Tcp(s) => (&mut &*s).read(buf),
+            Stream::Unix(s) => (&mut &*s).read(buf),
+            #[cfg(feature = "vchan")]
+            Stream::Vchan(s) => (&mut &**s).read(buf),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for &Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match *self {
+            Stream::Tcp(s) => (&mut &*s).write(buf),
+            Stream::Unix(s) => (&mut &*s).write(buf),
+            #[cfg(feature = "vchan")]
+            Stream::Vchan(s) => (&mut &**s).write(buf),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.write(buf),
+        }
+    }
+
+    /// The sockets gather (rustls hands its queued records over this way).
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        match *self {
+            Stream::Tcp(s) => (&mut &*s).write_vectored(bufs),
+            Stream::Unix(s) => (&mut &*s).write_vectored(bufs),
+            #[allow(unreachable_patterns)]
+            _ => {
+                let buf = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| b);
+                self.write(buf)
+            }
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// A connected byte stream over any transport: `Read + Write` (also for `&Connection`, so one
@@ -82,22 +147,57 @@ impl Connection {
 
     /// Shut down the writing side: the peer reads end-of-stream after everything written, and
     /// this end can still read its reply. Over vchan this is [`vchan::Vchan::shutdown_write`]
-    /// (a plain libxenvchan peer sees the end only when the connection is dropped).
+    /// (a plain libxenvchan peer sees the end only when the connection is dropped). Over TLS it
+    /// sends `close_notify`, then shuts down the transport's writing side.
+    ///
+    /// A TLS connection should end this way: dropping it closes the transport without
+    /// `close_notify`, which the peer reads as an unexpected end rather than end-of-stream.
     pub fn shutdown_write(&self) -> io::Result<()> {
-        match &self.stream {
-            Stream::Tcp(s) => s.shutdown(Shutdown::Write),
-            Stream::Unix(s) => s.shutdown(Shutdown::Write),
-            #[cfg(feature = "vchan")]
-            Stream::Vchan(s) => s.shutdown_write().map_err(io::Error::from),
-        }
+        self.stream.shutdown_write()
     }
 
-    /// The vchan underneath, if it is one.
+    /// The vchan underneath, if it is one (also under TLS).
     #[cfg(feature = "vchan")]
     pub fn as_vchan(&self) -> Option<&VchanStream> {
         match &self.stream {
             Stream::Vchan(v) => Some(v),
+            #[cfg(feature = "tls")]
+            Stream::Tls(tls) => match tls.transport() {
+                Stream::Vchan(v) => Some(v),
+                _ => None,
+            },
             _ => None,
+        }
+    }
+
+    /// Whether TLS runs over the transport.
+    pub fn is_tls(&self) -> bool {
+        #[cfg(feature = "tls")]
+        if let Stream::Tls(_) = self.stream {
+            return true;
+        }
+        false
+    }
+
+    /// The application protocol agreed through ALPN, for a TLS connection whose handshake is
+    /// done (a client's is done when it connects; a server's on its first read or write, or
+    /// [`handshake`](Connection::handshake)).
+    #[cfg(feature = "tls")]
+    pub fn alpn_protocol(&self) -> Option<Vec<u8>> {
+        match &self.stream {
+            Stream::Tls(tls) => tls.alpn_protocol(),
+            _ => None,
+        }
+    }
+
+    /// Complete the TLS handshake now (a no-op for a plain connection or a done handshake).
+    /// An accepted TLS connection otherwise completes it on its first read or write, so that
+    /// a slow client never holds up [`Listener::accept`].
+    #[cfg(feature = "tls")]
+    pub fn handshake(&self) -> io::Result<()> {
+        match &self.stream {
+            Stream::Tls(tls) => tls.handshake(),
+            _ => Ok(()),
         }
     }
 
@@ -114,6 +214,8 @@ impl Read for Connection {
             Stream::Unix(s) => s.read(buf),
             #[cfg(feature = "vchan")]
             Stream::Vchan(s) => s.read(buf),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.read(buf),
         }
     }
 }
@@ -125,6 +227,8 @@ impl Write for Connection {
             Stream::Unix(s) => s.write(buf),
             #[cfg(feature = "vchan")]
             Stream::Vchan(s) => s.write(buf),
+            #[cfg(feature = "tls")]
+            Stream::Tls(s) => s.write(buf),
         }
     }
 
@@ -134,30 +238,22 @@ impl Write for Connection {
             Stream::Unix(s) => s.flush(),
             #[cfg(feature = "vchan")]
             Stream::Vchan(s) => s.flush(),
+            #[cfg(feature = "tls")]
+            Stream::Tls(_) => Ok(()),
         }
     }
 }
 
-/// As for `TcpStream`: one thread can read while another writes.
+/// As for `TcpStream`: one thread can read while another writes (over TLS too).
 impl Read for &Connection {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match &self.stream {
-            Stream::Tcp(s) => (&mut &*s).read(buf),
-            Stream::Unix(s) => (&mut &*s).read(buf),
-            #[cfg(feature = "vchan")]
-            Stream::Vchan(s) => (&mut &**s).read(buf),
-        }
+        (&self.stream).read(buf)
     }
 }
 
 impl Write for &Connection {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match &self.stream {
-            Stream::Tcp(s) => (&mut &*s).write(buf),
-            Stream::Unix(s) => (&mut &*s).write(buf),
-            #[cfg(feature = "vchan")]
-            Stream::Vchan(s) => (&mut &**s).write(buf),
-        }
+        (&self.stream).write(buf)
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -176,12 +272,14 @@ impl fmt::Debug for Connection {
 /// How long a vchan connect waits for its server, by default.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Opens connections; holds what a name cannot say (the Xen platform, timeouts).
+/// Opens connections; holds what a name cannot say (the Xen platform, timeouts, TLS).
 #[derive(Debug, Clone)]
 pub struct Connector {
     #[cfg(feature = "vchan")]
     xen: Option<Xen>,
     timeout: Duration,
+    #[cfg(feature = "tls")]
+    tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
 }
 
 impl Default for Connector {
@@ -198,7 +296,34 @@ impl Connector {
             #[cfg(feature = "vchan")]
             xen: None,
             timeout: DEFAULT_CONNECT_TIMEOUT,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
+    }
+
+    /// Speak TLS with this configuration to `tls+` endpoints, expecting the server to prove
+    /// `server_name` (a vchan peer has no DNS name, so the name is always explicit: the one its
+    /// certificate carries, a DNS name or an IP address). Plain endpoints stay plain.
+    ///
+    /// The handshake runs when connecting, so a certificate the configuration refuses fails
+    /// [`connect`](Connector::connect) with [`ConduitError::Tls`].
+    #[cfg(feature = "tls")]
+    pub fn tls(
+        mut self,
+        config: Arc<rustls::ClientConfig>,
+        server_name: ServerName<'static>,
+    ) -> Connector {
+        self.tls = Some((config, server_name));
+        self
+    }
+
+    /// The TLS configuration for `tls+` endpoints, or the error that says there is none.
+    #[cfg(feature = "tls")]
+    pub(crate) fn tls_config(
+        &self,
+        endpoint: &Endpoint,
+    ) -> Result<&(Arc<rustls::ClientConfig>, ServerName<'static>)> {
+        self.tls.as_ref().ok_or_else(|| no_tls_config(endpoint))
     }
 
     /// Use this Xen platform for vchan endpoints.
@@ -225,15 +350,32 @@ impl Connector {
         }
     }
 
-    /// Connect to `endpoint`. TLS (`tls+`) is not built in this type; see the crate docs.
+    /// Connect to `endpoint`. A `tls+` endpoint needs a configuration given with
+    /// [`Connector::tls`] (feature `tls`), and completes its handshake before this returns.
     pub fn connect(&self, endpoint: &Endpoint) -> Result<Connection> {
-        if endpoint.tls {
-            return Err(ConduitError::Unsupported {
-                endpoint: endpoint.to_string(),
-                reason: "tls+ needs a TLS configuration given in code",
-            });
+        if !endpoint.tls {
+            return self.connect_plain(endpoint);
         }
-        self.connect_plain(endpoint)
+        #[cfg(feature = "tls")]
+        {
+            let (config, server_name) = self.tls_config(endpoint)?;
+            let session = rustls::ClientConnection::new(Arc::clone(config), server_name.clone())
+                .map_err(|e| tls_error(endpoint, io::Error::new(io::ErrorKind::InvalidInput, e)))?;
+            let Connection {
+                stream,
+                peer,
+                _slot,
+            } = self.connect_plain(endpoint)?;
+            let tls = TlsStream::new(session.into(), stream);
+            tls.handshake().map_err(|e| tls_error(endpoint, e))?;
+            Ok(Connection {
+                stream: Stream::Tls(Box::new(tls)),
+                peer,
+                _slot,
+            })
+        }
+        #[cfg(not(feature = "tls"))]
+        Err(no_tls_config(endpoint))
     }
 
     /// Connect to the transport of `endpoint`, ignoring `tls+`.
@@ -380,6 +522,8 @@ pub struct ListenOptions {
     pub(crate) xen: Option<Xen>,
     #[cfg(feature = "vchan")]
     pub(crate) service: ServiceOptions,
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl ListenOptions {
@@ -387,6 +531,14 @@ impl ListenOptions {
     /// `vchan://*/SERVICE`, 128 pending requests, a 10 s request timeout, 64 KiB rings.
     pub fn new() -> ListenOptions {
         ListenOptions::default()
+    }
+
+    /// Speak TLS with this configuration on `tls+` endpoints (plain endpoints stay plain).
+    /// An accepted connection completes its handshake on its first read or write.
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, config: Arc<rustls::ServerConfig>) -> ListenOptions {
+        self.tls = Some(config);
+        self
     }
 
     /// Use this Xen platform.
@@ -442,6 +594,8 @@ impl Drop for SlotGuard {
 pub struct Listener {
     endpoint: Endpoint,
     kind: ListenerKind,
+    #[cfg(feature = "tls")]
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 enum ListenerKind {
@@ -476,8 +630,17 @@ impl Listener {
     /// for `vchan://DOMID/SERVICE` it publishes SERVICE for DOMID alone, for
     /// `vchan://*/SERVICE` for the domains the options allow (default: all).
     pub fn bind_with(endpoint: &Endpoint, options: ListenOptions) -> Result<Listener> {
+        #[cfg(feature = "tls")]
+        let tls = match endpoint.tls {
+            true => Some(options.tls.clone().ok_or_else(|| no_tls_config(endpoint))?),
+            false => None,
+        };
+        #[cfg(not(feature = "tls"))]
+        if endpoint.tls {
+            return Err(no_tls_config(endpoint));
+        }
         #[cfg(not(feature = "vchan"))]
-        let ListenOptions {} = options;
+        let _ = options;
         let name = endpoint.to_string();
         let io_error = |source| ConduitError::Io {
             op: "listen on",
@@ -517,6 +680,8 @@ impl Listener {
         Ok(Listener {
             endpoint: endpoint.clone(),
             kind,
+            #[cfg(feature = "tls")]
+            tls,
         })
     }
 
@@ -537,7 +702,9 @@ impl Listener {
         }
     }
 
-    /// Wait for the next connection, and say who it is from.
+    /// Wait for the next connection, and say who it is from. Over TLS the handshake is left to
+    /// the connection's first read or write (or [`Connection::handshake`]), so that one slow
+    /// client cannot hold up the next.
     pub fn accept(&self) -> Result<(Connection, Peer)> {
         let name = || self.endpoint.to_string();
         let io_error = |source| ConduitError::Io {
@@ -598,9 +765,42 @@ impl Listener {
                 }
             }
         };
+        #[cfg(feature = "tls")]
+        let stream = match &self.tls {
+            Some(config) => {
+                let session = rustls::ServerConnection::new(Arc::clone(config)).map_err(|e| {
+                    tls_error(
+                        &self.endpoint,
+                        io::Error::new(io::ErrorKind::InvalidInput, e),
+                    )
+                })?;
+                Stream::Tls(Box::new(TlsStream::new(session.into(), stream)))
+            }
+            None => stream,
+        };
         let mut connection = Connection::new(stream, peer.clone());
         connection._slot = slot;
         Ok((connection, peer))
+    }
+}
+
+/// The error for a `tls+` endpoint without a TLS configuration (or without the `tls` feature).
+pub(crate) fn no_tls_config(endpoint: &Endpoint) -> ConduitError {
+    ConduitError::Unsupported {
+        endpoint: endpoint.to_string(),
+        reason: if cfg!(feature = "tls") {
+            "tls+ needs a TLS configuration given in code (Connector::tls, ListenOptions::tls)"
+        } else {
+            "this build has no TLS (the conduit-vchan feature `tls`)"
+        },
+    }
+}
+
+#[cfg(feature = "tls")]
+pub(crate) fn tls_error(endpoint: &Endpoint, source: io::Error) -> ConduitError {
+    ConduitError::Tls {
+        endpoint: endpoint.to_string(),
+        source,
     }
 }
 

@@ -83,6 +83,17 @@ pub enum ConduitError {
         /// Why.
         reason: &'static str,
     },
+    /// The TLS handshake failed: the peer's certificate was refused (rustls says why), the
+    /// peer refused ours, or it does not speak TLS.
+    #[cfg(feature = "tls")]
+    #[error("TLS with {endpoint} failed")]
+    Tls {
+        /// The endpoint, as named.
+        endpoint: String,
+        /// What went wrong: the transport's error, or rustls' (kind `InvalidData`).
+        #[source]
+        source: io::Error,
+    },
     /// No Xen platform could be opened.
     #[error("no Xen platform for {endpoint}")]
     NoXen {
@@ -119,6 +130,8 @@ impl ConduitError {
             ConduitError::InUse { .. } => io::ErrorKind::AddrInUse,
             ConduitError::Unsupported { .. } => io::ErrorKind::Unsupported,
             ConduitError::NoXen { source, .. } => source.kind(),
+            #[cfg(feature = "tls")]
+            ConduitError::Tls { source, .. } => source.kind(),
             ConduitError::ListenerStopped { .. } => io::ErrorKind::BrokenPipe,
         }
     }

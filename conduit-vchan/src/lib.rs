@@ -52,6 +52,8 @@ mod endpoint;
 mod error;
 #[cfg(feature = "vchan")]
 pub mod rendezvous;
+#[cfg(feature = "tls")]
+mod tls;
 #[cfg(feature = "vchan")]
 mod xen;
 

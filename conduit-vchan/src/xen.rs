@@ -10,6 +10,7 @@ use vchan::sim::SimDomain;
 use vchan::xen::XenDomain;
 use vchan::xensim::XensimDomain;
 use vchan::{Backend, Vchan, VchanError};
+use xen_types::DomId;
 
 /// Where vchan endpoints live: which Xen, and which domain of it this program is.
 #[derive(Clone)]
@@ -79,6 +80,15 @@ macro_rules! with_backend {
     };
 }
 pub(crate) use with_backend;
+
+/// This domain's id on `xen`, if the key store says it.
+#[cfg_attr(not(feature = "tokio"), allow(dead_code))]
+pub(crate) fn own_domid(xen: &Xen) -> Option<DomId> {
+    with_backend!(xen, b => {
+        let store = b.open_store().ok()?;
+        crate::rendezvous::own_domid(&store, "").ok()
+    })
+}
 
 /// A connected vchan on any platform.
 pub enum VchanStream {

@@ -1,0 +1,214 @@
+//! TLS over any blocking transport (feature `tls`): a rustls session shared by one reading and
+//! one writing thread, so a TLS [`Connection`](crate::Connection) keeps the promise of the plain
+//! ones (`Read`/`Write` for `&Connection`).
+//!
+//! rustls' own `StreamOwned` needs `&mut` for both directions: a thread blocked reading would
+//! hold the session and starve the writer. Here the transport is read and written *outside* the
+//! session's lock: the reader takes the session only to hand it the bytes it received and to
+//! take plaintext out; the writer takes it only to encrypt, and sends the records holding a
+//! separate write lock, so they leave in the order the session made them.
+//!
+//! Locks are always taken in the order `inbox` (reading), `outbox` (writing), `session`, and the
+//! session's lock is never held across I/O on the transport.
+
+use std::io::{self, Read, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use crate::blocking::Stream;
+
+/// Room for one TLS record (16 KiB of payload, its header and the AEAD's expansion).
+const RECORD: usize = 16 * 1024 + 2048;
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A TLS session over a transport.
+pub(crate) struct TlsStream {
+    transport: Stream,
+    session: Mutex<rustls::Connection>,
+    /// Held by the reader: bytes received from the transport that the session has not taken.
+    inbox: Mutex<Inbox>,
+    /// Held while records leave for the transport.
+    outbox: Mutex<Outbox>,
+    /// The handshake is complete: reading and writing may proceed independently.
+    handshaken: AtomicBool,
+}
+
+struct Inbox {
+    buf: Box<[u8]>,
+    start: usize,
+    end: usize,
+}
+
+#[derive(Default)]
+struct Outbox {
+    records: Vec<u8>,
+    /// `close_notify` was sent and the transport's write side shut down.
+    closed: bool,
+}
+
+impl TlsStream {
+    /// Wrap `transport` in `session`. Nothing is sent until [`TlsStream::handshake`] or the first
+    /// read or write.
+    pub(crate) fn new(session: rustls::Connection, transport: Stream) -> TlsStream {
+        TlsStream {
+            transport,
+            session: Mutex::new(session),
+            inbox: Mutex::new(Inbox {
+                buf: vec![0; RECORD].into_boxed_slice(),
+                start: 0,
+                end: 0,
+            }),
+            outbox: Mutex::new(Outbox::default()),
+            handshaken: AtomicBool::new(false),
+        }
+    }
+
+    /// The transport underneath.
+    #[cfg(feature = "vchan")]
+    pub(crate) fn transport(&self) -> &Stream {
+        &self.transport
+    }
+
+    /// The protocol agreed through ALPN, once the handshake is done.
+    pub(crate) fn alpn_protocol(&self) -> Option<Vec<u8>> {
+        lock(&self.session).alpn_protocol().map(<[u8]>::to_vec)
+    }
+
+    /// Complete the handshake, if it is not yet done: a peer whose certificate the
+    /// configuration refuses fails here, with rustls' reason.
+    pub(crate) fn handshake(&self) -> io::Result<()> {
+        // ORDERING: Acquire pairs with the Release below: a thread that sees the handshake done
+        // also sees the session state it left (the session's mutex orders it anyway).
+        if self.handshaken.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let _inbox = lock(&self.inbox);
+        let _outbox = lock(&self.outbox);
+        let mut session = lock(&self.session);
+        if self.handshaken.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        // Both directions are held: the session may do I/O on the transport itself.
+        let mut transport = &self.transport;
+        while session.is_handshaking() {
+            let (read, written) = match session.complete_io(&mut transport) {
+                Ok(progress) => progress,
+                Err(e) => {
+                    // complete_io makes one last write for the alert that says why; the queue
+                    // may hold more than one write takes (a ChangeCipherSpec before it). Send
+                    // all, so the peer learns the reason rather than seeing the connection end.
+                    while session.wants_write() {
+                        if session.write_tls(&mut transport).is_err() {
+                            break;
+                        }
+                    }
+                    return Err(e);
+                }
+            };
+            if read == 0 && written == 0 && session.is_handshaking() {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the peer closed the connection during the TLS handshake",
+                ));
+            }
+        }
+        while session.wants_write() {
+            session.write_tls(&mut transport)?;
+        }
+        // ORDERING: Release pairs with the Acquire loads above.
+        self.handshaken.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    /// Read plaintext: what the session holds, else what the next records bring. `Ok(0)` after
+    /// the peer's `close_notify`; an `UnexpectedEof` error if the transport ended without one.
+    pub(crate) fn read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        self.handshake()?;
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let mut inbox = lock(&self.inbox);
+        loop {
+            {
+                let mut session = lock(&self.session);
+                match session.reader().read(buf) {
+                    Ok(n) => return Ok(n),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
+                }
+                if inbox.start < inbox.end {
+                    let Inbox { buf, start, end } = &mut *inbox;
+                    let taken = session.read_tls(&mut &buf[*start..*end])?;
+                    *start += taken;
+                    if taken == 0 {
+                        // After close_notify the session takes nothing more: drop the rest.
+                        *start = *end;
+                    }
+                    let processed = session.process_new_packets();
+                    let reply = session.wants_write();
+                    drop(session);
+                    if reply {
+                        // An alert, or an answer to a key update: the writer's path sends it.
+                        self.send_records(&mut lock(&self.outbox))?;
+                    }
+                    processed.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                    continue;
+                }
+            }
+            // Nothing buffered: wait for the transport without holding the session.
+            let Inbox { buf, start, end } = &mut *inbox;
+            let n = (&self.transport).read(buf)?;
+            (*start, *end) = (0, n);
+            if n == 0 {
+                // The transport ended: tell the session, whose reader then says whether that was
+                // after close_notify (Ok(0)) or not (UnexpectedEof).
+                lock(&self.session).read_tls(&mut io::empty())?;
+            }
+        }
+    }
+
+    /// Encrypt and send some of `buf`.
+    pub(crate) fn write(&self, buf: &[u8]) -> io::Result<usize> {
+        self.handshake()?;
+        let mut outbox = lock(&self.outbox);
+        if outbox.closed {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the TLS write side is shut down",
+            ));
+        }
+        let n = lock(&self.session).writer().write(buf)?;
+        self.send_records(&mut outbox)?;
+        Ok(n)
+    }
+
+    /// Send `close_notify`, then shut down the transport's write side: the peer reads a clean
+    /// end of stream, and this end can still read.
+    pub(crate) fn shutdown_write(&self) -> io::Result<()> {
+        self.handshake()?;
+        let mut outbox = lock(&self.outbox);
+        if outbox.closed {
+            return Ok(());
+        }
+        lock(&self.session).send_close_notify();
+        self.send_records(&mut outbox)?;
+        outbox.closed = true;
+        self.transport.shutdown_write()
+    }
+
+    /// Send every record the session has ready, in order (the caller holds the outbox).
+    fn send_records(&self, outbox: &mut Outbox) -> io::Result<()> {
+        {
+            let mut session = lock(&self.session);
+            while session.wants_write() {
+                session.write_tls(&mut outbox.records)?;
+            }
+        }
+        let sent = (&self.transport).write_all(&outbox.records);
+        outbox.records.clear();
+        sent
+    }
+}
