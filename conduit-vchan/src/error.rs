@@ -6,6 +6,9 @@ use std::io;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConduitError {
+    /// A string that is not an endpoint (from a resolver, say).
+    #[error(transparent)]
+    Name(#[from] crate::endpoint::ParseError),
     /// A socket operation failed.
     #[error("cannot {op} {endpoint}")]
     Io {
@@ -117,6 +120,7 @@ impl ConduitError {
     /// The `io::ErrorKind` this error maps to.
     pub fn kind(&self) -> io::ErrorKind {
         match self {
+            ConduitError::Name(_) => io::ErrorKind::InvalidInput,
             ConduitError::Io { source, .. } => source.kind(),
             #[cfg(feature = "vchan")]
             ConduitError::Vchan { source, .. } => source.kind(),

@@ -50,8 +50,12 @@ mod asynch;
 mod blocking;
 mod endpoint;
 mod error;
+#[cfg(feature = "hyper")]
+mod hyper_connector;
 #[cfg(feature = "vchan")]
 pub mod rendezvous;
+#[cfg(any(feature = "axum", feature = "tonic"))]
+mod serve_glue;
 #[cfg(feature = "tls")]
 mod tls;
 #[cfg(feature = "vchan")]
@@ -66,7 +70,11 @@ pub use blocking::{
 };
 pub use endpoint::{Domain, Endpoint, ParseError, Transport, VchanPort};
 pub use error::{ConduitError, Result};
+#[cfg(feature = "hyper")]
+pub use hyper_connector::{Connecting, HyperConnector};
 #[cfg(feature = "vchan")]
 pub use rendezvous::Allow;
+#[cfg(feature = "tonic")]
+pub use serve_glue::Incoming;
 #[cfg(feature = "vchan")]
 pub use xen::{IntoVchanStream, VchanStream, Xen};
