@@ -321,3 +321,72 @@ fn xens_vchan_socket_proxy_serves_our_client_both_ways() {
         elapsed.as_secs_f64()
     );
 }
+
+/// Our half-close (`shutdown_write`, a flag libxenvchan does not know) is invisible to a C peer:
+/// it keeps reading (and may keep writing) until the channel closes, then sees the end.
+#[test]
+fn a_half_close_is_invisible_to_libxenvchan_until_the_channel_closes() {
+    use vchan::xensim::XensimDomain;
+    use vchan::{Address, RingSizes, Vchan};
+    use xen_types::DomId;
+
+    let host = Host::start("halfclose", &[1]);
+    let a = artifacts();
+    let port = 61;
+    let server = Vchan::server(
+        &XensimDomain::new(&host.dir, DomId(0)),
+        DomId(1),
+        &Address::Port(port),
+        RingSizes::default(),
+    )
+    .unwrap();
+    let path = format!("/local/domain/0/data/vchan/1/{port}");
+    let mut client = host
+        .run_as(1, &a.c_peer, &["0", &path])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the C client");
+    server.wait_connected(Some(LIMIT)).unwrap();
+    let data = random_bytes(100_000, 61);
+    let mut output = client.stdout.take().unwrap();
+    // Read while writing: the C peer stops reading the ring when its stdout pipe is full.
+    let (received, output) = std::thread::scope(|s| {
+        let len = data.len();
+        let reading = s.spawn(move || {
+            let mut received = vec![0u8; len];
+            output.read_exact(&mut received).unwrap();
+            (received, output)
+        });
+        (&server).write_all(&data).unwrap();
+        server.shutdown_write().unwrap();
+        reading.join().unwrap()
+    });
+    let mut output = output;
+    assert_eq!(digest(&received), digest(&data));
+    // The C peer saw no end: it is still running, and can still write to us.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        client.try_wait().unwrap().is_none(),
+        "the C peer ended on a half-close it cannot know"
+    );
+    let mut input = client.stdin.take().unwrap();
+    input.write_all(b"still here").unwrap();
+    let mut reply = [0u8; 10];
+    (&server).read_exact(&mut reply).unwrap();
+    assert_eq!(&reply, b"still here");
+    // The close is what it sees.
+    drop(input);
+    drop(server);
+    let mut rest = Vec::new();
+    output.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty());
+    let status = wait_for(&mut client, LIMIT, "the C client");
+    assert!(
+        status.success(),
+        "C client: {status}: {}",
+        support::stderr_of(&mut client)
+    );
+    host.assert_clean();
+}
