@@ -425,6 +425,10 @@ pub struct AsyncListener {
     local_domain: Option<DomId>,
     #[cfg(feature = "tls")]
     tls: Option<tokio_rustls::TlsAcceptor>,
+    /// For a service: closes (its sender dropped) once the rendezvous thread has removed what
+    /// it published.
+    #[cfg(feature = "vchan")]
+    done: Option<tokio::sync::watch::Receiver<()>>,
 }
 
 enum AsyncKind {
@@ -432,7 +436,13 @@ enum AsyncKind {
     Unix(UnixListener, std::path::PathBuf),
     /// The integer port: the blocking listener, one connection at a time, on the blocking pool.
     #[cfg(feature = "vchan")]
-    VchanPort(Arc<crate::blocking::Listener>),
+    VchanPort {
+        listener: Arc<crate::blocking::Listener>,
+        /// Set when this listener goes: a waiting accept withdraws its keys and returns.
+        stop: Arc<AtomicBool>,
+        /// Held by this listener and by each accept in progress: `closed` waits for all.
+        finished: Arc<tokio::sync::watch::Sender<()>>,
+    },
     #[cfg(feature = "vchan")]
     VchanService {
         accepted:
@@ -467,7 +477,7 @@ impl AsyncListener {
         #[cfg(not(feature = "vchan"))]
         let _ = options;
         #[cfg(feature = "vchan")]
-        let mut local_domain = None;
+        let (mut local_domain, mut done) = (None, None);
         let name = endpoint.to_string();
         let io_error = |source| ConduitError::Io {
             op: "listen on",
@@ -510,10 +520,20 @@ impl AsyncListener {
                         })
                         .await
                         .map_err(|e| io_error(io::Error::other(e.to_string())))??;
-                        AsyncKind::VchanPort(Arc::new(listener))
+                        let (finished, watch) = tokio::sync::watch::channel(());
+                        done = Some(watch);
+                        AsyncKind::VchanPort {
+                            stop: listener.stop_flag().unwrap_or_default(),
+                            listener: Arc::new(listener),
+                            finished: Arc::new(finished),
+                        }
                     }
                     crate::endpoint::VchanPort::Service(service) => {
                         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+                        // Dropped with the sink, when the rendezvous thread ends (after it has
+                        // removed the service): what `closed` waits for.
+                        let (finished, watch) = tokio::sync::watch::channel(());
+                        done = Some(watch);
                         let (domain, service, options_service) =
                             (domain.clone(), service.clone(), options.service.clone());
                         let target = name.clone();
@@ -524,7 +544,10 @@ impl AsyncListener {
                                 &service,
                                 options_service,
                                 &target,
-                                Box::new(move |item| tx.send(item).is_ok()),
+                                Box::new(move |item| {
+                                    let _finished = &finished;
+                                    tx.send(item).is_ok()
+                                }),
                             )
                         })
                         .await
@@ -552,7 +575,26 @@ impl AsyncListener {
             local_domain,
             #[cfg(feature = "tls")]
             tls,
+            #[cfg(feature = "vchan")]
+            done,
         })
+    }
+
+    /// A future that resolves once this listener has been dropped (or closed) and has removed
+    /// what it published: a vchan service, or the keys a waiting integer-port accept had
+    /// published.
+    /// Take it before handing the listener to a server that consumes it (`axum::serve`), and
+    /// await it after the server returns, so that a program does not exit before a vchan
+    /// service is withdrawn. (A TCP or Unix listener is done as soon as it is dropped.)
+    pub fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        #[cfg(feature = "vchan")]
+        let done = self.done.clone();
+        async move {
+            #[cfg(feature = "vchan")]
+            if let Some(mut done) = done {
+                while done.changed().await.is_ok() {}
+            }
+        }
     }
 
     /// This end of the listener, as a [`Peer`] would name it: the bound TCP address, the
@@ -590,16 +632,10 @@ impl AsyncListener {
 
     /// Stop listening and wait until the listener has removed what it published (a service
     /// and its pending requests). Dropping it does the same without waiting.
-    #[cfg_attr(not(feature = "vchan"), allow(unused_mut))]
-    pub async fn close(mut self) {
-        #[cfg(feature = "vchan")]
-        if let AsyncKind::VchanService { stop, thread, .. } = &mut self.kind {
-            // ORDERING: Relaxed: the thread polls the flag; the join waits for it.
-            stop.store(true, Ordering::Relaxed);
-            if let Some(thread) = thread.take() {
-                let _ = tokio::task::spawn_blocking(move || thread.join()).await;
-            }
-        }
+    pub async fn close(self) {
+        let closed = self.closed();
+        drop(self);
+        closed.await;
     }
 
     /// Wait for the next connection, and say who it is from. Over TLS the handshake is left to
@@ -633,11 +669,16 @@ impl AsyncListener {
                 }
             }
             #[cfg(feature = "vchan")]
-            AsyncKind::VchanPort(listener) => {
-                let listener = Arc::clone(listener);
-                let (connection, _) = tokio::task::spawn_blocking(move || listener.accept())
-                    .await
-                    .map_err(|e| io_error(io::Error::other(e.to_string())))??;
+            AsyncKind::VchanPort {
+                listener, finished, ..
+            } => {
+                let (listener, finished) = (Arc::clone(listener), Arc::clone(finished));
+                let (connection, _) = tokio::task::spawn_blocking(move || {
+                    let _finished = finished;
+                    listener.accept()
+                })
+                .await
+                .map_err(|e| io_error(io::Error::other(e.to_string())))??;
                 AsyncConnection::from_blocking(connection).map_err(io_error)?
             }
             #[cfg(feature = "vchan")]
@@ -689,6 +730,12 @@ impl Drop for AsyncListener {
         match &mut self.kind {
             AsyncKind::Unix(_, path) => {
                 let _ = std::fs::remove_file(path);
+            }
+            #[cfg(feature = "vchan")]
+            AsyncKind::VchanPort { stop, .. } => {
+                // ORDERING: Relaxed: a waiting accept polls the flag within its tick, withdraws
+                // its keys and ends (not joined: a drop inside the runtime must not block it).
+                stop.store(true, Ordering::Relaxed);
             }
             #[cfg(feature = "vchan")]
             AsyncKind::VchanService { stop, thread, .. } => {

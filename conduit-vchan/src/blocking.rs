@@ -307,6 +307,51 @@ impl Connector {
     ///
     /// The handshake runs when connecting, so a certificate the configuration refuses fails
     /// [`connect`](Connector::connect) with [`ConduitError::Tls`].
+    ///
+    /// ```
+    /// use std::io::{Read, Write};
+    /// use std::sync::Arc;
+    /// use conduit_vchan::{Connector, ListenOptions, Listener};
+    /// use rustls::pki_types::{PrivateKeyDer, ServerName};
+    ///
+    /// // A test authority and a certificate for the name the client will expect.
+    /// let ca_key = rcgen::KeyPair::generate().unwrap();
+    /// let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    /// ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    /// let ca = ca.self_signed(&ca_key).unwrap();
+    /// let key = rcgen::KeyPair::generate().unwrap();
+    /// let cert = rcgen::CertificateParams::new(vec!["api.domain-5.invalid".to_owned()]).unwrap()
+    ///     .signed_by(&key, &ca, &ca_key).unwrap();
+    ///
+    /// let provider = Arc::new(rustls::crypto::ring::default_provider());
+    /// let server_config = rustls::ServerConfig::builder_with_provider(provider.clone())
+    ///     .with_safe_default_protocol_versions().unwrap()
+    ///     .with_no_client_auth()
+    ///     .with_single_cert(vec![cert.der().clone()],
+    ///                       PrivateKeyDer::Pkcs8(key.serialize_der().into())).unwrap();
+    /// let mut roots = rustls::RootCertStore::empty();
+    /// roots.add(ca.der().clone()).unwrap();
+    /// let client_config = rustls::ClientConfig::builder_with_provider(provider)
+    ///     .with_safe_default_protocol_versions().unwrap()
+    ///     .with_root_certificates(roots)
+    ///     .with_no_client_auth();
+    ///
+    /// // The same code over vchan: only the names change (`tls+vchan://*/api`, `tls+vchan://5/api`).
+    /// let listener = Listener::bind_with(&"tls+tcp://127.0.0.1:0".parse().unwrap(),
+    ///                                    ListenOptions::new().tls(Arc::new(server_config))).unwrap();
+    /// let target = listener.local_endpoint();
+    /// let server = std::thread::spawn(move || {
+    ///     let (mut conn, _peer) = listener.accept().unwrap();
+    ///     conn.write_all(b"over TLS").unwrap();
+    ///     conn.shutdown_write().unwrap();                  // close_notify, then the half-close
+    /// });
+    /// let name = ServerName::try_from("api.domain-5.invalid").unwrap();
+    /// let mut conn = Connector::new().tls(Arc::new(client_config), name).connect(&target).unwrap();
+    /// let mut text = String::new();
+    /// conn.read_to_string(&mut text).unwrap();
+    /// assert_eq!(text, "over TLS");
+    /// server.join().unwrap();
+    /// ```
     #[cfg(feature = "tls")]
     pub fn tls(
         mut self,
@@ -450,11 +495,25 @@ fn connect_port<B: vchan::Backend>(
     loop {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
         match vchan::Vchan::client(backend, server, &vchan::Address::Port(port), Some(left)) {
-            Err(vchan::VchanError::NotWaiting { .. }) if !left.is_zero() => {
+            Err(e) if taken_by_another(&e) && !left.is_zero() => {
                 std::thread::sleep(Duration::from_millis(10));
             }
             outcome => return outcome.map_err(rendezvous::vchan_error("connect to", name)),
         }
+    }
+}
+
+/// The server at an integer port was taken by another client: it has one (`NotWaiting`), or
+/// another client of this domain bound its event channel between our reading its keys and
+/// binding it ourselves (Xen refuses a second bind of one port with `EINVAL`).
+#[cfg(feature = "vchan")]
+fn taken_by_another(e: &vchan::VchanError) -> bool {
+    match e {
+        vchan::VchanError::NotWaiting { .. } => true,
+        vchan::VchanError::Backend { op, source } => {
+            op.starts_with("bind") && source.kind() == io::ErrorKind::InvalidInput
+        }
+        _ => false,
     }
 }
 
@@ -610,6 +669,8 @@ enum ListenerKind {
         port: u32,
         sizes: vchan::RingSizes,
         slot: Arc<(Mutex<bool>, Condvar)>,
+        /// Set when the listener goes: a waiting accept withdraws its keys and returns.
+        stop: Arc<AtomicBool>,
     },
     /// A service: connections through the rendezvous, any number at once.
     #[cfg(feature = "vchan")]
@@ -729,15 +790,21 @@ impl Listener {
                 port,
                 sizes,
                 slot,
+                stop,
             } => {
                 // One connection at a time: wait for the last one to end.
                 let (busy, freed) = &**slot;
                 let mut taken = busy.lock().unwrap_or_else(PoisonError::into_inner);
-                while *taken {
-                    taken = freed.wait(taken).unwrap_or_else(PoisonError::into_inner);
+                // ORDERING: Relaxed: the flag is a request to stop, polled; nothing is published
+                // with it.
+                while *taken && !stop.load(Ordering::Relaxed) {
+                    taken = freed
+                        .wait_timeout(taken, STOP_TICK)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0;
                 }
                 let stream =
-                    with_backend!(xen, b => serve_port(b, *client, *port, *sizes, &name())?);
+                    with_backend!(xen, b => serve_port(b, *client, *port, *sizes, stop, &name())?);
                 *taken = true;
                 (
                     Stream::Vchan(Box::new(stream)),
@@ -804,20 +871,42 @@ pub(crate) fn tls_error(endpoint: &Endpoint, source: io::Error) -> ConduitError 
     }
 }
 
-/// Publish at the integer port's path and wait for the client.
+/// How often an integer port's waiting accept looks whether its listener is gone.
+#[cfg(feature = "vchan")]
+const STOP_TICK: Duration = Duration::from_millis(50);
+
+/// Publish at the integer port's path and wait for the client (or for `stop`: then the server
+/// is dropped, which withdraws its keys).
 #[cfg(feature = "vchan")]
 fn serve_port<B: IntoVchanStream>(
     backend: &B,
     client: DomId,
     port: u32,
     sizes: vchan::RingSizes,
+    stop: &AtomicBool,
     name: &str,
 ) -> Result<VchanStream> {
+    let stopped = || ConduitError::ListenerStopped {
+        endpoint: name.to_owned(),
+        reason: "it was closed".to_owned(),
+    };
+    // ORDERING: Relaxed: a polled request to stop (as above).
+    if stop.load(Ordering::Relaxed) {
+        return Err(stopped());
+    }
     let server = vchan::Vchan::server(backend, client, &vchan::Address::Port(port), sizes)
         .map_err(rendezvous::vchan_error("listen on", name))?;
-    server
-        .wait_connected(None)
-        .map_err(rendezvous::vchan_error("accept on", name))?;
+    loop {
+        match server.wait_connected(Some(STOP_TICK)) {
+            Ok(_) => break,
+            // ORDERING: Relaxed: as above.
+            Err(vchan::VchanError::TimedOut) if stop.load(Ordering::Relaxed) => {
+                return Err(stopped())
+            }
+            Err(vchan::VchanError::TimedOut) => {}
+            Err(e) => return Err(rendezvous::vchan_error("accept on", name)(e)),
+        }
+    }
     // Connected: nobody else may find these keys (the next accept publishes afresh).
     server
         .unpublish()
@@ -842,6 +931,7 @@ fn bind_vchan(
                 port: *port,
                 sizes: options.service.sizes,
                 slot: Arc::new((Mutex::new(false), Condvar::new())),
+                stop: Arc::new(AtomicBool::new(false)),
             })
         }
         VchanPort::Service(service) => {
@@ -883,6 +973,18 @@ pub(crate) fn start_service(
     }
     with_backend!(xen, b => rendezvous::serve(b, service.to_owned(), options, name.to_owned(),
         move |item| sink(item.map(|(v, d)| (IntoVchanStream::wrap(v), d)))))
+}
+
+impl Listener {
+    /// For an integer vchan port: the flag that stops a waiting accept (the async listener
+    /// sets it when it goes, while its accept still holds this listener).
+    #[cfg(all(feature = "vchan", feature = "tokio"))]
+    pub(crate) fn stop_flag(&self) -> Option<Arc<AtomicBool>> {
+        match &self.kind {
+            ListenerKind::VchanPort { stop, .. } => Some(Arc::clone(stop)),
+            _ => None,
+        }
+    }
 }
 
 impl Drop for Listener {

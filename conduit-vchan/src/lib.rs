@@ -40,9 +40,49 @@
 //! }
 //! ```
 //!
-//! Features: `vchan` (default) brings the vchan transports and links the Xen crates; without it
-//! only TCP and Unix sockets are built. `tokio` adds the async API ([`AsyncListener`],
-//! [`Connector::connect_async`], [`AsyncConnection`]). Nothing else is linked unless asked for.
+//! # Features
+//!
+//! Each transport and each framework's glue is a cargo feature; nothing is linked unless asked
+//! for (the lesson of ocaml-conduit's "dummy stacks").
+//!
+//! ## `vchan` (default)
+//! The vchan transports, on real Xen, on the simulated host (`xensim`) or on the in-process
+//! simulation ([`Xen`]). Without it only TCP and Unix sockets are built and nothing of Xen is
+//! linked; a `vchan://` name is then [`ConduitError::Unsupported`].
+//!
+//! ## `tokio`
+//! The async API: [`Connector::connect_async`], [`AsyncListener`], [`AsyncConnection`]
+//! (`AsyncRead + AsyncWrite`; `shutdown()` is the half-close). A vchan connect, which may wait
+//! for its server, runs on tokio's blocking pool.
+//!
+//! ## `tls`
+//! `tls+` before any name: rustls (its `ring` provider) over the transport, in the blocking and
+//! the async API alike. The configuration is given in code, never built from the name:
+//! `Connector::tls(config, server_name)` and `ListenOptions::tls(config)`. A vchan peer has no
+//! DNS name, so the server name the client expects is always explicit. A client completes the
+//! handshake when it connects (a refused certificate is [`ConduitError`]`::Tls`, with rustls'
+//! reason); an accepted connection completes it on its first read or write, so a slow client
+//! never holds up the listener. A `tls+` name without a configuration is
+//! [`ConduitError::Unsupported`]. End a TLS connection with `shutdown_write`/`shutdown()`
+//! (`close_notify`, then the transport's half-close). `tls` brings tokio-rustls, which names
+//! the tokio crate without its runtime.
+//!
+//! ## `hyper`
+//! `HyperConnector`: a hyper-util client connector (`tower_service::Service<http::Uri>`) over
+//! any endpoint, fixed or chosen per URI; also what tonic's
+//! `Endpoint::connect_with_connector` takes. Its connections are `TokioIo<AsyncConnection>`
+//! (`hyper::rt::Read + Write`, hyper-util's `Connection`: the server's [`Peer`] lands in each
+//! response's extensions). Turns on `tokio`.
+//!
+//! ## `axum`
+//! `impl axum::serve::Listener for AsyncListener`: `axum::serve(listener, app)` over any
+//! endpoint; with `into_make_service_with_connect_info::<Peer>()` a handler reads the calling
+//! domain through `ConnectInfo<Peer>`. Turns on `tokio`.
+//!
+//! ## `tonic`
+//! `impl tonic::transport::server::Connected for AsyncConnection` (the [`Peer`] lands in each
+//! request's extensions) and `AsyncListener::incoming`, a stream of connections for
+//! `Server::serve_with_incoming`. Clients use the `hyper` feature's connector. Turns on `tokio`.
 #![forbid(unsafe_code)]
 
 #[cfg(feature = "tokio")]

@@ -41,6 +41,37 @@ mod axum_glue {
     /// connection's error) and accepts again, as axum's own TCP listener does. The address is
     /// the client's [`Peer`]; with `into_make_service_with_connect_info::<Peer>()` a handler
     /// reads it through `ConnectInfo<Peer>`.
+    ///
+    /// ```
+    /// use axum::{extract::ConnectInfo, routing::get, Router};
+    /// use conduit_vchan::{AsyncListener, Connector, ListenOptions, Peer, Xen};
+    /// use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    /// use vchan::sim::SimXen;
+    /// use xen_types::DomId;
+    ///
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let xen = SimXen::new();
+    /// let guest = Xen::Sim(xen.create_domain(DomId(5)).unwrap());
+    /// let dom0 = Xen::Sim(xen.domain(DomId(0)));
+    ///
+    /// // Domain 5 serves HTTP as the service `http`, to any domain.
+    /// let listener = AsyncListener::bind_with(&"vchan://*/http".parse().unwrap(),
+    ///                                         ListenOptions::new().xen(guest)).await.unwrap();
+    /// let app = Router::new()
+    ///     .route("/", get(|ConnectInfo(peer): ConnectInfo<Peer>| async move { format!("hi {peer}") }));
+    /// tokio::spawn(async move {
+    ///     axum::serve(listener, app.into_make_service_with_connect_info::<Peer>()).await
+    /// });
+    ///
+    /// // Dom0 asks, in plain HTTP/1.0 over the vchan.
+    /// let mut conn = Connector::new().xen(dom0)
+    ///     .connect_async(&"vchan://5/http".parse().unwrap()).await.unwrap();
+    /// conn.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+    /// let mut answer = String::new();
+    /// conn.read_to_string(&mut answer).await.unwrap();
+    /// assert!(answer.ends_with("hi domain 0"));
+    /// # });
+    /// ```
     impl axum::serve::Listener for AsyncListener {
         type Io = AsyncConnection;
         type Addr = Peer;
@@ -103,6 +134,21 @@ mod tonic_glue {
     /// ([`futures_core::Stream`]), for tonic's `Server::serve_with_incoming`. An error is
     /// passed on (tonic logs it and goes on); after one that is not a single connection's the
     /// stream waits briefly before accepting again. It ends after the listener stops.
+    ///
+    /// ```ignore
+    /// // A service as tonic's code generator writes it (`EchoServer`), over vchan:
+    /// let listener = AsyncListener::bind(&"vchan://*/grpc".parse()?).await?;
+    /// tonic::transport::Server::builder()
+    ///     .add_service(EchoServer::new(MyEcho))
+    ///     .serve_with_incoming(listener.incoming())
+    ///     .await?;
+    ///
+    /// // And a client in another domain, through the `hyper` feature's connector:
+    /// let channel = tonic::transport::Endpoint::from_static("http://echo.invalid")
+    ///     .connect_with_connector(HyperConnector::new(Connector::new(), "vchan://5/grpc".parse()?))
+    ///     .await?;
+    /// let mut client = EchoClient::new(channel);
+    /// ```
     pub struct Incoming {
         listener: Arc<AsyncListener>,
         accepting: Option<Accepting>,

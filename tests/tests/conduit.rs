@@ -418,3 +418,74 @@ fn async_request_reply_split_halves_and_many_at_once_on_every_transport() {
         (rig.check)();
     }
 }
+
+/// Regression: clients of one domain connecting at once to an integer port raced for the one
+/// published server; the loser's event-channel bind failed (`EINVAL`) and its connect with it.
+/// Now the loser looks again, like a client that finds the server taken (`NotWaiting`).
+#[test]
+fn clients_at_once_on_an_integer_port_are_served_one_after_another() {
+    for rig in rigs().into_iter().filter(|r| r.name.ends_with("-port")) {
+        let (listener, target) = rig.bind();
+        const N: u8 = 6;
+        thread::scope(|s| {
+            s.spawn(|| {
+                for _ in 0..N {
+                    let (mut conn, _) = listener.accept().unwrap();
+                    let mut request = Vec::new();
+                    conn.read_to_end(&mut request).unwrap();
+                    conn.write_all(&request).unwrap();
+                }
+            });
+            let clients: Vec<_> = (0..N)
+                .map(|i| {
+                    let (rig, target) = (&rig, &target);
+                    s.spawn(move || {
+                        let mut conn = rig.connect(target);
+                        conn.write_all(&[i; 1000]).unwrap();
+                        conn.shutdown_write().unwrap();
+                        let mut got = Vec::new();
+                        conn.read_to_end(&mut got).unwrap();
+                        assert_eq!(got, [i; 1000], "{}: client {i}", rig.name);
+                    })
+                })
+                .collect();
+            for c in clients {
+                c.join().unwrap();
+            }
+        });
+        drop(listener);
+        (rig.check)();
+    }
+}
+
+/// An async listener dropped while its accept waits (a vchan service, or an integer port whose
+/// accept has published keys on the blocking pool) withdraws what it published, and `closed`
+/// says when: a server can exit cleanly right after.
+#[test]
+fn a_dropped_async_listener_withdraws_what_it_published_before_closed_resolves() {
+    let rt = runtime();
+    for rig in rigs() {
+        rt.block_on(async {
+            let listener = AsyncListener::bind_with(&rig.listen, rig.options())
+                .await
+                .unwrap_or_else(|e| panic!("{}: bind: {e}", rig.name));
+            let closed = listener.closed();
+            let listener = std::sync::Arc::new(listener);
+            let waiting = {
+                let listener = std::sync::Arc::clone(&listener);
+                tokio::spawn(async move {
+                    let _ = listener.accept().await;
+                })
+            };
+            // Let the accept start (an integer port publishes its keys now).
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            waiting.abort();
+            let _ = waiting.await;
+            drop(listener);
+            tokio::time::timeout(Duration::from_secs(10), closed)
+                .await
+                .unwrap_or_else(|_| panic!("{}: closed never resolved", rig.name));
+        });
+        (rig.check)();
+    }
+}
