@@ -165,7 +165,10 @@ fn conduit_serve(endpoint: &conduit_vchan::Endpoint, count: usize, expected: Dom
             .collect();
         echoes
             .into_iter()
-            .map(|e| e.join().unwrap_or_else(|_| Err("an echo thread panicked".into())))
+            .map(|e| {
+                e.join()
+                    .unwrap_or_else(|_| Err("an echo thread panicked".into()))
+            })
             .collect()
     });
     for n in echoed {
