@@ -156,16 +156,12 @@ impl Connection {
         self.stream.shutdown_write()
     }
 
-    /// The vchan underneath, if it is one (also under TLS).
+    /// The vchan underneath, if it is one (not under TLS, where its bytes are records that
+    /// only the session may read and write).
     #[cfg(feature = "vchan")]
     pub fn as_vchan(&self) -> Option<&VchanStream> {
         match &self.stream {
             Stream::Vchan(v) => Some(v),
-            #[cfg(feature = "tls")]
-            Stream::Tls(tls) => match tls.transport() {
-                Stream::Vchan(v) => Some(v),
-                _ => None,
-            },
             _ => None,
         }
     }

@@ -66,12 +66,6 @@ impl TlsStream {
         }
     }
 
-    /// The transport underneath.
-    #[cfg(feature = "vchan")]
-    pub(crate) fn transport(&self) -> &Stream {
-        &self.transport
-    }
-
     /// The protocol agreed through ALPN, once the handshake is done.
     pub(crate) fn alpn_protocol(&self) -> Option<Vec<u8>> {
         lock(&self.session).alpn_protocol().map(<[u8]>::to_vec)
