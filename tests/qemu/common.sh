@@ -90,3 +90,26 @@ bench_client() {
     line=$(timeout 300 $(bench_prog "$1") client "$2" "$3" "$5" "$6" "$7") || return 1
     echo "BENCH $1 $4 $6 $line"
 }
+
+# http_fetch ENDPOINT: fetch /file from an http-server example through conduit-vchan, four
+# requests at once, and check the body is the payload. The server may still be starting (under
+# emulation that takes seconds): try again, a few times.
+http_fetch() {
+    for _ in 1 2 3 4 5 6; do
+        if recv_check timeout 120 http-client "$1" /file --parallel 4; then
+            return 0
+        fi
+        sleep 2
+    done
+    return 1
+}
+
+# wait_key PATH: wait (up to 180 s) until xenstore holds PATH.
+wait_key() {
+    for _ in $(seq 1 900); do
+        xenstore-read "$1" >/dev/null 2>&1 && return 0
+        sleep 0.2
+    done
+    echo "no $1 after 180 s"
+    return 1
+}

@@ -84,6 +84,16 @@ if [ -n "$D" ]; then
     wait
     result conduit-dom0-calls-domu timeout 120 $PEER conduit-call "vchan://$D/echo" $PAYLOAD 4
 
+    # HTTP over conduit-vchan (the axum server and hyper client examples), both ways at once:
+    # each side serves the payload and fetches the other's, four requests at a time.
+    http-server 'vchan://*/http' --file $PAYLOAD 2>/tmp/http-server.log &
+    HTTP_SERVER=$!
+    result http-dom0-fetches-domu http_fetch "vchan://$D/http"
+    xenstore-write /local/domain/$D/data/dom0-fetched 1
+    wait_key /local/domain/$D/data/domu-fetched
+    kill $HTTP_SERVER
+    wait $HTTP_SERVER || echo "FAIL http-server-dom0 (exit $?)"
+
     # The benchmark, dom0 to domU: dom0 serves (and writes), the guest reads and reports.
     echo "$BENCH_CELLS" | while read -r impl port ring mode msg count; do
         side "bench-$impl-$port" timeout 300 $(bench_prog "$impl") server $D "$port" "$ring" "$mode" "$msg" "$count"

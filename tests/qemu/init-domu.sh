@@ -38,6 +38,14 @@ result conduit-domu-calls-dom0 timeout 120 $PEER conduit-call 'vchan://0/echo' $
 side conduit-dom0-calls-domu timeout 120 $PEER conduit-serve 'vchan://*/echo' 4 0
 wait
 
+http-server 'vchan://*/http' --file $PAYLOAD 2>/tmp/http-server.log &
+HTTP_SERVER=$!
+result http-domu-fetches-dom0 http_fetch "vchan://0/http"
+xenstore-write data/domu-fetched 1
+wait_key data/dom0-fetched
+kill $HTTP_SERVER
+wait $HTTP_SERVER || echo "FAIL http-server-domu (exit $?)"
+
 echo "$BENCH_CELLS" | while read -r impl port ring mode msg count; do
     result "bench-$impl-$port" bench_client "$impl" 0 "$port" "$ring" "$mode" "$msg" "$count"
 done

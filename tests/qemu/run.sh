@@ -24,6 +24,7 @@ EXPECTED=(
     ring-1024-2048 ring-2048-1024 ring-4k ring-64k ring-1m
     kill-client kill-server
     conduit-domu-calls-dom0 conduit-dom0-calls-domu
+    http-dom0-fetches-domu http-domu-fetches-dom0
     bench-ours-40 bench-c-41 bench-ours-42 bench-c-43 bench-ours-44 bench-c-45
     rust-loopback
 )
@@ -138,6 +139,11 @@ build_programs() {
     CAT_BIN=$ROOT/target/release/vchan-cat
     XS_BIN=$ROOT/target/release/xs
     PERF_BIN=$ROOT/target/release/vchan-perf
+    say "building the HTTP examples of conduit-vchan (release)"
+    cargo build -q --release --manifest-path "$ROOT/Cargo.toml" -p conduit-vchan \
+        --features tokio,hyper,axum --example http-server --example http-client
+    HTTP_SERVER_BIN=$ROOT/target/release/examples/http-server
+    HTTP_CLIENT_BIN=$ROOT/target/release/examples/http-client
     say "compiling the libxenvchan peer"
     mkdir -p "$WORK"
     gcc -O2 -Wall -Wextra -Werror -o "$WORK/vchan-peer" "$HERE/c/vchan-peer.c" -lxenvchan -lxenstore
@@ -176,6 +182,8 @@ base_image() {
     copy_prog "$CAT_BIN" "$IMG/bin/vchan-cat"
     copy_prog "$XS_BIN" "$IMG/bin/xs"
     copy_prog "$PERF_BIN" "$IMG/bin/vchan-perf"
+    copy_prog "$HTTP_SERVER_BIN" "$IMG/bin/http-server"
+    copy_prog "$HTTP_CLIENT_BIN" "$IMG/bin/http-client"
     copy_prog "$WORK/vchan-perf-c" "$IMG/bin/vchan-perf-c"
     copy_prog "$XROOT/usr/bin/xenstore" "$IMG/usr/bin/xenstore"
     local t
