@@ -616,16 +616,7 @@ impl AsyncListener {
     /// The endpoint listened on (for TCP, with the port actually bound).
     pub fn local_endpoint(&self) -> Endpoint {
         match &self.kind {
-            AsyncKind::Tcp(l) => match l.local_addr() {
-                Ok(addr) => Endpoint {
-                    tls: self.endpoint.tls,
-                    transport: Transport::Tcp {
-                        host: addr.ip().to_string(),
-                        port: addr.port(),
-                    },
-                },
-                Err(_) => self.endpoint.clone(),
-            },
+            AsyncKind::Tcp(l) => self.endpoint.bound_at(l.local_addr()),
             _ => self.endpoint.clone(),
         }
     }

@@ -745,16 +745,7 @@ impl Listener {
     /// The endpoint listened on (for TCP, with the port actually bound).
     pub fn local_endpoint(&self) -> Endpoint {
         match &self.kind {
-            ListenerKind::Tcp(l) => match l.local_addr() {
-                Ok(addr) => Endpoint {
-                    tls: self.endpoint.tls,
-                    transport: Transport::Tcp {
-                        host: addr.ip().to_string(),
-                        port: addr.port(),
-                    },
-                },
-                Err(_) => self.endpoint.clone(),
-            },
+            ListenerKind::Tcp(l) => self.endpoint.bound_at(l.local_addr()),
             _ => self.endpoint.clone(),
         }
     }

@@ -200,6 +200,23 @@ fn parse_vchan(addr: &str) -> Result<Transport, &'static str> {
     Ok(Transport::Vchan { domain, port })
 }
 
+impl Endpoint {
+    /// This endpoint with the TCP address a listener actually bound (the port of
+    /// `tcp://HOST:0`); unchanged if the address is unknown or this is not TCP.
+    pub(crate) fn bound_at(&self, addr: std::io::Result<std::net::SocketAddr>) -> Endpoint {
+        match (&self.transport, addr) {
+            (Transport::Tcp { .. }, Ok(addr)) => Endpoint {
+                tls: self.tls,
+                transport: Transport::Tcp {
+                    host: addr.ip().to_string(),
+                    port: addr.port(),
+                },
+            },
+            _ => self.clone(),
+        }
+    }
+}
+
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.tls {

@@ -83,6 +83,36 @@ fn echo_once(listener: &Listener) -> Peer {
     peer
 }
 
+/// `guest` calls `name` once while `listener` serves it; the listener must see `guest` calling.
+fn served(world: &World, listener: &Listener, guest: u16, name: &str) {
+    thread::scope(|s| {
+        let serving = s.spawn(|| echo_once(listener));
+        let message = format!("from {guest}").into_bytes();
+        assert_eq!(
+            call(&world.connector(guest), name, &message).unwrap(),
+            message
+        );
+        assert_eq!(serving.join().unwrap(), Peer::Vchan(DomId(guest)));
+    });
+}
+
+/// Make a request by hand, as domain `owner` (who must be the caller of `store`).
+fn ask_by_hand<S: XenStore>(store: &S, node: &str, owner: DomId) {
+    store
+        .transaction(|tx| {
+            store.write(tx, node, b"")?;
+            store.set_perms(
+                tx,
+                node,
+                &[
+                    Perm::new(owner, Access::None),
+                    Perm::new(LISTENER, Access::Both),
+                ],
+            )
+        })
+        .unwrap();
+}
+
 fn call(connector: &Connector, name: &str, message: &[u8]) -> Result<Vec<u8>, ConduitError> {
     let mut conn = connector.connect(&name.parse().unwrap())?;
     conn.write_all(message).unwrap();
@@ -134,14 +164,7 @@ fn a_request_claiming_to_be_another_domain_is_taken_for_its_creator() {
     );
     assert!(intruder.read(TxId::NONE, &node).is_err(), "aborted with it");
     // Whatever a client writes, the listener takes the request for its owner's.
-    thread::scope(|s| {
-        let serving = s.spawn(|| echo_once(&listener));
-        assert_eq!(
-            call(&world.connector(9), "vchan://5/echo", b"I am 7").unwrap(),
-            b"I am 7"
-        );
-        assert_eq!(serving.join().unwrap(), Peer::Vchan(DomId(9)));
-    });
+    served(&world, &listener, 9, "vchan://5/echo");
     drop(listener);
     world.assert_clean();
 }
@@ -164,14 +187,7 @@ fn a_domain_outside_the_policy_cannot_even_ask() {
         "{refused}"
     );
     // Domain 7 is served.
-    thread::scope(|s| {
-        let serving = s.spawn(|| echo_once(&listener));
-        assert_eq!(
-            call(&world.connector(7), "vchan://5/echo", b"ok").unwrap(),
-            b"ok"
-        );
-        assert_eq!(serving.join().unwrap(), Peer::Vchan(DomId(7)));
-    });
+    served(&world, &listener, 7, "vchan://5/echo");
     drop(listener);
     world.assert_clean();
 }
@@ -187,19 +203,7 @@ fn a_requester_that_never_connects_leaves_nothing_behind() {
     // listener answers with a vchan server that nobody joins, then gives up on it.
     let store = world.xen.domain(DomId(7)).open_store().unwrap();
     let node = format!("/local/domain/{LISTENER}/data/conduit/svc/orphan");
-    store
-        .transaction(|tx| {
-            store.write(tx, &node, b"")?;
-            store.set_perms(
-                tx,
-                &node,
-                &[
-                    Perm::new(DomId(7), Access::None),
-                    Perm::new(LISTENER, Access::Both),
-                ],
-            )
-        })
-        .unwrap();
+    ask_by_hand(&store, &node, DomId(7));
     world.wait_for_no_requests("svc");
     // The answer's grants and port went with it.
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -228,19 +232,7 @@ fn too_many_pending_requests_are_refused_not_queued_for_ever() {
     let dir = format!("/local/domain/{LISTENER}/data/conduit/svc");
     for i in 0..2 {
         let node = format!("{dir}/held{i}");
-        store
-            .transaction(|tx| {
-                store.write(tx, &node, b"")?;
-                store.set_perms(
-                    tx,
-                    &node,
-                    &[
-                        Perm::new(DomId(7), Access::None),
-                        Perm::new(LISTENER, Access::Both),
-                    ],
-                )
-            })
-            .unwrap();
+        ask_by_hand(&store, &node, DomId(7));
     }
     // Both are answered and pending (their vchan keys appear).
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -317,14 +309,7 @@ fn a_listener_for_one_domain_refuses_the_others() {
         ),
         "{refused}"
     );
-    thread::scope(|s| {
-        let serving = s.spawn(|| echo_once(&listener));
-        assert_eq!(
-            call(&world.connector(7), "vchan://5/echo", b"me").unwrap(),
-            b"me"
-        );
-        assert_eq!(serving.join().unwrap(), Peer::Vchan(DomId(7)));
-    });
+    served(&world, &listener, 7, "vchan://5/echo");
     drop(listener);
     world.assert_clean();
 }
