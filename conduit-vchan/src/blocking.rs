@@ -499,15 +499,17 @@ fn connect_port<B: vchan::Backend>(
     }
 }
 
-/// The server at an integer port was taken by another client: it has one (`NotWaiting`), or
-/// another client of this domain bound its event channel between our reading its keys and
-/// binding it ourselves (Xen refuses a second bind of one port with `EINVAL`).
+/// Keys found at an integer port belong to a server that another client took, or to one that
+/// went away meanwhile: it has a client (`NotWaiting`); another client of this domain bound its
+/// event channel between our reading its keys and binding it (Xen refuses a second bind of one
+/// port with `EINVAL`); or it closed, so its port or grant is gone (`EINVAL`, `ENOENT` from the
+/// bind or the map) or its page no longer makes sense. The listener publishes afresh: look again.
 #[cfg(feature = "vchan")]
 fn taken_by_another(e: &vchan::VchanError) -> bool {
     match e {
-        vchan::VchanError::NotWaiting { .. } => true,
-        vchan::VchanError::Backend { op, source } => {
-            op.starts_with("bind") && source.kind() == io::ErrorKind::InvalidInput
+        vchan::VchanError::NotWaiting { .. } | vchan::VchanError::Layout(_) => true,
+        vchan::VchanError::Backend { op, .. } => {
+            op.starts_with("bind") || op.starts_with("map") || op.starts_with("unmask")
         }
         _ => false,
     }
