@@ -1,6 +1,47 @@
 //! Pieces shared by the command-line tools.
 #![forbid(unsafe_code)]
 
+use vchan::xen::XenDomain;
+use vchan::xensim::XensimDomain;
+
+/// The platforms the tools run on, picked at run time.
+pub enum Platform {
+    /// The simulated host (`XENSIM_DIR` is set, as under `xensim run`).
+    Xensim(XensimDomain),
+    /// Real Xen, through `/dev/xen`.
+    Xen(XenDomain),
+}
+
+/// The simulated host when `XENSIM_DIR` is set, else real Xen if its devices open; the error
+/// is one line that says how to get either.
+pub fn platform() -> Result<Platform, String> {
+    if std::env::var_os(evtchn::xensim::ENV_DIR).is_some() {
+        return XensimDomain::from_env()
+            .map(Platform::Xensim)
+            .map_err(|e| format!("cannot use the simulated host: {e}"));
+    }
+    let xen = XenDomain::new();
+    match xen.probe() {
+        Ok(()) => Ok(Platform::Xen(xen)),
+        Err(e) => Err(format!(
+            "no Xen available: {e}; run inside a Xen domain (as root), or on the simulated host \
+             under `xensim run` (XENSIM_DIR is not set)"
+        )),
+    }
+}
+
+/// An error and its causes on one line, `outer: inner: ...`.
+pub fn describe(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
 /// Parse a byte count with an optional binary suffix: `4096`, `64k`, `1M`, `2G` (powers of 1024).
 pub fn parse_size(text: &str) -> Result<usize, String> {
     let trimmed = text.trim();

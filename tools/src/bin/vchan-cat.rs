@@ -15,9 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::Duration;
 
-use tools::parse_size;
-use vchan::xen::XenDomain;
-use vchan::xensim::XensimDomain;
+use tools::{describe, parse_size, platform, Platform};
 use vchan::{Address, Backend, RingSizes, Vchan, VchanError};
 use xen_types::DomId;
 
@@ -125,39 +123,6 @@ fn parse(args: Vec<String>) -> Result<Options, String> {
         peer,
         address,
     })
-}
-
-fn describe(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
-
-/// The platforms vchan-cat can run on, picked at run time.
-enum Platform {
-    Xensim(XensimDomain),
-    Xen(XenDomain),
-}
-
-fn platform() -> Result<Platform, String> {
-    if std::env::var_os(evtchn::xensim::ENV_DIR).is_some() {
-        return XensimDomain::from_env()
-            .map(Platform::Xensim)
-            .map_err(|e| format!("cannot use the simulated host: {e}"));
-    }
-    let xen = XenDomain::new();
-    match xen.probe() {
-        Ok(()) => Ok(Platform::Xen(xen)),
-        Err(e) => Err(format!(
-            "no Xen available: {e}; run inside a Xen domain (as root), or on the simulated host \
-             under `xensim run` (XENSIM_DIR is not set)"
-        )),
-    }
 }
 
 /// What the stdin reader hands the sending thread.

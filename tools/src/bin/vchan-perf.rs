@@ -32,8 +32,8 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use tools::{describe, platform, Platform};
 use vchan::layout::{Layout, Side};
-use vchan::xen::XenDomain;
 use vchan::xensim::XensimDomain;
 use vchan::{Address, Backend, RingSizes, State, Vchan, VchanError};
 use xen_types::DomId;
@@ -177,17 +177,6 @@ fn parse_domid(text: &str) -> Result<DomId, String> {
         .ok()
         .filter(|d| d.is_normal())
         .ok_or_else(|| format!("{text:?} is not a domain id (0 to 32751)"))
-}
-
-fn describe(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -347,28 +336,6 @@ fn pong(
 
 // ------------------------------------------------------------------------------------------------
 // The vchan peers.
-
-/// The platforms a peer can run on, picked at run time as vchan-cat does.
-enum Platform {
-    Xensim(XensimDomain),
-    Xen(XenDomain),
-}
-
-fn platform() -> Result<Platform, String> {
-    if std::env::var_os(evtchn::xensim::ENV_DIR).is_some() {
-        return XensimDomain::from_env()
-            .map(Platform::Xensim)
-            .map_err(|e| format!("cannot use the simulated host: {e}"));
-    }
-    let xen = XenDomain::new();
-    match xen.probe() {
-        Ok(()) => Ok(Platform::Xen(xen)),
-        Err(e) => Err(format!(
-            "no Xen available: {e}; run inside a Xen domain (as root), or on the simulated host \
-             under `xensim run` (XENSIM_DIR is not set)"
-        )),
-    }
-}
 
 /// Run one end; a client returns its result line.
 fn peer<B: Backend>(backend: &B, role: &PeerRole) -> Result<Option<String>, String> {

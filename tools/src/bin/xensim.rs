@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use gnttab::xensim::{Host, HostControl};
+use tools::describe;
 use xen_types::DomId;
 use xenstore::client::Client;
 use xenstore::daemon::{self, Daemon};
@@ -54,17 +55,6 @@ fn runtime(message: impl Into<String>) -> Failure {
         message: message.into(),
         status: 1,
     }
-}
-
-fn describe(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 #[derive(Default)]
