@@ -71,6 +71,23 @@ pub(crate) enum AsyncStream {
     Tls(Box<AsyncTls>),
 }
 
+impl AsyncStream {
+    fn poll_drained(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            AsyncStream::Tcp(_) | AsyncStream::Unix(_) => Poll::Ready(Ok(())),
+            #[cfg(feature = "vchan")]
+            AsyncStream::Vchan(v) => {
+                each_async!(&**v, v => v.poll_drained(cx).map_err(io::Error::from))
+            }
+            #[cfg(feature = "tls")]
+            AsyncStream::Tls(tls) => match &**tls {
+                AsyncTls::Ready(stream) => stream.get_ref().0.poll_drained(cx),
+                AsyncTls::Accepting(_) | AsyncTls::Failed => Poll::Ready(Ok(())),
+            },
+        }
+    }
+}
+
 /// A TLS session over an async transport.
 #[cfg(feature = "tls")]
 pub(crate) enum AsyncTls {
@@ -258,6 +275,19 @@ impl AsyncConnection {
             },
             _ => None,
         }
+    }
+
+    /// Wait until the peer has read everything written. Over vchan this waits for the peer to
+    /// empty the ring (or close); over a socket it is at once, the kernel's buffers outliving
+    /// the socket. Call it before dropping a connection to an integer vchan port: a libxenvchan
+    /// peer sees the end only at the close, and may drop what its ring still holds when it does.
+    pub async fn drained(&self) -> io::Result<()> {
+        std::future::poll_fn(|cx| self.poll_drained(cx)).await
+    }
+
+    /// Poll form of [`drained`](AsyncConnection::drained), for hand-written futures.
+    pub fn poll_drained(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.stream.poll_drained(cx)
     }
 
     /// Register a blocking connection with the runtime (call inside one). A TLS connection

@@ -419,6 +419,33 @@ impl Connector {
         Err(no_tls_config(endpoint))
     }
 
+    /// Check that `endpoint` answers, as a proxy or a supervisor does before it starts, without
+    /// keeping a connection: an error here is the one [`connect`](Connector::connect) would
+    /// meet.
+    ///
+    /// - A TCP or Unix endpoint, and a vchan service, are connected to and closed at once
+    ///   (over TLS after the handshake, so a certificate the configuration refuses shows here).
+    ///   The program behind sees one empty connection.
+    /// - An integer vchan port is not connected to: its server serves one client at a time and
+    ///   may serve only one, so the check waits (up to the timeout) for the keys the server
+    ///   publishes at the port's conventional path instead.
+    pub fn check(&self, endpoint: &Endpoint) -> Result<()> {
+        #[cfg(feature = "vchan")]
+        if let Transport::Vchan {
+            domain,
+            port: VchanPort::Number(port),
+        } = &endpoint.transport
+        {
+            let name = endpoint.to_string();
+            let xen = self.platform(endpoint)?;
+            return with_backend!(&xen, b => {
+                let server = resolve(b, domain, &name)?;
+                rendezvous::await_port_keys(b, server, *port, self.timeout, &name)
+            });
+        }
+        self.connect(endpoint).map(drop)
+    }
+
     /// Connect to the transport of `endpoint`, ignoring `tls+`.
     pub(crate) fn connect_plain(&self, endpoint: &Endpoint) -> Result<Connection> {
         let name = endpoint.to_string();

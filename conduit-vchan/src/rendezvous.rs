@@ -119,6 +119,40 @@ pub(crate) fn resolve_name<S: XenStore>(store: &S, name: &str) -> Result<DomId> 
 /// How often a client looks again for a service that is not published yet.
 const RETRY: Duration = Duration::from_millis(50);
 
+/// Wait up to `wait` for a server at `server`'s integer `port` for this domain: its
+/// `event-channel` key, the last it publishes, readable at the conventional path.
+pub(crate) fn await_port_keys<B: Backend>(
+    backend: &B,
+    server: DomId,
+    port: u32,
+    wait: Duration,
+    endpoint: &str,
+) -> Result<()> {
+    let deadline = Instant::now() + wait;
+    let store = backend
+        .open_store()
+        .map_err(xs_error("open xenstore for", endpoint))?;
+    let me = own_domid(&store, endpoint)?;
+    let key = format!(
+        "{}/event-channel",
+        Address::Port(port).client_path(server, me)
+    );
+    loop {
+        match store.read(TxId::NONE, &key) {
+            Ok(_) => return Ok(()),
+            Err(XenstoreError::Errno(Errno::ENOENT | Errno::EACCES)) => {}
+            Err(e) => return Err(xs_error("look up", endpoint)(e)),
+        }
+        if Instant::now() + RETRY >= deadline {
+            return Err(ConduitError::TimedOut {
+                endpoint: endpoint.to_owned(),
+                seconds: wait.as_secs_f64(),
+            });
+        }
+        std::thread::sleep(RETRY);
+    }
+}
+
 /// A request id: unique enough that two live requests never collide (a collision is retried).
 fn request_id() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);

@@ -39,6 +39,8 @@ pub struct Artifacts {
     pub xensim: PathBuf,
     /// Our netcat.
     pub vchan_cat: PathBuf,
+    /// Our socat.
+    pub vchan_proxy: PathBuf,
     /// The C netcat over Debian's libxenvchan.
     pub c_peer: PathBuf,
 }
@@ -52,7 +54,16 @@ pub fn artifacts() -> &'static Artifacts {
         // Two builds: `--bin` filters the targets of every selected package, so naming the
         // binaries and the stand-in libraries in one command would skip the libraries.
         let builds: [&[&str]; 2] = [
-            &["-p", "tools", "--bin", "xensim", "--bin", "vchan-cat"],
+            &[
+                "-p",
+                "tools",
+                "--bin",
+                "xensim",
+                "--bin",
+                "vchan-cat",
+                "--bin",
+                "vchan-proxy",
+            ],
             &["-p", "shim-xengnttab", "-p", "shim-xenevtchn", "--lib"],
         ];
         for selection in builds {
@@ -67,7 +78,13 @@ pub fn artifacts() -> &'static Artifacts {
                 .expect("run cargo build");
             assert!(status.success(), "cargo build {selection:?} failed");
         }
-        for name in ["xensim", "vchan-cat", "libxengnttab.so", "libxenevtchn.so"] {
+        for name in [
+            "xensim",
+            "vchan-cat",
+            "vchan-proxy",
+            "libxengnttab.so",
+            "libxenevtchn.so",
+        ] {
             assert!(
                 dir.join(name).exists(),
                 "{} was not built",
@@ -77,6 +94,7 @@ pub fn artifacts() -> &'static Artifacts {
         Artifacts {
             xensim: dir.join("xensim"),
             vchan_cat: dir.join("vchan-cat"),
+            vchan_proxy: dir.join("vchan-proxy"),
             c_peer: build_c_peer(&dir),
         }
     })

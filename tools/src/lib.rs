@@ -30,6 +30,30 @@ pub fn platform() -> Result<Platform, String> {
     }
 }
 
+/// Parse the command line with clap, the way every tool reports it: `--help` and `--version`
+/// print to standard output and exit 0; a usage error is one line on standard error,
+/// `PROGRAM: what is wrong (see 'PROGRAM --help')`, and exit status 2.
+pub fn parse_cli<C: clap::Parser>(program: &str) -> Result<C, std::process::ExitCode> {
+    use std::io::Write;
+    match C::try_parse() {
+        Ok(cli) => Ok(cli),
+        Err(e) if !e.use_stderr() => {
+            let _ = write!(std::io::stdout(), "{e}");
+            Err(std::process::ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            let _ = writeln!(
+                std::io::stderr(),
+                "{program}: {first} (see '{program} --help')"
+            );
+            Err(std::process::ExitCode::from(2))
+        }
+    }
+}
+
 /// An error and its causes on one line, `outer: inner: ...`.
 pub fn describe(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();

@@ -152,6 +152,30 @@ impl<B: Backend> AsyncVchan<B> {
         vchan
     }
 
+    /// Wait until the peer has read everything written (or has closed). A libxenvchan peer sees
+    /// the end of the stream only when the channel closes, and may drop what its ring still
+    /// holds when it sees the close: waiting for this before closing delivers every byte.
+    pub async fn drained(&self) -> Result<()> {
+        std::future::poll_fn(|cx| self.poll_drained(cx)).await
+    }
+
+    /// Poll form of [`drained`](AsyncVchan::drained), for hand-written futures.
+    pub fn poll_drained(&self, cx: &mut Context<'_>) -> Poll<Result<()>> {
+        let capacity = self.vchan.write_capacity();
+        self.poll_io(cx, Way::Write, |vchan| {
+            // `buffer_space` asks the peer for an event when it frees more.
+            if vchan.buffer_space()? >= capacity || vchan.state()? == State::PeerClosed {
+                Ok(())
+            } else {
+                Err(VchanError::WouldBlock)
+            }
+        })
+        .map_err(|source| VchanError::Backend {
+            op: "wait for the peer to read what was written",
+            source,
+        })
+    }
+
     /// Wait until the client has connected (server) or the peer has closed.
     pub async fn wait_connected(&self) -> Result<State> {
         std::future::poll_fn(|cx| self.poll_connected(cx)).await

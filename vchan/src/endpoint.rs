@@ -357,8 +357,12 @@ impl<B: Backend> Vchan<B> {
 
         // A server that already has a client, or has closed, is not ours to join (stale keys
         // of a server that is going away, or someone else's channel): two clients on one page
-        // would corrupt each other's indices.
-        if page.live(abi::CLI_LIVE) != abi::LIVE_WAITING
+        // would corrupt each other's indices. A live server whose client has exited is waiting
+        // again: libxenvchan serves clients in turn on one page that way (Xen's
+        // vchan-socket-proxy in server mode does), and the indices carry on from where the
+        // last client left them.
+        let client_slot = page.live(abi::CLI_LIVE);
+        if !matches!(client_slot, abi::LIVE_WAITING | abi::LIVE_EXITED)
             || page.live(abi::SRV_LIVE) != abi::LIVE_CONNECTED
         {
             return Err(VchanError::NotWaiting { path });

@@ -6,6 +6,9 @@
 //! the peer sends goes to standard output; the program exits 0 once the peer has closed and
 //! everything it sent is on standard output.
 //!
+//! One argument is an endpoint name of conduit-vchan instead (`vchan://0/5`, `vchan://*/svc`,
+//! `tcp://host:port`, `unix:///path`): `-l` accepts one connection on it, else it is connected to.
+//!
 //! The platform is chosen at run time: the simulated host when `XENSIM_DIR` is set (as under
 //! `xensim run`), else real Xen when its devices can be opened.
 
@@ -15,21 +18,33 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::Duration;
 
+use conduit_vchan::{Connection, Connector, Endpoint, ListenOptions, Listener, Transport};
 use tools::{describe, parse_size, platform, Platform};
-use vchan::{Address, Backend, RingSizes, Vchan, VchanError};
+use vchan::{Address, Backend, RingSizes, Vchan};
 use xen_types::DomId;
 
 const USAGE: &str = "\
 usage: vchan-cat [OPTIONS] -l DOMID PORT|PATH   serve client domain DOMID
        vchan-cat [OPTIONS] DOMID PORT|PATH      connect to server domain DOMID
+       vchan-cat [OPTIONS] -l ENDPOINT          accept one connection on an endpoint name
+       vchan-cat [OPTIONS] ENDPOINT             connect to an endpoint name
 Copies standard input to the peer and the peer to standard output; exits 0 once the peer has
 closed and everything it sent is written. An integer PORT means data/vchan/<client>/<PORT> under
-the server's home.
+the server's home. ENDPOINT is vchan://DOMAIN/PORT, vchan://DOMAIN/SERVICE, vchan://*/SERVICE
+(-l only), tcp://HOST:PORT, unix:///ABS/PATH or unix:REL (see vchan-proxy for TLS).
 options:
-  -N               close the channel once standard input is at EOF (all of it is delivered)
+  -N               at the end of standard input: DOMID form, close the channel (all of the
+                   input is delivered); ENDPOINT form, half-close it (the peer reads the end
+                   and may still answer; a libxenvchan peer sees the end only at the close)
   --read-min SIZE  server: bytes it can receive without the client waiting (k/M suffixes)
   --write-min SIZE server: bytes it can send without waiting (k/M suffixes)
-  --wait SECS      client: wait this long for the server to appear (default: fail at once)
+  --wait SECS      client: wait this long for the server to appear (default: DOMID form, fail
+                   at once; ENDPOINT form, 10 s, as a service answers through xenstore)
+examples:
+  vchan-cat -l 5 7 < file          serve domain 5 at integer port 7, send it a file
+  vchan-cat --wait 10 0 7 > copy   in domain 5: fetch it
+  vchan-cat -l 'vchan://*/svc'     answer one connection to the service svc
+  vchan-cat -N vchan://0/svc       in another domain: call it
 The simulated host is used when XENSIM_DIR is set (see `xensim run`), else real Xen.";
 
 /// How often a thread that may have to stop looks up from a wait.
@@ -40,9 +55,15 @@ struct Options {
     listen: bool,
     close_on_eof: bool,
     sizes: RingSizes,
+    sizes_given: bool,
     wait: Option<Duration>,
-    peer: DomId,
-    address: Address,
+    peer: Peer,
+}
+
+/// Who is on the other end: a domain at a port or path, or an endpoint name.
+enum Peer {
+    Domain { domid: DomId, address: Address },
+    Endpoint(Endpoint),
 }
 
 fn parse(args: Vec<String>) -> Result<Options, String> {
@@ -93,19 +114,40 @@ fn parse(args: Vec<String>) -> Result<Options, String> {
             _ => positional.push(arg),
         }
     }
-    let [peer, address] = <[String; 2]>::try_from(positional)
-        .map_err(|p| format!("expected DOMID and PORT|PATH, got {} arguments", p.len()))?;
-    let peer = peer
-        .parse::<DomId>()
-        .ok()
-        .filter(|d| d.is_normal())
-        .ok_or_else(|| format!("{peer:?} is not a domain id"))?;
-    if address.is_empty() {
-        return Err("the PORT|PATH argument is empty".into());
-    }
-    let address: Address = match address.parse() {
-        Ok(a) => a,
-        Err(never) => match never {},
+    let peer = match <[String; 2]>::try_from(positional) {
+        Ok([domid, address]) => {
+            let domid = domid
+                .parse::<DomId>()
+                .ok()
+                .filter(|d| d.is_normal())
+                .ok_or_else(|| format!("{domid:?} is not a domain id"))?;
+            if address.is_empty() {
+                return Err("the PORT|PATH argument is empty".into());
+            }
+            let address: Address = match address.parse() {
+                Ok(a) => a,
+                Err(never) => match never {},
+            };
+            Peer::Domain { domid, address }
+        }
+        Err(positional) if positional.len() == 1 => {
+            let endpoint: Endpoint = positional[0].parse().map_err(|e| format!("{e}"))?;
+            if endpoint.tls {
+                return Err(
+                    "vchan-cat takes no certificates for tls+ endpoints: use vchan-proxy".into(),
+                );
+            }
+            if sizes_given && !matches!(endpoint.transport, Transport::Vchan { .. }) {
+                return Err("--read-min and --write-min are for vchan endpoints".into());
+            }
+            Peer::Endpoint(endpoint)
+        }
+        Err(positional) => {
+            return Err(format!(
+                "expected DOMID and PORT|PATH, or one ENDPOINT, got {} arguments",
+                positional.len()
+            ))
+        }
     };
     if !listen && sizes_given {
         return Err(
@@ -119,9 +161,9 @@ fn parse(args: Vec<String>) -> Result<Options, String> {
         listen,
         close_on_eof,
         sizes,
+        sizes_given,
         wait,
         peer,
-        address,
     })
 }
 
@@ -165,15 +207,15 @@ enum Sent {
     Stopped,
 }
 
-fn pump<B: Backend>(
-    vchan: &Vchan<B>,
+fn pump(
+    mut channel: impl Write,
     input: &mpsc::Receiver<Input>,
     stop: &AtomicBool,
 ) -> Result<Sent, String> {
     loop {
         match input.recv_timeout(POLL) {
             Ok(Input::Data(data)) => {
-                match (&*vchan).write_all(&data) {
+                match channel.write_all(&data) {
                     Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Err(
                         "the peer closed the channel before it took everything from standard input"
@@ -194,21 +236,26 @@ fn pump<B: Backend>(
     }
 }
 
-/// Copy the peer to standard output until it closes (or, with `stop`, until told to).
-fn receive<B: Backend>(vchan: &Vchan<B>, stop: Option<&AtomicBool>) -> Result<(), String> {
+/// Copy the peer to standard output until it closes (or, with `stop`, until told to: the
+/// channel's reads then time out regularly so that this loop can look).
+fn receive(mut channel: impl Read, stop: Option<&AtomicBool>) -> Result<(), String> {
     let mut stdout = io::stdout().lock();
     let mut buf = vec![0u8; CHUNK];
     loop {
-        match vchan.read(&mut buf) {
+        match channel.read(&mut buf) {
             Ok(0) => break,
             // Flushed at once: stdout is line-buffered, and a netcat must not sit on a partial line.
             Ok(n) => stdout
                 .write_all(&buf[..n])
                 .and_then(|()| stdout.flush())
                 .map_err(|e| format!("cannot write standard output: {e}"))?,
-            // ORDERING: Acquire pairs with the Release store of the sending side.
-            Err(VchanError::TimedOut) if stop.is_some_and(|s| s.load(Ordering::Acquire)) => break,
-            Err(VchanError::TimedOut) => {}
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                // ORDERING: Acquire pairs with the Release store of the sending side.
+                if stop.is_some_and(|s| s.load(Ordering::Acquire)) {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(format!("cannot receive: {}", describe(&e))),
         }
     }
@@ -217,37 +264,74 @@ fn receive<B: Backend>(vchan: &Vchan<B>, stop: Option<&AtomicBool>) -> Result<()
         .map_err(|e| format!("cannot write standard output: {e}"))
 }
 
-fn run<B: Backend>(backend: &B, opts: &Options) -> Result<(), String>
+/// Copy standard input to `channel` and `channel` to standard output, at once, until the peer
+/// closes. At the end of the input `input_ended` runs; with `stop_receiving`, it also stops the
+/// receiving side (whose reads must then time out regularly).
+fn session<S: Sync>(
+    channel: &S,
+    stop_receiving: bool,
+    input_ended: impl FnOnce() -> Result<(), String> + Send,
+) -> Result<(), String>
+where
+    for<'a> &'a S: Read + Write,
+{
+    let input = spawn_stdin_reader();
+    let input_done = AtomicBool::new(false);
+    let peer_done = AtomicBool::new(false);
+    let (sent, received) = std::thread::scope(|scope| {
+        let (input_done, peer_done) = (&input_done, &peer_done);
+        let sender = scope.spawn(move || {
+            let outcome = pump(channel, &input, peer_done);
+            match outcome {
+                Ok(Sent::Eof) => {
+                    let ended = input_ended();
+                    // ORDERING: Release pairs with the Acquire load in `receive`.
+                    input_done.store(true, Ordering::Release);
+                    ended.map(|()| Sent::Eof)
+                }
+                other => other,
+            }
+        });
+        let stop = stop_receiving.then_some(input_done);
+        let received = receive(channel, stop);
+        // ORDERING: Release pairs with the Acquire load in `pump`.
+        peer_done.store(true, Ordering::Release);
+        let sent = sender
+            .join()
+            .unwrap_or_else(|_| Err("the sending thread panicked".into()));
+        (sent, received)
+    });
+    received?;
+    sent.map(drop)
+}
+
+fn run<B: Backend>(
+    backend: &B,
+    opts: &Options,
+    peer: DomId,
+    address: &Address,
+) -> Result<(), String>
 where
     Vchan<B>: Sync,
 {
     let vchan = if opts.listen {
-        let server = Vchan::server(backend, opts.peer, &opts.address, opts.sizes).map_err(|e| {
-            format!(
-                "cannot serve domain {} at {}: {}",
-                opts.peer,
-                opts.address,
-                describe(&e)
-            )
-        })?;
+        let server = Vchan::server(backend, peer, address, opts.sizes)
+            .map_err(|e| format!("cannot serve domain {peer} at {address}: {}", describe(&e)))?;
         // Without a timeout this returns once the client has connected (or come and gone).
         match server.wait_connected(None) {
             Ok(_) => {}
             Err(e) => {
                 return Err(format!(
-                    "waiting for domain {} to connect: {}",
-                    opts.peer,
+                    "waiting for domain {peer} to connect: {}",
                     describe(&e)
                 ))
             }
         }
         server
     } else {
-        Vchan::client(backend, opts.peer, &opts.address, opts.wait).map_err(|e| {
+        Vchan::client(backend, peer, address, opts.wait).map_err(|e| {
             format!(
-                "cannot connect to domain {} at {}: {}",
-                opts.peer,
-                opts.address,
+                "cannot connect to domain {peer} at {address}: {}",
                 describe(&e)
             )
         })?
@@ -256,34 +340,41 @@ where
         // Let the receiving loop look up regularly, to stop once standard input is all sent.
         vchan.set_read_timeout(Some(POLL));
     }
-    let input = spawn_stdin_reader();
-    let input_done = AtomicBool::new(false);
-    let peer_done = AtomicBool::new(false);
-    let (sent, received) = std::thread::scope(|scope| {
-        let (vchan, input_done, peer_done) = (&vchan, &input_done, &peer_done);
-        let sender = scope.spawn(move || {
-            let outcome = pump(vchan, &input, peer_done);
-            if matches!(outcome, Ok(Sent::Eof)) {
-                // ORDERING: Release pairs with the Acquire load in `receive`.
-                input_done.store(true, Ordering::Release);
-            }
-            outcome
-        });
-        let stop = opts.close_on_eof.then_some(input_done);
-        let received = receive(vchan, stop);
-        // ORDERING: Release pairs with the Acquire load in `pump`.
-        peer_done.store(true, Ordering::Release);
-        let sent = sender
-            .join()
-            .unwrap_or_else(|_| Err("the sending thread panicked".into()));
-        (sent, received)
-    });
+    let outcome = session(&vchan, opts.close_on_eof, || Ok(()));
     let closed = vchan
         .close()
         .map_err(|e| format!("cannot close the channel: {}", describe(&e)));
-    received?;
-    sent?;
+    outcome?;
     closed
+}
+
+/// The ENDPOINT form: one connection accepted on, or made to, an endpoint name.
+fn run_endpoint(opts: &Options, endpoint: &Endpoint) -> Result<(), String> {
+    let connection: Connection = if opts.listen {
+        let mut options = ListenOptions::new();
+        if opts.sizes_given {
+            options = options.ring_sizes(opts.sizes);
+        }
+        let listener = Listener::bind_with(endpoint, options).map_err(|e| describe(&e))?;
+        let (connection, _peer) = listener.accept().map_err(|e| describe(&e))?;
+        // One connection, as netcat -l: the listener (and a service it published) goes now.
+        drop(listener);
+        connection
+    } else {
+        let mut connector = Connector::new();
+        if let Some(wait) = opts.wait {
+            connector = connector.timeout(wait);
+        }
+        connector.connect(endpoint).map_err(|e| describe(&e))?
+    };
+    session(&connection, false, || {
+        if !opts.close_on_eof {
+            return Ok(());
+        }
+        connection
+            .shutdown_write()
+            .map_err(|e| format!("cannot half-close {endpoint}: {}", describe(&e)))
+    })
 }
 
 fn main() -> ExitCode {
@@ -295,9 +386,12 @@ fn main() -> ExitCode {
     let outcome = parse(args)
         .map_err(|e| (format!("{e} (see 'vchan-cat --help')"), 2))
         .and_then(|opts| {
-            let outcome = match platform().map_err(|e| (e, 1))? {
-                Platform::Xensim(backend) => run(&backend, &opts),
-                Platform::Xen(backend) => run(&backend, &opts),
+            let outcome = match &opts.peer {
+                Peer::Endpoint(endpoint) => run_endpoint(&opts, endpoint),
+                Peer::Domain { domid, address } => match platform().map_err(|e| (e, 1))? {
+                    Platform::Xensim(backend) => run(&backend, &opts, *domid, address),
+                    Platform::Xen(backend) => run(&backend, &opts, *domid, address),
+                },
             };
             outcome.map_err(|e| (e, 1))
         });

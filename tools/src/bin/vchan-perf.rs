@@ -1758,23 +1758,9 @@ fn report(file: &Path, svg_path: Option<&Path>) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli: Cli = match tools::parse_cli("vchan-perf") {
         Ok(cli) => cli,
-        Err(e) if !e.use_stderr() => {
-            // --help and --version.
-            let _ = write!(io::stdout(), "{e}");
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            let text = e.to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            let first = first.strip_prefix("error: ").unwrap_or(first);
-            let _ = writeln!(
-                io::stderr(),
-                "vchan-perf: {first} (see 'vchan-perf --help')"
-            );
-            return ExitCode::from(2);
-        }
+        Err(status) => return status,
     };
     let outcome = match &cli.command {
         Cmd::Peer(role) => run_peer(role),
