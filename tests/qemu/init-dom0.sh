@@ -94,6 +94,16 @@ if [ -n "$D" ]; then
     kill $HTTP_SERVER
     wait $HTTP_SERVER || echo "FAIL http-server-dom0 (exit $?)"
 
+    # vchan-proxy at both ends: a web server on the domU's loopback (the HTTP example on TCP)
+    # behind the domU's proxy, reached through ours as a local TCP port, four requests at once.
+    # --no-check: the guest's proxy may not be published yet (http_fetch tries again).
+    vchan-proxy --no-check tcp://127.0.0.1:9000 "vchan://$D/web" 2>/tmp/proxy-dom0.log &
+    PROXY=$!
+    result proxy-dom0-fetches-domu-web http_fetch tcp://127.0.0.1:9000
+    xenstore-write /local/domain/$D/data/dom0-proxied 1
+    kill $PROXY
+    wait $PROXY || { echo "FAIL proxy-dom0 (exit $?)"; cat /tmp/proxy-dom0.log; }
+
     # The benchmark, dom0 to domU: dom0 serves (and writes), the guest reads and reports.
     echo "$BENCH_CELLS" | while read -r impl port ring mode msg count; do
         side "bench-$impl-$port" timeout 300 $(bench_prog "$impl") server $D "$port" "$ring" "$mode" "$msg" "$count"

@@ -46,6 +46,18 @@ wait_key data/dom0-fetched
 kill $HTTP_SERVER
 wait $HTTP_SERVER || echo "FAIL http-server-domu (exit $?)"
 
+# A web server on the loopback only, served to other domains by vchan-proxy (--no-check: the
+# web server may still be starting).
+http-server tcp://127.0.0.1:8080 --file $PAYLOAD 2>/tmp/http-local.log &
+WEB=$!
+vchan-proxy --no-check 'vchan://*/web' tcp://127.0.0.1:8080 2>/tmp/proxy-domu.log &
+PROXY=$!
+wait_key data/dom0-proxied
+kill $PROXY
+wait $PROXY || { echo "FAIL proxy-domu (exit $?)"; cat /tmp/proxy-domu.log; }
+kill $WEB
+wait $WEB || echo "FAIL http-server-local (exit $?)"
+
 echo "$BENCH_CELLS" | while read -r impl port ring mode msg count; do
     result "bench-$impl-$port" bench_client "$impl" 0 "$port" "$ring" "$mode" "$msg" "$count"
 done

@@ -24,7 +24,7 @@ EXPECTED=(
     ring-1024-2048 ring-2048-1024 ring-4k ring-64k ring-1m
     kill-client kill-server
     conduit-domu-calls-dom0 conduit-dom0-calls-domu
-    http-dom0-fetches-domu http-domu-fetches-dom0
+    http-dom0-fetches-domu http-domu-fetches-dom0 proxy-dom0-fetches-domu-web
     bench-ours-40 bench-c-41 bench-ours-42 bench-c-43 bench-ours-44 bench-c-45
     rust-loopback
 )
@@ -133,9 +133,10 @@ build_programs() {
     export CARGO_TARGET_DIR=$ROOT/target
     cargo build -q --release --manifest-path "$ROOT/Cargo.toml" -p xen-qemu-peer
     PEER_BIN=$ROOT/target/release/xen-qemu-peer
-    say "building vchan-cat, xs and vchan-perf (release)"
+    say "building vchan-cat, vchan-proxy, xs and vchan-perf (release)"
     cargo build -q --release --manifest-path "$ROOT/Cargo.toml" -p tools --bin vchan-cat --bin xs \
-        --bin vchan-perf
+        --bin vchan-perf --bin vchan-proxy
+    PROXY_BIN=$ROOT/target/release/vchan-proxy
     CAT_BIN=$ROOT/target/release/vchan-cat
     XS_BIN=$ROOT/target/release/xs
     PERF_BIN=$ROOT/target/release/vchan-perf
@@ -180,6 +181,7 @@ base_image() {
     copy_prog "$PEER_BIN" "$IMG/bin/qemu-peer"
     copy_prog "$WORK/vchan-peer" "$IMG/bin/vchan-peer"
     copy_prog "$CAT_BIN" "$IMG/bin/vchan-cat"
+    copy_prog "$PROXY_BIN" "$IMG/bin/vchan-proxy"
     copy_prog "$XS_BIN" "$IMG/bin/xs"
     copy_prog "$PERF_BIN" "$IMG/bin/vchan-perf"
     copy_prog "$HTTP_SERVER_BIN" "$IMG/bin/http-server"

@@ -42,12 +42,18 @@ pub fn parse_cli<C: clap::Parser>(program: &str) -> Result<C, std::process::Exit
             Err(std::process::ExitCode::SUCCESS)
         }
         Err(e) => {
+            // clap's message up to its usage section, on one line.
             let text = e.to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            let first = first.strip_prefix("error: ").unwrap_or(first);
+            let message: Vec<&str> = text
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            let message = message.join(" ");
+            let message = message.strip_prefix("error: ").unwrap_or(&message);
             let _ = writeln!(
                 std::io::stderr(),
-                "{program}: {first} (see '{program} --help')"
+                "{program}: {message} (see '{program} --help')"
             );
             Err(std::process::ExitCode::from(2))
         }

@@ -66,7 +66,9 @@ to fit.";
 ///
 /// Both are conduit endpoint names. Each accepted connection gets its own connection to
 /// TARGET; bytes are copied both ways until both directions have ended, and an end in one
-/// direction is passed on as a half-close (the other direction goes on).
+/// direction is passed on as a half-close (the other direction goes on). An integer vchan
+/// port, libxenvchan's convention, has no half-close: the end of the direction into it closes
+/// the connection, once its peer has read everything.
 #[derive(Parser)]
 #[command(name = "vchan-proxy", version, after_help = EXAMPLES)]
 #[command(color = clap::ColorChoice::Never)]
