@@ -18,6 +18,8 @@ mount_all() {
     done
     mkdir -p /proc/xen
     mount -t xenfs xenfs /proc/xen
+    # The loopback interface, for the programs that listen on 127.0.0.1 (vchan-proxy's checks).
+    ip link set lo up || echo "cannot bring up lo"
 }
 
 # result NAME CMD...: run a check, print exactly one PASS/FAIL line for it.

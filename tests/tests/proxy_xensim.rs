@@ -507,6 +507,24 @@ fn connect_unix(path: &Path) -> UnixStream {
     }
 }
 
+/// Feed `input` to a child's standard input while reading its standard output to the end;
+/// wait for it. Its status, its output and its standard error.
+fn feed_and_collect(mut child: Child, input: Vec<u8>) -> (ExitStatus, Vec<u8>, String) {
+    let mut stdin = child.stdin.take().expect("stdin");
+    let feeder = thread::spawn(move || stdin.write_all(&input));
+    let mut out = Vec::new();
+    child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_end(&mut out)
+        .expect("read the child's output");
+    let _ = feeder.join();
+    let status = wait_for(&mut child, LIMIT, "a child");
+    let err = support::stderr_of(&mut child);
+    (status, out, err)
+}
+
 /// Xen's vchan-socket-proxy serves integer port 7 of domain 1 (its server mode: a Unix-socket
 /// backend behind it); our proxy in dom0 makes that a Unix socket, the example
 /// `vchan-proxy unix:///run/qmp.sock vchan://5/7`. Two connections in turn, data both ways.
@@ -582,30 +600,15 @@ fn a_libxenvchan_client_reaches_our_proxy_at_an_integer_port() {
     for n in 1..=2 {
         // The C client fails at once if the server is not published (yet, or again).
         wait_published(&host, "/local/domain/1/data/vchan/0/8");
-        let mut client = host
+        let client = host
             .run_as(0, &a.c_peer, &["1", "/local/domain/1/data/vchan/0/8"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn the C client");
-        let mut stdin = client.stdin.take().expect("stdin");
-        let input = to_backend.clone();
-        let feeder = thread::spawn(move || stdin.write_all(&input));
-        let mut got = Vec::new();
-        client
-            .stdout
-            .take()
-            .expect("stdout")
-            .read_to_end(&mut got)
-            .expect("read the C client's output");
-        let _ = feeder.join();
-        let status = wait_for(&mut client, LIMIT, "the C client");
-        assert!(
-            status.success(),
-            "{status}: {}",
-            support::stderr_of(&mut client)
-        );
+        let (status, got, err) = feed_and_collect(client, to_backend.clone());
+        assert!(status.success(), "{status}: {err}");
         assert_eq!(
             digest(&got),
             digest(&to_client),
@@ -657,24 +660,9 @@ fn vchan_cat_takes_endpoint_names() {
             .expect("spawn vchan-cat")
     };
     let run_pair = |server: Child, client: Child, to_server: &[u8], to_client: &[u8]| {
-        let feed_and_collect = |mut child: Child, input: Vec<u8>| {
-            thread::spawn(move || {
-                let mut stdin = child.stdin.take().expect("stdin");
-                let feeder = thread::spawn(move || stdin.write_all(&input));
-                let mut out = Vec::new();
-                child
-                    .stdout
-                    .take()
-                    .expect("stdout")
-                    .read_to_end(&mut out)
-                    .expect("read vchan-cat's output");
-                let _ = feeder.join();
-                let status = wait_for(&mut child, LIMIT, "vchan-cat");
-                (status, out, support::stderr_of(&mut child))
-            })
-        };
-        let server = feed_and_collect(server, to_client.to_vec());
-        let client = feed_and_collect(client, to_server.to_vec());
+        let (server_input, client_input) = (to_client.to_vec(), to_server.to_vec());
+        let server = thread::spawn(move || feed_and_collect(server, server_input));
+        let client = thread::spawn(move || feed_and_collect(client, client_input));
         let (s_status, s_out, s_err) = server.join().expect("server");
         let (c_status, c_out, c_err) = client.join().expect("client");
         assert!(s_status.success(), "server: {s_status}: {s_err}");

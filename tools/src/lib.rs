@@ -72,6 +72,16 @@ pub fn describe(e: &dyn std::error::Error) -> String {
     text
 }
 
+/// Parse a number of seconds (`10`, `0.5`): finite, not negative.
+pub fn parse_seconds(text: &str) -> Result<std::time::Duration, String> {
+    text.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s >= 0.0 && *s < 1e9)
+        .map(std::time::Duration::from_secs_f64)
+        .ok_or_else(|| format!("{text:?} is not a number of seconds"))
+}
+
 /// Parse a byte count with an optional binary suffix: `4096`, `64k`, `1M`, `2G` (powers of 1024).
 pub fn parse_size(text: &str) -> Result<usize, String> {
     let trimmed = text.trim();

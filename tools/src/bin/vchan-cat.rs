@@ -19,7 +19,7 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::Duration;
 
 use conduit_vchan::{Connection, Connector, Endpoint, ListenOptions, Listener, Transport};
-use tools::{describe, parse_size, platform, Platform};
+use tools::{describe, parse_seconds, parse_size, platform, Platform};
 use vchan::{Address, Backend, RingSizes, Vchan};
 use xen_types::DomId;
 
@@ -100,12 +100,7 @@ fn parse(args: Vec<String>) -> Result<Options, String> {
             }
             "--wait" => {
                 let text = value("--wait")?;
-                let secs: f64 = text
-                    .parse()
-                    .ok()
-                    .filter(|s: &f64| s.is_finite() && *s >= 0.0 && *s < 1e9)
-                    .ok_or_else(|| format!("--wait {text:?} is not a number of seconds"))?;
-                wait = Some(Duration::from_secs_f64(secs));
+                wait = Some(parse_seconds(&text).map_err(|e| format!("--wait: {e}"))?);
             }
             "--" => positional.extend(args.by_ref()),
             other if other.starts_with('-') && other.len() > 1 => {

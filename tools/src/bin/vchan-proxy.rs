@@ -48,7 +48,7 @@ Examples:
     vchan-proxy tcp://127.0.0.1:9443 tls+vchan://5/api --ca ca.pem --server-name api.guest5 \\
         --cert client.pem --key client.key
   On the simulated host (no Xen needed), as domain 5:
-    xensim run --domid 5 -- vchan-proxy 'vchan://*/http' tcp://127.0.0.1:8080
+    xensim run --dir /tmp/xen --domid 5 -- vchan-proxy 'vchan://*/http' tcp://127.0.0.1:8080
 
 Endpoints: tcp://HOST:PORT, unix:///ABS/PATH, unix:REL, vchan://DOMAIN/PORT (libxenvchan's
 integer port: one connection at a time, wire-compatible with any libxenvchan peer),
@@ -92,7 +92,7 @@ struct Cli {
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     ring_size: Option<usize>,
     /// How long connecting to a vchan TARGET waits for its server or service to answer.
-    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_seconds)]
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_timeout)]
     connect_timeout: Duration,
     /// Do not check TARGET at start. The check connects once and closes at once (for an
     /// integer vchan port it only looks for the server's keys); without it, a TARGET that is
@@ -119,12 +119,12 @@ struct Cli {
     quiet: bool,
 }
 
-fn parse_seconds(text: &str) -> Result<Duration, String> {
-    text.parse::<f64>()
-        .ok()
-        .filter(|s| s.is_finite() && *s > 0.0 && *s < 1e9)
-        .map(Duration::from_secs_f64)
-        .ok_or_else(|| format!("{text:?} is not a number of seconds above 0"))
+/// A connect timeout: some seconds, more than none.
+fn parse_timeout(text: &str) -> Result<Duration, String> {
+    match tools::parse_seconds(text)? {
+        none if none.is_zero() => Err(format!("{text:?}: a timeout must be above 0 seconds")),
+        timeout => Ok(timeout),
+    }
 }
 
 /// Why the proxy cannot start: a usage error (exit 2) or a failure at start (exit 1).
@@ -264,9 +264,9 @@ impl Proxy {
             log,
         } = self;
         // The handlers go in first: from here on a signal is an orderly stop, never a kill.
-        let mut shutdown =
-            pin!(shutdown_signal()
-                .map_err(|e| { format!("cannot handle SIGINT and SIGTERM: {e}") })?);
+        let signals =
+            shutdown_signal().map_err(|e| format!("cannot handle SIGINT and SIGTERM: {e}"))?;
+        let mut shutdown = pin!(signals);
         if check {
             let (checker, checked_target) = (Arc::clone(&connector), Arc::clone(&target));
             let checked = tokio::task::spawn_blocking(move || checker.check(&checked_target));
@@ -334,7 +334,11 @@ impl Proxy {
                 "{signal}: closing {} connection(s) and the listener",
                 relays.len()
             )),
-            Err(e) => log.error(format_args!("{e}: closing {} connection(s)", relays.len())),
+            // The error itself is the program's last line.
+            Err(_) => log.info(format_args!(
+                "the listener failed: closing {} connection(s)",
+                relays.len()
+            )),
         }
         // Withdraw the listener first, so that no client waits on a service nobody answers.
         listener.close().await;
