@@ -8,7 +8,7 @@
 //! what the handle held and carries out its unmap notifications. No cooperation from a dying process
 //! is needed, as with the real kernel drivers.
 //!
-//! An [`XsEvtchn`] handle also owns one end of a socket pair whose other end it gave the host when
+//! An [`XensimEvtchn`] handle also owns one end of a socket pair whose other end it gave the host when
 //! it connected; the host writes one 4-byte message (the port, little-endian) for each delivered
 //! event. That end is the handle's pollable fd: readable means "an event is pending", reading it is
 //! `xenevtchn_pending`, exactly like `/dev/xen/evtchn`.
@@ -253,6 +253,79 @@ pub fn peer_pid(fd: BorrowedFd<'_>) -> io::Result<libc::pid_t> {
         )
     })?;
     Ok(cred.pid)
+}
+
+/// The process at the other end of a Unix socket, as a pidfd, and its process id: what the
+/// host needs to kill a destroyed domain's processes without ever signalling a process that
+/// merely reuses a dead one's id.
+///
+/// `SO_PEERPIDFD` (Linux 6.5) names the very process that connected. Older kernels (Debian 12
+/// runs 6.1) give only the id (`SO_PEERCRED`); the pidfd is then opened from it at once and kept
+/// only if the connection is still open afterwards, so the process was alive (and its id not yet
+/// reusable) when the pidfd was taken. What remains: a process that handed its connection to a
+/// child and exited in that instant; the host then kills nothing of it rather than a stranger.
+pub fn peer_process(fd: BorrowedFd<'_>) -> io::Result<(OwnedFd, libc::pid_t)> {
+    /// `SO_PEERPIDFD` from Linux's `asm-generic/socket.h` (not in every libc yet).
+    const SO_PEERPIDFD: libc::c_int = 77;
+    let pid = peer_pid(fd)?;
+    let mut raw: libc::c_int = -1;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `raw` and `len` are valid for writes of the sizes given.
+    let direct = cvt(unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_PEERPIDFD,
+            (&mut raw as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    });
+    if direct.is_ok() && raw >= 0 {
+        // SAFETY: the kernel just returned this fd to us; nobody else owns it.
+        return Ok((unsafe { OwnedFd::from_raw_fd(raw) }, pid));
+    }
+    // SAFETY: pidfd_open takes no pointers.
+    let rc = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    let rc = libc::c_int::try_from(rc).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    // SAFETY: on success pidfd_open returned a new fd that nobody else owns.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(cvt(rc)?) };
+    if !still_connected(fd)? {
+        return Err(io::Error::from_raw_os_error(libc::ESRCH));
+    }
+    Ok((pidfd, pid))
+}
+
+/// Whether the peer of a socket still holds its end (no hang-up pending).
+fn still_connected(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    let mut pollfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: `pollfd` is one valid entry for the call's duration.
+    cvt(unsafe { libc::poll(&mut pollfd, 1, 0) })?;
+    Ok(pollfd.revents & (libc::POLLHUP | libc::POLLRDHUP | libc::POLLERR) == 0)
+}
+
+/// Send SIGKILL to the process a pidfd names (a no-op if it has exited).
+pub fn kill_process(pidfd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: pidfd_send_signal with a null siginfo takes no other pointer.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            libc::SIGKILL,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    match rc {
+        0 => Ok(()),
+        _ => match io::Error::last_os_error() {
+            e if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+            e => Err(e),
+        },
+    }
 }
 
 /// Send one message of `words` with `fds` attached. Never raises `SIGPIPE`.
@@ -543,7 +616,7 @@ fn one(values: Vec<u32>) -> io::Result<u32> {
 
 /// An event-channel handle on the simulated host (`/dev/xen/evtchn` for one process).
 #[derive(Debug)]
-pub struct XsEvtchn {
+pub struct XensimEvtchn {
     conn: HostConn,
     /// Our end of the delivery socket: one message per delivered event.
     events: OwnedFd,
@@ -552,13 +625,13 @@ pub struct XsEvtchn {
     bound: Mutex<Vec<Port>>,
 }
 
-impl XsEvtchn {
+impl XensimEvtchn {
     /// Open a handle as `domid` on the host in `dir`.
-    pub fn open(dir: &Path, domid: DomId) -> io::Result<XsEvtchn> {
+    pub fn open(dir: &Path, domid: DomId) -> io::Result<XensimEvtchn> {
         let (mine, theirs) = seqpacket_pair()?;
         let conn = HostConn::connect(dir, domid, op::KIND_EVENTS, &[theirs.as_fd()])?;
         drop(theirs);
-        Ok(XsEvtchn {
+        Ok(XensimEvtchn {
             conn,
             events: mine,
             bound: Mutex::new(Vec::new()),
@@ -566,9 +639,9 @@ impl XsEvtchn {
     }
 
     /// Open a handle as configured by `XENSIM_DIR` and `XENSIM_DOMID`.
-    pub fn from_env() -> io::Result<XsEvtchn> {
+    pub fn from_env() -> io::Result<XensimEvtchn> {
         let (dir, domid) = env_config()?;
-        XsEvtchn::open(&dir, domid)
+        XensimEvtchn::open(&dir, domid)
     }
 
     /// The domain this handle belongs to.
@@ -624,7 +697,7 @@ impl XsEvtchn {
     }
 }
 
-impl EventChannel for XsEvtchn {
+impl EventChannel for XensimEvtchn {
     fn bind_unbound_port(&self, remote: DomId) -> io::Result<Port> {
         self.remember(
             self.conn
@@ -665,8 +738,33 @@ impl EventChannel for XsEvtchn {
     }
 }
 
-impl AsFd for XsEvtchn {
+impl AsFd for XensimEvtchn {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.events.as_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_peer_process_is_named_by_a_pidfd_and_a_gone_process_is_not_signalled() {
+        let (mine, theirs) = seqpacket_pair().expect("socketpair");
+        let (pidfd, pid) = peer_process(mine.as_fd()).expect("the peer (this process)");
+        assert_eq!(pid, std::process::id() as libc::pid_t);
+        drop((pidfd, theirs));
+
+        // A child that has exited and been reaped: its pidfd signals nobody, and says so as Ok.
+        let mut child = std::process::Command::new("true")
+            .spawn()
+            .expect("spawn true");
+        // SAFETY: pidfd_open takes no pointers.
+        let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as libc::pid_t, 0) };
+        let raw = cvt(libc::c_int::try_from(raw).unwrap()).expect("pidfd_open");
+        // SAFETY: the fd was just returned by pidfd_open.
+        let pidfd = unsafe { OwnedFd::from_raw_fd(raw) };
+        child.wait().expect("reap the child");
+        kill_process(pidfd.as_fd()).expect("no error for a process that has gone");
     }
 }

@@ -70,35 +70,35 @@ fn short_reply() -> io::Error {
 
 /// A grant handle on the simulated host: `xengntshr` (sharing) or `xengnttab` (mapping).
 #[derive(Debug, Clone)]
-pub struct XsGnt {
+pub struct XensimGnt {
     conn: Arc<HostConn>,
 }
 
-impl XsGnt {
+impl XensimGnt {
     /// Open a grant-sharing handle (gntalloc) as `domid` on the host in `dir`.
-    pub fn open_sharer(dir: &Path, domid: DomId) -> io::Result<XsGnt> {
-        Ok(XsGnt {
+    pub fn open_sharer(dir: &Path, domid: DomId) -> io::Result<XensimGnt> {
+        Ok(XensimGnt {
             conn: Arc::new(HostConn::connect(dir, domid, op::KIND_SHARE, &[])?),
         })
     }
 
     /// Open a grant-mapping handle (gntdev) as `domid` on the host in `dir`.
-    pub fn open_mapper(dir: &Path, domid: DomId) -> io::Result<XsGnt> {
-        Ok(XsGnt {
+    pub fn open_mapper(dir: &Path, domid: DomId) -> io::Result<XensimGnt> {
+        Ok(XensimGnt {
             conn: Arc::new(HostConn::connect(dir, domid, op::KIND_MAP, &[])?),
         })
     }
 
     /// [`open_sharer`](Self::open_sharer) as configured by `XENSIM_DIR` and `XENSIM_DOMID`.
-    pub fn sharer_from_env() -> io::Result<XsGnt> {
+    pub fn sharer_from_env() -> io::Result<XensimGnt> {
         let (dir, domid) = env_config()?;
-        XsGnt::open_sharer(&dir, domid)
+        XensimGnt::open_sharer(&dir, domid)
     }
 
     /// [`open_mapper`](Self::open_mapper) as configured by `XENSIM_DIR` and `XENSIM_DOMID`.
-    pub fn mapper_from_env() -> io::Result<XsGnt> {
+    pub fn mapper_from_env() -> io::Result<XensimGnt> {
         let (dir, domid) = env_config()?;
-        XsGnt::open_mapper(&dir, domid)
+        XensimGnt::open_mapper(&dir, domid)
     }
 
     /// The domain this handle acts as.
@@ -107,7 +107,7 @@ impl XsGnt {
     }
 }
 
-impl AsFd for XsGnt {
+impl AsFd for XensimGnt {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.conn.as_fd()
     }
@@ -220,17 +220,17 @@ fn map_pages(files: &[OwnedFd], pages: &[(usize, usize)], writable: bool) -> io:
     Ok(region)
 }
 
-/// Pages shared through an [`XsGnt`]; dropping unmaps them and ends the grants (the host carries
+/// Pages shared through an [`XensimGnt`]; dropping unmaps them and ends the grants (the host carries
 /// out the unmap notification).
 #[derive(Debug)]
-pub struct XsShared {
+pub struct XensimShared {
     conn: Arc<HostConn>,
     id: u32,
     region: Region,
     refs: Vec<GrantRef>,
 }
 
-impl XsShared {
+impl XensimShared {
     /// End the grants but leave the memory mapped: for a caller (the C `xengntshr_close`) whose
     /// user may already have unmapped the range with plain `munmap`.
     pub fn release_keep_mapping(mut self) {
@@ -238,7 +238,7 @@ impl XsShared {
     }
 }
 
-impl Drop for XsShared {
+impl Drop for XensimShared {
     fn drop(&mut self) {
         // The host forgets the share when the connection closes anyway; nothing to report.
         let _ = self.conn.call(&[op::GNT_UNSHARE, self.id]);
@@ -246,7 +246,7 @@ impl Drop for XsShared {
 }
 
 // SAFETY: the region is mapped read-write for `len` bytes, page-aligned, until `self` is dropped.
-unsafe impl SharedMemory for XsShared {
+unsafe impl SharedMemory for XensimShared {
     fn as_ptr(&self) -> NonNull<u8> {
         self.region.ptr
     }
@@ -255,30 +255,30 @@ unsafe impl SharedMemory for XsShared {
     }
 }
 
-impl SharedPages for XsShared {
+impl SharedPages for XensimShared {
     fn refs(&self) -> &[GrantRef] {
         &self.refs
     }
 }
 
-/// Pages mapped through an [`XsGnt`]; dropping unmaps them (the host carries out the unmap
+/// Pages mapped through an [`XensimGnt`]; dropping unmaps them (the host carries out the unmap
 /// notification).
 #[derive(Debug)]
-pub struct XsMapping {
+pub struct XensimMapping {
     conn: Arc<HostConn>,
     id: u32,
     region: Region,
 }
 
-impl XsMapping {
+impl XensimMapping {
     /// End the mapping's record at the host but leave the memory mapped (see
-    /// [`XsShared::release_keep_mapping`]).
+    /// [`XensimShared::release_keep_mapping`]).
     pub fn release_keep_mapping(mut self) {
         self.region.unmap_on_drop = false;
     }
 }
 
-impl Drop for XsMapping {
+impl Drop for XensimMapping {
     fn drop(&mut self) {
         // Unmap first, then tell the host: its notification must come after our last access.
         if self.region.unmap_on_drop {
@@ -292,7 +292,7 @@ impl Drop for XsMapping {
 
 // SAFETY: the region is mapped (read-only unless writable was asked) for `len` bytes,
 // page-aligned, until `self` is dropped.
-unsafe impl SharedMemory for XsMapping {
+unsafe impl SharedMemory for XensimMapping {
     fn as_ptr(&self) -> NonNull<u8> {
         self.region.ptr
     }
@@ -301,8 +301,8 @@ unsafe impl SharedMemory for XsMapping {
     }
 }
 
-impl GrantShare for XsGnt {
-    type Pages = XsShared;
+impl GrantShare for XensimGnt {
+    type Pages = XensimShared;
 
     fn share_pages(
         &self,
@@ -310,7 +310,7 @@ impl GrantShare for XsGnt {
         count: usize,
         writable: bool,
         notify: Option<UnmapNotify>,
-    ) -> io::Result<XsShared> {
+    ) -> io::Result<XensimShared> {
         if count == 0 || count > MAX_PAGES_PER_CALL {
             return Err(errno(libc::EINVAL));
         }
@@ -328,7 +328,7 @@ impl GrantShare for XsGnt {
         )?;
         let (&id, refs) = values.split_first().ok_or_else(short_reply)?;
         // From here on dropping `share` ends the grants at the host.
-        let mut share = XsShared {
+        let mut share = XensimShared {
             conn: Arc::clone(&self.conn),
             id,
             region: Region {
@@ -348,8 +348,8 @@ impl GrantShare for XsGnt {
     }
 }
 
-impl GrantMap for XsGnt {
-    type Mapping = XsMapping;
+impl GrantMap for XensimGnt {
+    type Mapping = XensimMapping;
 
     fn map_grant_refs(
         &self,
@@ -357,7 +357,7 @@ impl GrantMap for XsGnt {
         refs: &[GrantRef],
         writable: bool,
         notify: Option<UnmapNotify>,
-    ) -> io::Result<XsMapping> {
+    ) -> io::Result<XensimMapping> {
         if refs.is_empty() || refs.len() > MAX_PAGES_PER_CALL {
             return Err(errno(libc::EINVAL));
         }
@@ -372,7 +372,7 @@ impl GrantMap for XsGnt {
         request.extend(refs.iter().map(|r| r.0));
         let (values, files) = self.conn.call_with_fds(&request, &[])?;
         let (&id, placement) = values.split_first().ok_or_else(short_reply)?;
-        let mut mapping = XsMapping {
+        let mut mapping = XensimMapping {
             conn: Arc::clone(&self.conn),
             id,
             region: Region {
@@ -537,7 +537,8 @@ struct MapRecord {
 struct ConnRecord {
     domid: DomId,
     control: bool,
-    pid: Option<libc::pid_t>,
+    /// The connected process (a pidfd, and its id), to kill when its domain is destroyed.
+    process: Option<(OwnedFd, libc::pid_t)>,
     sock: Arc<OwnedFd>,
     events: Option<OwnedFd>,
 }
@@ -1080,22 +1081,27 @@ impl Host {
             .filter(|(_, c)| c.domid == domid)
             .map(|(id, _)| *id)
             .collect();
-        let mut pids = BTreeSet::new();
+        let mut processes = Vec::new();
         for id in conns {
             if let Some(record) = state.reclaim(id) {
                 // SAFETY: a plain syscall on a descriptor the record owns.
                 unsafe { libc::shutdown(record.sock.as_raw_fd(), libc::SHUT_RDWR) };
-                pids.extend(record.pid);
+                processes.extend(record.process);
             }
         }
         drop(state);
+        // Through pidfds taken when each process connected: a process that has exited since is
+        // not signalled, and its id, if reused, names nobody here.
         let me = std::process::id() as libc::pid_t;
-        for pid in pids.into_iter().filter(|&p| p > 1 && p != me) {
-            // SAFETY: kill takes no pointers. The pid came from SO_PEERCRED of a connection that
-            // was open a moment ago.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+        let mut outcome = Ok(());
+        for (pidfd, _) in processes.iter().filter(|(_, pid)| *pid > 1 && *pid != me) {
+            // Every process is tried; the first failure (say EPERM) is the answer.
+            let killed = wire::kill_process(pidfd.as_fd());
+            if outcome.is_ok() {
+                outcome = killed;
+            }
         }
-        Ok(())
+        outcome
     }
 
     fn serve_conn(&self, sock: Arc<OwnedFd>) {
@@ -1161,7 +1167,8 @@ impl Host {
             op::KIND_CONTROL => return Err(libc::EPERM),
             _ => return Err(libc::EINVAL),
         };
-        let pid = wire::peer_pid(sock.as_fd()).ok();
+        // Gone already (or unknowable): nothing to kill later, and nothing wrong with the handle.
+        let process = wire::peer_process(sock.as_fd()).ok();
         let mut state = lock(&self.inner.state);
         if !state.domains.contains(&domid) {
             return Err(libc::ESRCH);
@@ -1173,7 +1180,7 @@ impl Host {
             ConnRecord {
                 domid,
                 control: kind == op::KIND_CONTROL,
-                pid,
+                process,
                 sock: Arc::clone(sock),
                 events,
             },

@@ -1,7 +1,7 @@
 //! The cross-process simulated host's backend: a domain of a running `xensim serve`.
 //!
-//! [`XensimDomain`] implements [`Backend`] with [`gnttab::xensim::XsGnt`] (sharing and mapping),
-//! [`evtchn::xensim::XsEvtchn`] and [`xenstore::client::Client`] on the domain's own xenstore
+//! [`XensimDomain`] implements [`Backend`] with [`gnttab::xensim::XensimGnt`] (sharing and mapping),
+//! [`evtchn::xensim::XensimEvtchn`] and [`xenstore::client::Client`] on the domain's own xenstore
 //! socket. [`XensimDomain::from_env`] takes the host and the domain from the environment that
 //! `xensim run` sets up, so a tool picks this backend at run time when `XENSIM_DIR` is set:
 //!
@@ -21,8 +21,8 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use evtchn::xensim::{env_config, XsEvtchn};
-use gnttab::xensim::XsGnt;
+use evtchn::xensim::{env_config, XensimEvtchn};
+use gnttab::xensim::XensimGnt;
 use xen_types::DomId;
 use xenstore::client::Client;
 
@@ -63,21 +63,21 @@ impl XensimDomain {
 }
 
 impl Backend for XensimDomain {
-    type Events = XsEvtchn;
-    type Sharer = XsGnt;
-    type Mapper = XsGnt;
+    type Events = XensimEvtchn;
+    type Sharer = XensimGnt;
+    type Mapper = XensimGnt;
     type Store = Client;
 
-    fn open_events(&self) -> io::Result<XsEvtchn> {
-        XsEvtchn::open(&self.dir, self.domid)
+    fn open_events(&self) -> io::Result<XensimEvtchn> {
+        XensimEvtchn::open(&self.dir, self.domid)
     }
 
-    fn open_sharer(&self) -> io::Result<XsGnt> {
-        XsGnt::open_sharer(&self.dir, self.domid)
+    fn open_sharer(&self) -> io::Result<XensimGnt> {
+        XensimGnt::open_sharer(&self.dir, self.domid)
     }
 
-    fn open_mapper(&self) -> io::Result<XsGnt> {
-        XsGnt::open_mapper(&self.dir, self.domid)
+    fn open_mapper(&self) -> io::Result<XensimGnt> {
+        XensimGnt::open_mapper(&self.dir, self.domid)
     }
 
     fn open_store(&self) -> xenstore::Result<Client> {

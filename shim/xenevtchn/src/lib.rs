@@ -3,7 +3,7 @@
 //! Exports the C API of `<xenevtchn.h>` under the symbol versions of Xen 4.17's library, so
 //! unmodified C programs (libxenvchan, vchan-socket-proxy) run against the simulated host when
 //! this library is first on their library path (`xensim run` arranges it). Each handle is an
-//! [`evtchn::xensim::XsEvtchn`], configured from `XENSIM_DIR` and `XENSIM_DOMID`.
+//! [`evtchn::xensim::XensimEvtchn`], configured from `XENSIM_DIR` and `XENSIM_DOMID`.
 //!
 //! The handle's fd behaves like `/dev/xen/evtchn`: readable while an event is pending;
 //! [`xenevtchn_pending`] reads it (blocking unless the caller made the fd non-blocking) and the
@@ -16,7 +16,7 @@ use std::io;
 use std::io::Write as _;
 use std::os::fd::{AsFd, AsRawFd};
 
-use evtchn::xensim::XsEvtchn;
+use evtchn::xensim::XensimEvtchn;
 use evtchn::EventChannel;
 use xen_types::{DomId, Port};
 
@@ -25,7 +25,7 @@ const NO_CLOEXEC: c_uint = 1;
 
 /// The opaque `xenevtchn_handle`.
 pub struct Handle {
-    events: XsEvtchn,
+    events: XensimEvtchn,
 }
 
 fn set_errno(code: c_int) {
@@ -72,7 +72,7 @@ unsafe fn handle<'a>(xce: *mut Handle) -> Result<&'a Handle, c_int> {
 /// `errno` set on failure (and says why on stderr, as the C library's default logger does).
 #[no_mangle]
 pub extern "C" fn xenevtchn_open(_logger: *mut c_void, open_flags: c_uint) -> *mut Handle {
-    match XsEvtchn::from_env() {
+    match XensimEvtchn::from_env() {
         Ok(events) => {
             if open_flags & NO_CLOEXEC != 0 {
                 let fd = events.as_fd().as_raw_fd();

@@ -3,7 +3,7 @@
 //! Exports the C API of `<xengnttab.h>` (both the mapping side, `xengnttab_*`, and the sharing
 //! side, `xengntshr_*`) under the symbol versions of Xen 4.17's library, so unmodified C programs
 //! run against the simulated host when this library is first on their library path (`xensim run`
-//! arranges it). Handles are [`gnttab::xensim::XsGnt`]s configured from `XENSIM_DIR` and
+//! arranges it). Handles are [`gnttab::xensim::XensimGnt`]s configured from `XENSIM_DIR` and
 //! `XENSIM_DOMID`.
 //!
 //! As with the kernel devices, closing a handle ends its grants and mapping records (the host
@@ -19,20 +19,20 @@ use std::io::Write as _;
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use gnttab::xensim::{XsGnt, XsMapping, XsShared};
+use gnttab::xensim::{XensimGnt, XensimMapping, XensimShared};
 use gnttab::{GrantMap, GrantShare, SharedMemory, SharedPages, UnmapNotify};
 use xen_types::{DomId, GrantRef, Port, PAGE_SIZE};
 
 /// The opaque `xengnttab_handle` (mapping side).
 pub struct MapHandle {
-    gnt: XsGnt,
-    regions: Mutex<HashMap<usize, XsMapping>>,
+    gnt: XensimGnt,
+    regions: Mutex<HashMap<usize, XensimMapping>>,
 }
 
 /// The opaque `xengntshr_handle` (sharing side).
 pub struct ShareHandle {
-    gnt: XsGnt,
-    regions: Mutex<HashMap<usize, XsShared>>,
+    gnt: XensimGnt,
+    regions: Mutex<HashMap<usize, XensimShared>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -87,7 +87,7 @@ fn writable(prot: c_int) -> bool {
 /// Open a grant-mapping handle as the domain named by `XENSIM_DOMID`.
 #[no_mangle]
 pub extern "C" fn xengnttab_open(_logger: *mut c_void, _open_flags: c_uint) -> *mut MapHandle {
-    match XsGnt::mapper_from_env() {
+    match XensimGnt::mapper_from_env() {
         Ok(gnt) => Box::into_raw(Box::new(MapHandle {
             gnt,
             regions: Mutex::new(HashMap::new()),
@@ -362,7 +362,7 @@ pub extern "C" fn xengnttab_dmabuf_imp_release(_xgt: *mut MapHandle, _fd: u32) -
 /// Open a grant-sharing handle as the domain named by `XENSIM_DOMID`.
 #[no_mangle]
 pub extern "C" fn xengntshr_open(_logger: *mut c_void, _open_flags: c_uint) -> *mut ShareHandle {
-    match XsGnt::sharer_from_env() {
+    match XensimGnt::sharer_from_env() {
         Ok(gnt) => Box::into_raw(Box::new(ShareHandle {
             gnt,
             regions: Mutex::new(HashMap::new()),
