@@ -99,12 +99,12 @@ enum Cmd {
 /// The two ends of a measurement.
 #[derive(Subcommand)]
 enum PeerRole {
-    /// Serve CLIENT_DOMID at data/vchan/<CLIENT_DOMID>/<PORT>: send the stream, or echo.
+    /// Serve CLIENT_DOMID at data/vchan/CLIENT_DOMID/PORT: send the stream, or echo.
     Server {
         /// The client's domain.
         #[arg(value_parser = parse_domid)]
         client_domid: DomId,
-        /// The vchan port (the path data/vchan/<client>/<PORT> under this domain's home).
+        /// The vchan port (the path data/vchan/CLIENT/PORT under this domain's home).
         port: u32,
         /// Minimum size of both rings in bytes (0: the in-page 1024/2048-byte rings).
         ring_min: usize,
