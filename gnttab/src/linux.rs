@@ -18,7 +18,7 @@
 //!
 //! Loopback (sharing with the caller's own domain and mapping it back) is not refused here: on
 //! the Debian 6.1 kernel under Xen 4.17 it works (the QEMU tier exercises it), while PROTOCOL.md
-//! records that some older kernels crash in gntalloc doing it. Callers that must run on such
+//! section 7 says some older kernels crash in gntalloc doing it. Callers that must run on such
 //! kernels should not serve their own domain.
 #![allow(unsafe_code)]
 
