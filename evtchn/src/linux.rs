@@ -20,24 +20,21 @@ use crate::{DomId, EventChannel, Port};
 /// Where the event-channel device lives.
 pub const EVTCHN_PATH: &str = "/dev/xen/evtchn";
 
-/// An error opening the device: names the path, keeps the kind and the OS error as its source.
+/// An error opening the device: names the path and says the OS error (in the message only, so
+/// that a chain of causes prints it once).
 #[derive(Debug)]
 struct OpenError {
     path: PathBuf,
-    source: io::Error,
+    cause: io::Error,
 }
 
 impl fmt::Display for OpenError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "cannot open {}: {}", self.path.display(), self.source)
+        write!(f, "cannot open {}: {}", self.path.display(), self.cause)
     }
 }
 
-impl std::error::Error for OpenError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(&self.source)
-    }
-}
+impl std::error::Error for OpenError {}
 
 /// Open a Xen device node read-write and close-on-exec, with `extra_flags` (such as
 /// `O_NONBLOCK`). A missing device or driver is an `io::Error` of kind `NotFound` whose message
@@ -49,12 +46,12 @@ pub fn open_device(path: &Path, extra_flags: libc::c_int) -> io::Result<OwnedFd>
         .custom_flags(extra_flags)
         .open(path)
         .map(OwnedFd::from)
-        .map_err(|source| {
+        .map_err(|cause| {
             io::Error::new(
-                source.kind(),
+                cause.kind(),
                 OpenError {
                     path: path.to_owned(),
-                    source,
+                    cause,
                 },
             )
         })

@@ -11,12 +11,14 @@ use crate::ring::RingCorrupted;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum VchanError {
-    /// The peer wrote indices that no honest peer can produce.
+    /// The peer wrote indices that no honest peer can produce. (The message says what it wrote;
+    /// the detail is not also the error's `source`, so a chain prints it once.)
     #[error("the peer corrupted the ring: {0}")]
-    RingCorrupted(#[from] RingCorrupted),
-    /// The ring layout asked for, or found in the control page, cannot be used.
+    RingCorrupted(RingCorrupted),
+    /// The ring layout asked for, or found in the control page, cannot be used (said in the
+    /// message, not repeated as the `source`).
     #[error("invalid ring layout: {0}")]
-    Layout(#[from] LayoutError),
+    Layout(LayoutError),
     /// The peer's live byte holds a value with no meaning.
     #[error("the peer's live byte holds {0}, which is not a connection state")]
     BadLiveByte(u8),
@@ -77,6 +79,18 @@ pub enum VchanError {
     },
 }
 
+impl From<RingCorrupted> for VchanError {
+    fn from(e: RingCorrupted) -> VchanError {
+        VchanError::RingCorrupted(e)
+    }
+}
+
+impl From<LayoutError> for VchanError {
+    fn from(e: LayoutError) -> VchanError {
+        VchanError::Layout(e)
+    }
+}
+
 impl VchanError {
     pub(crate) fn backend(op: &'static str) -> impl FnOnce(io::Error) -> VchanError {
         move |source| VchanError::Backend { op, source }
@@ -112,3 +126,45 @@ impl From<VchanError> for io::Error {
 
 /// Result alias for this crate.
 pub type Result<T, E = VchanError> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layout::Side;
+    use std::error::Error;
+
+    /// The message and its causes, as the tools print them.
+    fn chain(e: &dyn Error) -> String {
+        let mut text = e.to_string();
+        let mut source = e.source();
+        while let Some(s) = source {
+            text.push_str(": ");
+            text.push_str(&s.to_string());
+            source = s.source();
+        }
+        text
+    }
+
+    #[test]
+    fn a_corrupted_ring_and_a_bad_layout_say_their_cause_once() {
+        let corrupted = VchanError::from(RingCorrupted {
+            ring: Side::Left,
+            prod: 5000,
+            cons: 0,
+            size: 1024,
+        });
+        let text = chain(&corrupted);
+        assert_eq!(text.matches("claim 5000 bytes").count(), 1, "{text}");
+        let io = io::Error::from(corrupted);
+        assert_eq!(
+            chain(&io).matches("claim 5000 bytes").count(),
+            1,
+            "{}",
+            chain(&io)
+        );
+
+        let layout = VchanError::from(LayoutError::TooLarge { requested: 1 << 30 });
+        let text = chain(&layout);
+        assert_eq!(text.matches("1073741824").count(), 1, "{text}");
+    }
+}
