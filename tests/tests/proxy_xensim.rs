@@ -438,14 +438,26 @@ fn killing_dom0s_proxy_mid_transfer_is_seen_and_leaves_the_host_clean() {
     kill_mid_transfer("proxy-kill-dom0", false);
 }
 
+/// How a test backend ends each connection.
+#[derive(Clone, Copy)]
+enum BackendEnd {
+    /// It closes once it has read and sent everything.
+    Closes,
+    /// It waits for the other side's end first. (Xen's vchan-socket-proxy in server mode
+    /// connects to its backend again at once when the backend closes while the vchan client is
+    /// still there, and sends what comes from that connection to the same client.)
+    WaitsForTheEnd,
+}
+
 /// A Unix-socket backend that, for each of `connections` connections that send anything, reads
-/// `expect` bytes while it sends `reply`, checks what it read, and closes. (An empty
+/// `expect` bytes while it sends `reply`, checks what it read, and ends as `end` says. (An empty
 /// connection, such as a proxy's check at start, is skipped.)
 fn backend(
     listener: UnixListener,
     expect: Vec<u8>,
     reply: Vec<u8>,
     connections: usize,
+    end: BackendEnd,
 ) -> thread::JoinHandle<()> {
     thread::spawn(move || {
         let mut served = 0;
@@ -468,6 +480,11 @@ fn backend(
                 continue;
             }
             assert_eq!(digest(&got), digest(&expect), "the backend got other bytes");
+            if let BackendEnd::WaitsForTheEnd = end {
+                let mut rest = Vec::new();
+                let _ = conn.read_to_end(&mut rest);
+                assert!(rest.is_empty(), "{} bytes after the request", rest.len());
+            }
             served += 1;
         }
     })
@@ -542,6 +559,7 @@ fn our_proxy_reaches_xens_vchan_socket_proxy_at_an_integer_port() {
         to_backend.clone(),
         to_client.clone(),
         2,
+        BackendEnd::WaitsForTheEnd,
     );
     let mut c_proxy = host
         .run_as(
@@ -593,6 +611,7 @@ fn a_libxenvchan_client_reaches_our_proxy_at_an_integer_port() {
         to_backend.clone(),
         to_client.clone(),
         2,
+        BackendEnd::Closes,
     );
     let backend_name = format!("unix://{}", backend_path.display());
     let mut ours = Proxy::start(&host, 1, &["vchan://0/8", &backend_name]);

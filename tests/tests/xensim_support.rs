@@ -165,6 +165,11 @@ impl Host {
         host
     }
 
+    /// The process id of `xensim serve` (the hypervisor and the xenstore daemon).
+    pub fn serve_pid(&self) -> u32 {
+        self.serve.id()
+    }
+
     /// Run an `xensim` subcommand against this host; returns its stdout, panics on failure.
     pub fn xensim(&self, args: &[&str]) -> String {
         let out = Command::new(&artifacts().xensim)
