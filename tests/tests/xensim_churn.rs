@@ -120,7 +120,7 @@ fn connect_and_kill(host: &Host, dom0: &XensimDomain, i: usize) {
     let port = KILLED_SERVER_PORT + ((i / KILL_EVERY) % 2) as u32;
     let port_text = port.to_string();
     let mut buf = [0u8; 16];
-    if (i / KILL_EVERY) % 2 == 0 {
+    if (i / KILL_EVERY).is_multiple_of(2) {
         // The child serves dom0 from the guest; we connect, then it dies.
         let mut child = host
             .run_as(GUEST.0, cat, &["-l", "0", &port_text])
@@ -133,7 +133,7 @@ fn connect_and_kill(host: &Host, dom0: &XensimDomain, i: usize) {
         (&client).write_all(b"x").expect("write to the child");
         child.kill().expect("SIGKILL the child");
         assert!(killed(&wait_for(&mut child, WAIT, "vchan-cat -l")));
-        match (&client).read(&mut buf) {
+        match client.read(&mut buf) {
             Ok(0) => {}
             Ok(n) => panic!("connection {i}: {n} bytes from a killed peer"),
             Err(e) => panic!("connection {i}: {e}"),
@@ -226,7 +226,7 @@ fn ten_thousand_connections_leave_the_host_and_the_store_as_they_were() {
         .keys()
         .chain(after.keys())
         .filter(|k| before.get(*k) != after.get(*k))
-        .filter(|k| !(before.get(*k).is_none() && after[*k].is_empty()))
+        .filter(|k| before.contains_key(*k) || !after[*k].is_empty())
         .collect();
     assert!(changed.is_empty(), "the store changed: {changed:?}");
     let left: Vec<_> = after.keys().filter(|k| !before.contains_key(*k)).collect();
