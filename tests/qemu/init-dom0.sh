@@ -110,6 +110,29 @@ if [ -n "$D" ]; then
         wait
     done
 
+    # The domU's whole domain destroyed mid-transfer (no unmap notification runs in it, no event
+    # comes): our ends, a server and a client each reading the guest's flood, must report the
+    # peer gone within 1 s of `xl destroy` returning, and once they close no zombie domain may
+    # be left (a mapping of its pages would keep it).
+    rm -f /tmp/destroyed
+    ( result destroy-dom0-server timeout 180 $PEER server $D 50 65536 65536 destroy-measure /tmp/destroyed ) &
+    ( result destroy-dom0-client timeout 180 $PEER client $D 51 destroy-measure /tmp/destroyed ) &
+    if wait_key /local/domain/$D/data/flooding; then
+        sleep 0.5
+        xl destroy domu
+        touch /tmp/destroyed
+    else
+        touch /tmp/destroyed
+    fi
+    wait
+    for _ in $(seq 1 150); do xl list | grep -q '(null)' || break; sleep 0.2; done
+    if xl list | grep -q '(null)'; then
+        echo "FAIL destroy-released (a zombie domain is left: its pages are still mapped)"
+        xl list
+    else
+        echo "PASS destroy-released"
+    fi
+
     for _ in $(seq 1 600); do xl list domu >/dev/null 2>&1 || break; sleep 0.2; done
     xl list domu >/dev/null 2>&1 && { echo "domU still running: destroying it"; xl destroy domu; }
     sleep 1

@@ -62,6 +62,15 @@ echo "$BENCH_CELLS" | while read -r impl port ring mode msg count; do
     result "bench-$impl-$port" bench_client "$impl" 0 "$port" "$ring" "$mode" "$msg" "$count"
 done
 
-echo "domU checks done"
-sleep 1
+# The victims of dom0's destroy check: flood dom0 both ways (a client on port 50, a server on
+# port 51) until dom0 destroys this domain.
+$PEER client 0 50 flood /tmp/flowing-50 &
+$PEER server 0 51 65536 65536 flood /tmp/flowing-51 &
+for _ in $(seq 1 900); do
+    [ -e /tmp/flowing-50 ] && [ -e /tmp/flowing-51 ] && break
+    sleep 0.2
+done
+xenstore-write data/flooding 1
+echo "domU checks done (flooding until dom0 destroys this domain)"
+sleep 600
 poweroff -f

@@ -26,6 +26,7 @@ EXPECTED=(
     conduit-domu-calls-dom0 conduit-dom0-calls-domu
     http-dom0-fetches-domu http-domu-fetches-dom0 proxy-dom0-fetches-domu-web
     bench-ours-40 bench-c-41 bench-ours-42 bench-c-43 bench-ours-44 bench-c-45
+    destroy-dom0-server destroy-dom0-client destroy-released
     rust-loopback
 )
 

@@ -104,8 +104,18 @@ enum Resources<B: Backend> {
     Client {
         rings: Vec<<B::Mapper as GrantMap>::Mapping>,
         control: <B::Mapper as GrantMap>::Mapping,
+        /// Kept to ask whether the server's domain still exists (see `peer_domain_alive`).
+        store: B::Store,
         _mapper: B::Mapper,
     },
+}
+
+impl<B: Backend> Resources<B> {
+    fn store(&self) -> &B::Store {
+        match self {
+            Resources::Server { store, .. } | Resources::Client { store, .. } => store,
+        }
+    }
 }
 
 /// One end of a vchan: a byte stream (or a packet channel) to the peer domain.
@@ -132,6 +142,11 @@ pub struct Vchan<B: Backend> {
     deferred: Mutex<Option<VchanError>>,
     /// Set by `shutdown_write`: writes fail with `ShutDown`.
     write_shut: AtomicBool,
+    /// The other end's domain.
+    peer_domain: DomId,
+    /// Set once that domain has been seen destroyed (its xenstore home gone): the peer is closed
+    /// though its live byte never changed (no unmap notification runs in a destroyed domain).
+    peer_gone: AtomicBool,
     resources: Option<Resources<B>>,
 }
 
@@ -303,8 +318,7 @@ impl<B: Backend> Vchan<B> {
             page,
             reader,
             writer,
-            events,
-            port,
+            (events, port),
             Resources::Server {
                 rings,
                 control,
@@ -313,6 +327,7 @@ impl<B: Backend> Vchan<B> {
                 created,
                 _sharer: sharer,
             },
+            client,
         ))
     }
 
@@ -328,7 +343,6 @@ impl<B: Backend> Vchan<B> {
         let me = read_domid(&store)?;
         let path = address.client_path(server, me);
         let (ring_ref, remote_port) = read_server_keys(&store, &path, wait)?;
-        drop(store);
 
         let mapper = backend
             .open_mapper()
@@ -412,13 +426,14 @@ impl<B: Backend> Vchan<B> {
             page,
             reader,
             writer,
-            events,
-            port,
+            (events, port),
             Resources::Client {
                 rings,
                 control,
+                store,
                 _mapper: mapper,
             },
+            server,
         );
         // Check the indices we inherited before announcing ourselves.
         lock(&vchan.reader).available()?;
@@ -437,9 +452,9 @@ impl<B: Backend> Vchan<B> {
         page: ControlPage,
         reader: Consumer,
         writer: Producer,
-        events: B::Events,
-        port: Port,
+        (events, port): (B::Events, Port),
         resources: Resources<B>,
+        peer_domain: DomId,
     ) -> Self {
         Vchan {
             role,
@@ -457,6 +472,8 @@ impl<B: Backend> Vchan<B> {
             notify_failed: AtomicBool::new(false),
             deferred: Mutex::new(None),
             write_shut: AtomicBool::new(false),
+            peer_domain,
+            peer_gone: AtomicBool::new(false),
             resources: Some(resources),
         }
     }
@@ -483,6 +500,11 @@ impl<B: Backend> Vchan<B> {
 
     /// The connection's state, from the peer's live byte.
     pub fn state(&self) -> Result<State> {
+        // ORDERING: Acquire pairs with the Release store in `peer_domain_alive`; the flag
+        // carries no other data.
+        if self.peer_gone.load(Ordering::Acquire) {
+            return Ok(State::PeerClosed);
+        }
         match (self.role, self.page.live(self.role.peer_live())) {
             (_, abi::LIVE_EXITED) => Ok(State::PeerClosed),
             (_, abi::LIVE_CONNECTED) => Ok(State::Connected),
@@ -632,6 +654,7 @@ impl<B: Backend> Vchan<B> {
         };
         let deadline = self.deadline(timeout);
         let mut final_look = false;
+        let mut next_check = None;
         loop {
             let ticket = self.waiter.ticket();
             let mut guard = lock(half);
@@ -693,7 +716,50 @@ impl<B: Backend> Vchan<B> {
             if nonblocking {
                 return Err(VchanError::WouldBlock);
             }
-            self.waiter.wait(&self.events, ticket, deadline)?;
+            self.sleep(ticket, deadline, &mut next_check)?;
+        }
+    }
+
+    /// Sleep until an event after `ticket`, `deadline` (`TimedOut`), or the next look at whether
+    /// the peer's domain still exists (every [`LIVENESS_CHECK`] of sleep; `next_check` keeps the
+    /// time across calls). Returns early on any wake: the caller looks at its ring again.
+    fn sleep(
+        &self,
+        ticket: u64,
+        deadline: Option<Instant>,
+        next_check: &mut Option<Instant>,
+    ) -> Result<()> {
+        let check_at = *next_check.get_or_insert_with(|| Instant::now() + LIVENESS_CHECK);
+        let wake_by = deadline.map_or(check_at, |d| d.min(check_at));
+        match self.waiter.wait(&self.events, ticket, Some(wake_by)) {
+            Err(VchanError::TimedOut) if deadline.is_none_or(|d| Instant::now() < d) => {}
+            other => other?,
+        }
+        let now = Instant::now();
+        if now >= check_at {
+            *next_check = Some(now + LIVENESS_CHECK);
+            self.peer_domain_alive();
+        }
+        Ok(())
+    }
+
+    /// Whether the peer's domain still exists, as far as this domain can tell; records the
+    /// answer "no" for `state`. A destroyed domain runs no unmap notification, so neither its
+    /// live byte nor an event says it went; the toolstack removes its xenstore home, which a
+    /// privileged domain (dom0) can see. A guest cannot read another guest's home (xenstored
+    /// answers EACCES whether it exists or not), so there this always says yes.
+    fn peer_domain_alive(&self) -> bool {
+        let Some(resources) = &self.resources else {
+            return true;
+        };
+        let home = format!("/local/domain/{}", self.peer_domain);
+        match resources.store().read(xenstore::TxId::NONE, &home) {
+            Err(xenstore::XenstoreError::Errno(xenstore::Errno::ENOENT)) => {
+                // ORDERING: Release pairs with the Acquire load in `state`.
+                self.peer_gone.store(true, Ordering::Release);
+                false
+            }
+            _ => true,
         }
     }
 
@@ -735,13 +801,14 @@ impl<B: Backend> Vchan<B> {
     /// Wait until the client has connected (server) or the peer has closed, up to `timeout`.
     pub fn wait_connected(&self, timeout: Option<Duration>) -> Result<State> {
         let deadline = timeout.map(|t| Instant::now() + t);
+        let mut next_check = None;
         loop {
             let ticket = self.waiter.ticket();
             let state = self.state()?;
             if state != State::WaitingForPeer {
                 return Ok(state);
             }
-            self.waiter.wait(&self.events, ticket, deadline)?;
+            self.sleep(ticket, deadline, &mut next_check)?;
         }
     }
 
@@ -845,6 +912,7 @@ impl<B: Backend> Vchan<B> {
             Resources::Client {
                 rings,
                 control,
+                store: _,
                 _mapper,
             } => {
                 drop(rings);
@@ -899,6 +967,11 @@ impl<B: Backend> Vchan<B> {
         }
     }
 }
+
+/// How often a sleeping endpoint looks whether the peer's domain still exists (a destroyed
+/// domain says nothing on the ring or the event channel): a peer domain's death is noticed
+/// within this, plus one xenstore round trip.
+const LIVENESS_CHECK: Duration = Duration::from_millis(500);
 
 /// How long a blocking call polls the ring before it asks the peer for an event and sleeps. A
 /// peer on another CPU that is keeping up answers well within this (a ring round trip takes

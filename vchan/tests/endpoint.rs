@@ -473,3 +473,79 @@ fn shutdown_write_is_a_half_close_for_a_peer_of_this_crate() {
         host.assert_clean();
     }
 }
+
+/// The toolstack destroys the client's domain (it removes the domain's xenstore home; the
+/// domain's kernel never runs again, so no unmap notification clears a live byte and no event
+/// comes): dom0's endpoint, asleep in a read (server) or in a write with its ring full
+/// (client), reports the peer gone within a second. A peer whose domain lives is never taken for
+/// gone, however long the sleep.
+#[test]
+fn a_destroyed_peer_domain_is_noticed_by_a_sleeping_dom0_endpoint_within_a_second() {
+    use vchan::Backend;
+    use xenstore::{TxId, XenStore};
+    for dom0_serves in [true, false] {
+        let host = Host::new();
+        let sizes = RingSizes {
+            server_read: 4096,
+            server_write: 4096,
+        };
+        let (dom0_end, guest_end) = if dom0_serves {
+            host.pair(sizes)
+        } else {
+            // The guest serves dom0.
+            let server = Vchan::server(&host.client_dom, SERVER, &Address::Port(2), sizes).unwrap();
+            let client = Vchan::client(&host.server_dom, CLIENT, &Address::Port(2), None).unwrap();
+            (client, server)
+        };
+        // Both asleep well past a liveness look: nobody is taken for gone.
+        let started = Instant::now();
+        thread::scope(|s| {
+            let guest = s.spawn(|| guest_end.read(&mut [0u8; 16]));
+            thread::sleep(Duration::from_millis(1300));
+            assert_eq!(dom0_end.state().unwrap(), State::Connected);
+            assert_eq!(guest_end.state().unwrap(), State::Connected);
+            (&dom0_end).write_all(b"x").unwrap();
+            assert_eq!(guest.join().unwrap().unwrap(), 1);
+        });
+        assert!(started.elapsed() >= Duration::from_millis(1300));
+        // dom0 asleep: reading (it serves) or writing into a full ring (it is the client); a
+        // timeout far past the bound, so that missing the death fails rather than hangs.
+        dom0_end.set_read_timeout(Some(Duration::from_secs(5)));
+        dom0_end.set_write_timeout(Some(Duration::from_secs(5)));
+        let outcome = thread::scope(|s| {
+            let blocked = s.spawn(|| {
+                if dom0_serves {
+                    dom0_end.read(&mut [0u8; 16]).map(|n| n as i64)
+                } else {
+                    let chunk = vec![7u8; 64 * 1024];
+                    loop {
+                        match dom0_end.write(&chunk) {
+                            Ok(_) => continue,
+                            Err(e) => break Err(e),
+                        }
+                    }
+                }
+            });
+            thread::sleep(Duration::from_millis(200));
+            let destroyed = Instant::now();
+            let store = host.server_dom.open_store().unwrap();
+            store
+                .rm(TxId::NONE, &format!("/local/domain/{CLIENT}"))
+                .unwrap();
+            let outcome = blocked.join().unwrap();
+            (outcome, destroyed.elapsed())
+        });
+        let (result, noticed) = outcome;
+        match (dom0_serves, result) {
+            (true, Ok(0)) | (false, Err(VchanError::PeerClosed)) => {}
+            (serves, other) => panic!("dom0 serves: {serves}: {other:?}"),
+        }
+        assert!(
+            noticed < Duration::from_secs(1),
+            "noticed after {noticed:?}"
+        );
+        assert_eq!(dom0_end.state().unwrap(), State::PeerClosed);
+        println!("dom0 serves: {dom0_serves}: the destroyed domain noticed in {noticed:?}");
+        drop((dom0_end, guest_end));
+    }
+}

@@ -9,7 +9,8 @@
 //! Modes: `echo` (send back everything until the peer closes), `echo-check FILE` (send the file while
 //! reading it back, compare), `flood MARKER` (write for ever; create MARKER once data flows),
 //! `drain-measure` (read until the peer goes; fail unless that was noticed within 1 s of the last
-//! data). `--caps` checks the ring capacities this end sees. Exit status 0 means the check held;
+//! data), `destroy-measure MARKER` (the same while the peer's whole domain is destroyed: within
+//! 1 s of `xl destroy` returning, MARKER's creation). `--caps` checks the ring capacities this end sees. Exit status 0 means the check held;
 //! diagnostics go to stderr.
 //!
 //! `qemu-peer devices` exercises the `/dev/xen` backends directly, in dom0 against itself.
@@ -285,6 +286,7 @@ fn mode(chan: Chan, args: &[String]) -> Res {
         }
         "flood" => flood(&chan, arg(args, 1, "marker file")?),
         "drain-measure" => drain_measure(&chan),
+        "destroy-measure" => destroy_measure(chan, arg(args, 1, "marker file")?),
         other => Err(format!("unknown mode {other:?}").into()),
     }
 }
@@ -363,6 +365,52 @@ fn drain_measure(chan: &Chan) -> Res {
     }
     if gap > DEATH_NOTICED_WITHIN {
         return Err(format!("the peer's death was noticed {gap:?} after its last data").into());
+    }
+    Ok(())
+}
+
+/// Read until the peer goes, while the test script destroys the peer's whole domain (`xl
+/// destroy`: no unmap notification runs there, no event comes) and then creates `marker`. Fail
+/// unless the end was noticed within 1 s of `xl destroy` returning, and unless the close then
+/// releases everything (reported by the close; the script checks that no zombie domain is left,
+/// which a mapping of the dead domain's pages would keep).
+fn destroy_measure(chan: Chan, marker: &str) -> Res {
+    chan.set_read_timeout(Some(Duration::from_secs(120)));
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
+    let ended = loop {
+        match chan.read(&mut buf) {
+            Ok(0) => break "end of stream",
+            Ok(n) => total += n as u64,
+            Err(vchan::VchanError::PeerClosed) => break "peer closed",
+            Err(e) => return Err(e.into()),
+        }
+    };
+    let noticed = Instant::now();
+    let state = chan.state()?;
+    // The script creates the marker as soon as `xl destroy` returns.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !std::path::Path::new(marker).exists() {
+        if Instant::now() > deadline {
+            return Err(format!("no {marker}: the domain was not destroyed").into());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let destroyed = Instant::now();
+    let late = noticed.saturating_duration_since(destroyed);
+    eprintln!(
+        "{ended} after {total} bytes; noticed {late:?} after xl destroy returned (or before it); \
+         state {state:?}"
+    );
+    chan.close()?;
+    if total == 0 {
+        return Err("no data arrived before the domain was destroyed".into());
+    }
+    if state != State::PeerClosed {
+        return Err(format!("state {state:?} after the domain was destroyed").into());
+    }
+    if late > DEATH_NOTICED_WITHIN {
+        return Err(format!("the destroyed domain was noticed {late:?} after xl destroy").into());
     }
     Ok(())
 }
