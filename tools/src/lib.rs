@@ -41,6 +41,15 @@ pub fn parse_cli<C: clap::Parser>(program: &str) -> Result<C, std::process::Exit
             let _ = write!(std::io::stdout(), "{e}");
             Err(std::process::ExitCode::SUCCESS)
         }
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            // clap would print the help (on one line, its first sentence): say what is missing.
+            let _ = writeln!(
+                std::io::stderr(),
+                "{program}: {} (see '{program} --help')",
+                missing_command(&C::command())
+            );
+            Err(std::process::ExitCode::from(2))
+        }
         Err(e) => {
             // clap's message up to its usage section, on one line.
             let text = e.to_string();
@@ -57,6 +66,33 @@ pub fn parse_cli<C: clap::Parser>(program: &str) -> Result<C, std::process::Exit
             );
             Err(std::process::ExitCode::from(2))
         }
+    }
+}
+
+/// `missing a command: a, b or c` for the deepest command named on the command line.
+fn missing_command(top: &clap::Command) -> String {
+    let mut command = top;
+    let mut path = Vec::new();
+    for arg in std::env::args_os().skip(1) {
+        if let Some(sub) = command.find_subcommand(&arg) {
+            path.push(sub.get_name().to_owned());
+            command = sub;
+        }
+    }
+    let mut names: Vec<&str> = command
+        .get_subcommands()
+        .map(clap::Command::get_name)
+        .filter(|n| *n != "help")
+        .collect();
+    let list = match names.pop() {
+        Some(last) if !names.is_empty() => format!("{} or {last}", names.join(", ")),
+        Some(last) => last.to_owned(),
+        None => return "missing arguments".to_owned(),
+    };
+    if path.is_empty() {
+        format!("missing a command: {list}")
+    } else {
+        format!("{} needs a command: {list}", path.join(" "))
     }
 }
 

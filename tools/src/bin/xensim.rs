@@ -358,7 +358,10 @@ fn stats(opts: &Options) -> Result<(), Failure> {
 fn main() -> ExitCode {
     let mut args: Vec<OsString> = std::env::args_os().skip(1).collect();
     if args.is_empty() {
-        let _ = writeln!(std::io::stderr(), "{USAGE}");
+        let _ = writeln!(
+            std::io::stderr(),
+            "xensim: missing command: serve, create, destroy, run or stats (see 'xensim --help')"
+        );
         return ExitCode::from(2);
     }
     let command = args.remove(0).to_string_lossy().into_owned();

@@ -59,9 +59,12 @@ fn failed(what: &str, path: &str, e: &XenstoreError) -> Failure {
 
 fn connect() -> Result<Client, Failure> {
     Client::open().map_err(|e| {
+        let error = describe(&e);
         let socket = daemon_socket_path();
         let is_socket = std::fs::metadata(&socket).is_ok_and(|m| m.file_type().is_socket());
-        let hint = if is_socket {
+        // The error names the path it tried; the socket is worth naming only when that was
+        // another one (the xenbus device fallen back to).
+        let hint = if is_socket || error.contains(&*socket.to_string_lossy()) {
             String::new()
         } else {
             format!(
@@ -69,10 +72,7 @@ fn connect() -> Result<Client, Failure> {
                 socket.display()
             )
         };
-        Failure::runtime(format!(
-            "cannot connect to xenstore: {}{hint}",
-            describe(&e)
-        ))
+        Failure::runtime(format!("cannot connect to xenstore: {error}{hint}"))
     })
 }
 
