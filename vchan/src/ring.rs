@@ -8,8 +8,14 @@
 //! buffer addresses, our own indices) is kept in private memory.
 
 use core::fmt;
-use core::ptr::{self, NonNull};
+#[cfg(not(vchan_loom))]
+use core::ptr;
+use core::ptr::NonNull;
+#[cfg(not(vchan_loom))]
 use core::sync::atomic::{fence, AtomicU16, AtomicU32, AtomicU8, Ordering};
+// Under the model checker the same code runs on loom's atomics and fences (see `loom_page`).
+#[cfg(vchan_loom)]
+use loom::sync::atomic::{fence, AtomicU16, AtomicU32, AtomicU8, Ordering};
 
 use crate::abi;
 use crate::layout::Side;
@@ -55,6 +61,7 @@ impl ControlPage {
         self.base
     }
 
+    #[cfg(not(vchan_loom))]
     fn u32_at(&self, offset: usize) -> &AtomicU32 {
         assert!(offset.is_multiple_of(4) && offset + 4 <= abi::PAGE_SIZE);
         // SAFETY: the offset is in the page and 4-aligned (checked above; the page base is
@@ -63,23 +70,55 @@ impl ControlPage {
         unsafe { AtomicU32::from_ptr(self.base.as_ptr().add(offset).cast()) }
     }
 
+    #[cfg(not(vchan_loom))]
     fn u16_at(&self, offset: usize) -> &AtomicU16 {
         assert!(offset.is_multiple_of(2) && offset + 2 <= abi::PAGE_SIZE);
         // SAFETY: as for `u32_at`, with 2-byte alignment.
         unsafe { AtomicU16::from_ptr(self.base.as_ptr().add(offset).cast()) }
     }
 
+    #[cfg(not(vchan_loom))]
     fn u8_at(&self, offset: usize) -> &AtomicU8 {
         assert!(offset < abi::PAGE_SIZE);
         // SAFETY: as for `u32_at`; a byte needs no alignment.
         unsafe { AtomicU8::from_ptr(self.base.as_ptr().add(offset)) }
     }
 
+    #[cfg(vchan_loom)]
+    fn u32_at(&self, offset: usize) -> &AtomicU32 {
+        self.loom().u32_at(offset)
+    }
+
+    #[cfg(vchan_loom)]
+    fn u16_at(&self, offset: usize) -> &AtomicU16 {
+        self.loom().u16_at(offset)
+    }
+
+    #[cfg(vchan_loom)]
+    fn u8_at(&self, offset: usize) -> &AtomicU8 {
+        self.loom().u8_at(offset)
+    }
+
+    /// Under the model checker `base` is a [`loom_page::Page`], not a mapped page.
+    #[cfg(vchan_loom)]
+    fn loom(&self) -> &loom_page::Page {
+        // SAFETY: under `vchan_loom` the only pages are `loom_page::Page`s, which the model keeps
+        // alive for as long as the view is used (`ControlPage::new`'s contract there).
+        unsafe { &*self.base.as_ptr().cast::<loom_page::Page>() }
+    }
+
     /// Zero the whole page (the server does this before filling it in).
+    #[cfg(not(vchan_loom))]
     pub fn zero(&self) {
         // SAFETY: the page is valid for writes of PAGE_SIZE bytes (see `new`); no reference to it
         // exists, and nobody else has mapped it yet when the server calls this.
         unsafe { ptr::write_bytes(self.base.as_ptr(), 0, abi::PAGE_SIZE) };
+    }
+
+    /// Zero the control words (the model's page has no grant list).
+    #[cfg(vchan_loom)]
+    pub fn zero(&self) {
+        self.loom().zero();
     }
 
     /// Read a ring's order (once: the caller keeps the value).
@@ -457,9 +496,9 @@ impl Consumer {
         // store of `cons` below. A hostile peer that writes them anyway only changes the bytes
         // we copy; it cannot reach our memory.
         unsafe {
-            let data = self.end.ring.data.as_ptr();
-            ptr::copy_nonoverlapping(data.add(start), buf.as_mut_ptr(), first);
-            ptr::copy_nonoverlapping(data, buf.as_mut_ptr().add(first), buf.len() - first);
+            let data = self.end.ring.data;
+            copy_out(data, start, &mut buf[..first]);
+            copy_out(data, 0, &mut buf[first..]);
         }
         // Ring sizes are at most 1 MiB and `buf.len()` is at most the ready count.
         self.cons = self.cons.wrapping_add(buf.len() as u32);
@@ -573,9 +612,9 @@ impl Producer {
         // and read from a private buffer. The bytes are free: the peer's Release store of `cons`
         // (loaded with Acquire in `space`) says it has finished reading them.
         unsafe {
-            let data = self.end.ring.data.as_ptr();
-            ptr::copy_nonoverlapping(buf.as_ptr(), data.add(start), first);
-            ptr::copy_nonoverlapping(buf.as_ptr().add(first), data, buf.len() - first);
+            let data = self.end.ring.data;
+            copy_in(data, start, &buf[..first]);
+            copy_in(data, 0, &buf[first..]);
         }
         // Ring sizes are at most 1 MiB and `buf.len()` is at most the free space.
         self.prod = self.prod.wrapping_add(buf.len() as u32);
@@ -583,6 +622,134 @@ impl Producer {
         self.end
             .page
             .take_notify_request(self.end.own_notify, abi::NOTIFY_WRITE)
+    }
+}
+
+/// Copy ring bytes `data[offset..offset + out.len()]` into private memory.
+///
+/// # Safety
+///
+/// The range is inside the ring's data, which is valid for reads (the ring's contract).
+#[cfg(not(vchan_loom))]
+unsafe fn copy_out(data: NonNull<u8>, offset: usize, out: &mut [u8]) {
+    // SAFETY: the caller's contract; `out` is private memory, never part of the ring.
+    unsafe { ptr::copy_nonoverlapping(data.as_ptr().add(offset), out.as_mut_ptr(), out.len()) }
+}
+
+/// Copy private bytes into the ring at `data[offset..]`.
+///
+/// # Safety
+///
+/// The range is inside the ring's data, which is valid for writes (the ring's contract).
+#[cfg(not(vchan_loom))]
+unsafe fn copy_in(data: NonNull<u8>, offset: usize, bytes: &[u8]) {
+    // SAFETY: the caller's contract; `bytes` is private memory, never part of the ring.
+    unsafe { ptr::copy_nonoverlapping(bytes.as_ptr(), data.as_ptr().add(offset), bytes.len()) }
+}
+
+/// Under the model checker ring bytes are loom cells, so that loom checks each access is
+/// ordered after the index store that published it.
+///
+/// # Safety
+///
+/// `data` points at the ring's `loom_page::Cells`, and the range is inside it.
+#[cfg(vchan_loom)]
+unsafe fn copy_out(data: NonNull<u8>, offset: usize, out: &mut [u8]) {
+    // SAFETY: the caller's contract.
+    let cells = unsafe { &*data.as_ptr().cast::<loom_page::Cells>() };
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = cells.0[offset + i].with(|p| {
+            // SAFETY: loom checks this read does not race with a write.
+            unsafe { *p }
+        });
+    }
+}
+
+/// See the other `copy_out`.
+///
+/// # Safety
+///
+/// `data` points at the ring's `loom_page::Cells`, and the range is inside it.
+#[cfg(vchan_loom)]
+unsafe fn copy_in(data: NonNull<u8>, offset: usize, bytes: &[u8]) {
+    // SAFETY: the caller's contract.
+    let cells = unsafe { &*data.as_ptr().cast::<loom_page::Cells>() };
+    for (i, byte) in bytes.iter().enumerate() {
+        cells.0[offset + i].with_mut(|p| {
+            // SAFETY: loom checks this write does not race with a read or a write.
+            unsafe { *p = *byte }
+        });
+    }
+}
+
+/// The control page and ring bytes as the model checker's objects (`--cfg vchan_loom`): the
+/// ring code above runs unchanged on them, through `ControlPage`'s accessors and
+/// `copy_in`/`copy_out`.
+#[cfg(vchan_loom)]
+pub mod loom_page {
+    use super::{AtomicU16, AtomicU32, AtomicU8};
+    use crate::abi;
+    use loom::cell::UnsafeCell;
+
+    /// The control words of a vchan page (indices, orders, live and notify bytes).
+    pub struct Page {
+        indices: [AtomicU32; 4],
+        orders: [AtomicU16; 2],
+        bytes: [AtomicU8; 4],
+    }
+
+    impl Page {
+        /// A zeroed page, both sides live.
+        pub fn new() -> Page {
+            let page = Page {
+                indices: core::array::from_fn(|_| AtomicU32::new(0)),
+                orders: core::array::from_fn(|_| AtomicU16::new(0)),
+                bytes: core::array::from_fn(|_| AtomicU8::new(0)),
+            };
+            page.bytes[abi::CLI_LIVE - abi::CLI_LIVE].store(1, super::Ordering::Relaxed);
+            page.bytes[abi::SRV_LIVE - abi::CLI_LIVE].store(1, super::Ordering::Relaxed);
+            page
+        }
+
+        pub(super) fn u32_at(&self, offset: usize) -> &AtomicU32 {
+            &self.indices[offset / 4]
+        }
+
+        pub(super) fn zero(&self) {
+            for word in &self.indices {
+                word.store(0, super::Ordering::Relaxed);
+            }
+            for word in &self.orders {
+                word.store(0, super::Ordering::Relaxed);
+            }
+            for byte in &self.bytes {
+                byte.store(0, super::Ordering::Relaxed);
+            }
+        }
+
+        pub(super) fn u16_at(&self, offset: usize) -> &AtomicU16 {
+            &self.orders[(offset - abi::LEFT_ORDER) / 2]
+        }
+
+        pub(super) fn u8_at(&self, offset: usize) -> &AtomicU8 {
+            &self.bytes[offset - abi::CLI_LIVE]
+        }
+    }
+
+    impl Default for Page {
+        fn default() -> Page {
+            Page::new()
+        }
+    }
+
+    /// The data bytes of one ring.
+    pub struct Cells(pub(super) Vec<UnsafeCell<u8>>);
+
+    impl Cells {
+        /// `size` zero bytes.
+        pub fn new(size: usize) -> Cells {
+            Cells((0..size).map(|_| UnsafeCell::new(0)).collect())
+        }
     }
 }
 
