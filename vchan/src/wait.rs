@@ -8,11 +8,51 @@
 //! lands between that look and its sleep is never missed: the generation will have moved.
 
 use std::os::fd::{AsFd, AsRawFd};
+#[cfg(not(vchan_loom))]
 use std::sync::atomic::{AtomicU64, Ordering};
+#[cfg(not(vchan_loom))]
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+// Under the model checker the same code runs on loom's atomics, mutex and condition variable
+// (see the `loom_model` tests below).
+#[cfg(vchan_loom)]
+use loom::sync::atomic::{AtomicU64, Ordering};
+#[cfg(vchan_loom)]
+use loom::sync::{Condvar, Mutex, MutexGuard};
+#[cfg(vchan_loom)]
+use std::sync::PoisonError;
+
 use evtchn::EventChannel;
+
+/// What the waiter needs of an event channel: sleep until an event is pending, and take one.
+/// Every [`EventChannel`] is one (its fd is polled); the loom model has its own.
+pub(crate) trait EventSource {
+    /// Wait until an event is pending or `timeout` passes; whether one is.
+    fn wait_pending(&self, timeout: Option<Duration>) -> Result<bool>;
+    /// Take one delivered event and re-arm its port; whether there was one.
+    fn take_one(&self) -> Result<bool>;
+}
+
+impl<E: EventChannel> EventSource for E {
+    fn wait_pending(&self, timeout: Option<Duration>) -> Result<bool> {
+        poll_readable(self, timeout)
+    }
+
+    fn take_one(&self) -> Result<bool> {
+        match self
+            .pending()
+            .map_err(VchanError::backend("take an event"))?
+        {
+            Some(port) => {
+                self.unmask(port)
+                    .map_err(VchanError::backend("unmask the event channel"))?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+}
 
 use crate::error::{Result, VchanError};
 
@@ -48,7 +88,7 @@ impl Waiter {
 
     /// Sleep until an event arrives after `ticket` was taken, or `deadline` passes
     /// (`VchanError::TimedOut`). Returns early on any wake: the caller re-checks its ring.
-    pub(crate) fn wait<E: EventChannel>(
+    pub(crate) fn wait<E: EventSource>(
         &self,
         events: &E,
         ticket: u64,
@@ -63,7 +103,7 @@ impl Waiter {
             if !*leader_present {
                 *leader_present = true;
                 drop(leader_present);
-                let outcome = poll_readable(events, timeout).and_then(|ready| {
+                let outcome = events.wait_pending(timeout).and_then(|ready| {
                     if ready {
                         take_events(events).map(drop)
                     } else {
@@ -90,7 +130,7 @@ impl Waiter {
 
     /// Take whatever events are pending without sleeping (non-blocking mode), waking any other
     /// waiters so none of them misses what was taken. Returns how many were taken.
-    pub(crate) fn take_pending<E: EventChannel>(&self, events: &E) -> Result<usize> {
+    pub(crate) fn take_pending<E: EventSource>(&self, events: &E) -> Result<usize> {
         let taken = take_events(events);
         if !matches!(taken, Ok(0)) {
             let _guard = lock(&self.leader_present);
@@ -126,18 +166,9 @@ fn remaining(deadline: Option<Instant>) -> Result<Option<Duration>> {
 }
 
 /// Take delivered events and re-arm their ports; returns how many were taken.
-fn take_events<E: EventChannel>(events: &E) -> Result<usize> {
+fn take_events<E: EventSource>(events: &E) -> Result<usize> {
     let mut taken = 0;
-    while taken < MAX_EVENTS_PER_WAKE {
-        match events
-            .pending()
-            .map_err(VchanError::backend("take an event"))?
-        {
-            Some(port) => events
-                .unmask(port)
-                .map_err(VchanError::backend("unmask the event channel"))?,
-            None => break,
-        }
+    while taken < MAX_EVENTS_PER_WAKE && events.take_one()? {
         taken += 1;
     }
     Ok(taken)
@@ -170,4 +201,103 @@ fn poll_readable(fd: &impl AsFd, timeout: Option<Duration>) -> Result<bool> {
         });
     }
     Ok(rc > 0)
+}
+
+/// A loom model of the waiter (`--cfg vchan_loom`, see DESIGN.md "The model checker"): two
+/// threads sleep on one handle, each for its own condition (a reader for data, a writer for
+/// room), while the peer makes each true and sends an event, as it does after publishing an
+/// index. Whoever leads takes both events; neither may sleep on after its condition is true.
+#[cfg(all(test, vchan_loom))]
+mod loom_model {
+    use super::*;
+    use loom::sync::atomic::{AtomicBool, AtomicUsize};
+    use loom::sync::{Arc, Notify};
+    use loom::thread;
+
+    /// An event channel as the model has it: delivered events counted, and a bell the leader
+    /// sleeps on (a pending notification is kept, as an event channel keeps its pending bit).
+    struct Events {
+        pending: AtomicUsize,
+        bell: Notify,
+    }
+
+    impl Events {
+        fn deliver(&self) {
+            self.pending.fetch_add(1, Ordering::SeqCst);
+            self.bell.notify();
+        }
+    }
+
+    impl EventSource for Events {
+        fn wait_pending(&self, _timeout: Option<Duration>) -> Result<bool> {
+            while self.pending.load(Ordering::SeqCst) == 0 {
+                self.bell.wait();
+            }
+            Ok(true)
+        }
+
+        fn take_one(&self) -> Result<bool> {
+            let mut seen = self.pending.load(Ordering::SeqCst);
+            loop {
+                if seen == 0 {
+                    return Ok(false);
+                }
+                match self.pending.compare_exchange(
+                    seen,
+                    seen - 1,
+                    Ordering::SeqCst,
+                    Ordering::SeqCst,
+                ) {
+                    Ok(_) => return Ok(true),
+                    Err(now) => seen = now,
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn two_waiters_on_one_handle_never_sleep_past_their_event() {
+        let mut builder = loom::model::Builder::new();
+        if builder.preemption_bound.is_none() {
+            builder.preemption_bound = Some(3);
+        }
+        builder.check(|| {
+            let waiter = Arc::new(Waiter::new());
+            let events = Arc::new(Events {
+                pending: AtomicUsize::new(0),
+                bell: Notify::new(),
+            });
+            let conditions = [
+                Arc::new(AtomicBool::new(false)),
+                Arc::new(AtomicBool::new(false)),
+            ];
+            let sleepers: Vec<_> = conditions
+                .iter()
+                .map(|condition| {
+                    let (waiter, events, condition) = (
+                        Arc::clone(&waiter),
+                        Arc::clone(&events),
+                        Arc::clone(condition),
+                    );
+                    thread::spawn(move || loop {
+                        // As the endpoint does: the ticket before the last look, then sleep.
+                        let ticket = waiter.ticket();
+                        if condition.load(Ordering::SeqCst) {
+                            break;
+                        }
+                        waiter
+                            .wait(&*events, ticket, None)
+                            .expect("no error in the model");
+                    })
+                })
+                .collect();
+            for condition in &conditions {
+                condition.store(true, Ordering::SeqCst);
+                events.deliver();
+            }
+            for sleeper in sleepers {
+                sleeper.join().expect("a sleeper");
+            }
+        });
+    }
 }
