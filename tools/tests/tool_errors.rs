@@ -136,12 +136,7 @@ fn bad_arguments_are_one_line_status_2_and_point_at_help() {
             &["vchan:/5"],
             "\"vchan:/5\" is not an endpoint",
         ),
-        (
-            CAT,
-            "vchan-cat",
-            &["tls+tcp://h:1"],
-            "takes no certificates",
-        ),
+        (CAT, "vchan-cat", &["tls+tcp://h:1"], "need certificates"),
         (XS, "xs", &[], "missing command"),
         (XS, "xs", &["bogus"], "unknown command \"bogus\""),
         (XS, "xs", &["read"], "wrong number of arguments for read"),

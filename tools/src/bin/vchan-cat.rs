@@ -129,7 +129,7 @@ fn parse(args: Vec<String>) -> Result<Options, String> {
             let endpoint: Endpoint = positional[0].parse().map_err(|e| format!("{e}"))?;
             if endpoint.tls {
                 return Err(
-                    "vchan-cat takes no certificates for tls+ endpoints: use vchan-proxy".into(),
+                    "tls+ endpoints need certificates, which this tool takes no options for: use vchan-proxy".into(),
                 );
             }
             if sizes_given && !matches!(endpoint.transport, Transport::Vchan { .. }) {
