@@ -752,6 +752,11 @@ impl<B: Backend> Vchan<B> {
         let Some(resources) = &self.resources else {
             return true;
         };
+        // A server's client may not have been created yet (a toolstack can start the server
+        // first): only a client that has connected, so whose domain existed, can be gone.
+        if self.role == Role::Server && self.page.live(self.role.peer_live()) == abi::LIVE_WAITING {
+            return true;
+        }
         let home = format!("/local/domain/{}", self.peer_domain);
         match resources.store().read(xenstore::TxId::NONE, &home) {
             Err(xenstore::XenstoreError::Errno(xenstore::Errno::ENOENT)) => {

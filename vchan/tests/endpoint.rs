@@ -474,6 +474,29 @@ fn shutdown_write_is_a_half_close_for_a_peer_of_this_crate() {
     }
 }
 
+/// A server may be started for a client domain the toolstack has not created yet: its wait for
+/// the client outlasts several liveness looks and ends when the client comes.
+#[test]
+fn a_server_waits_for_a_client_whose_domain_does_not_exist_yet() {
+    let host = Host::new();
+    let later = DomId(9);
+    let server = Vchan::server(
+        &host.server_dom,
+        later,
+        &Address::Port(3),
+        RingSizes::default(),
+    )
+    .unwrap();
+    thread::scope(|s| {
+        let waiting = s.spawn(|| server.wait_connected(Some(Duration::from_secs(10))));
+        thread::sleep(Duration::from_millis(1200));
+        let guest = host.xen.create_domain(later).unwrap();
+        let client = Vchan::client(&guest, SERVER, &Address::Port(3), None).unwrap();
+        assert_eq!(waiting.join().unwrap().unwrap(), State::Connected);
+        drop(client);
+    });
+}
+
 /// The toolstack destroys the client's domain (it removes the domain's xenstore home; the
 /// domain's kernel never runs again, so no unmap notification clears a live byte and no event
 /// comes): dom0's endpoint, asleep in a read (server) or in a write with its ring full
