@@ -164,6 +164,8 @@ trait RingHalf {
     /// Whether an operation on `wanted` bytes can complete without reading the control page
     /// (from what this half last saw of the peer's index).
     fn answers_privately(&self, wanted: usize) -> bool;
+    /// This half's own index (the consumer's or the producer's).
+    fn own_index(&self) -> u32;
 }
 
 impl RingHalf for Consumer {
@@ -173,6 +175,9 @@ impl RingHalf for Consumer {
     fn answers_privately(&self, _wanted: usize) -> bool {
         false
     }
+    fn own_index(&self) -> u32 {
+        self.index()
+    }
 }
 
 impl RingHalf for Producer {
@@ -181,6 +186,9 @@ impl RingHalf for Producer {
     }
     fn answers_privately(&self, wanted: usize) -> bool {
         self.known_room_covers(wanted)
+    }
+    fn own_index(&self) -> u32 {
+        self.index()
     }
 }
 
@@ -378,6 +386,15 @@ impl<B: Backend> Vchan<B> {
         let client_slot = page.live(abi::CLI_LIVE);
         if !matches!(client_slot, abi::LIVE_WAITING | abi::LIVE_EXITED)
             || page.live(abi::SRV_LIVE) != abi::LIVE_CONNECTED
+        {
+            return Err(VchanError::NotWaiting { path });
+        }
+        // A server that serves in turn keeps its keys published; a one-connection server (this
+        // crate's listeners) withdraws them once its client connects. So a page whose client
+        // has exited is joined only while the keys we came by still name it: stale keys, read
+        // before the withdrawal, must not lead a second client into a finished connection.
+        if client_slot == abi::LIVE_EXITED
+            && try_read_server_keys(&store, &path)? != Some((ring_ref, remote_port))
         {
             return Err(VchanError::NotWaiting { path });
         }
@@ -666,13 +683,19 @@ impl<B: Backend> Vchan<B> {
             {
                 return self.refuse_write(closed);
             }
+            let written_from = guard.own_index();
             if let Some((outcome, wanted)) = attempt(&mut guard)? {
                 drop(guard);
                 self.notify_if(wanted);
                 // A write that skipped the look at the peer's live byte looks now, when the line
                 // holding it is in our cache (we just published our index in it): a peer that
-                // has gone will never read what we wrote, and the writer hears so at once.
-                if direction == Direction::Write && self.write_is_over()? {
+                // has gone will never read what we wrote, and the writer hears so at once. Unless
+                // it read everything first: a peer that takes our last bytes and closes at once
+                // (a TLS peer after our close_notify) got them, and the write succeeded.
+                if direction == Direction::Write
+                    && self.write_is_over()?
+                    && !lock(&self.writer).consumed_since(written_from)?
+                {
                     return self.refuse_write(closed);
                 }
                 return Ok(outcome);

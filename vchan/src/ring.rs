@@ -423,6 +423,11 @@ impl Consumer {
         self.end.ring.size as usize
     }
 
+    /// Our consumer index: where the next byte is read from.
+    pub fn index(&self) -> u32 {
+        self.cons
+    }
+
     /// Bytes ready to read: the peer's producer index is read once and checked.
     pub fn available(&self) -> Result<usize, RingCorrupted> {
         let prod = self.end.page.load_index(self.end.prod_offset);
@@ -556,6 +561,17 @@ impl Producer {
         self.end
             .page
             .request_notify(self.end.peer_notify, abi::NOTIFY_READ);
+    }
+
+    /// Our producer index: where the next byte goes.
+    pub fn index(&self) -> u32 {
+        self.prod
+    }
+
+    /// Whether the reader has consumed everything written, and at least one byte written after
+    /// producer index `before`: it was still reading when those bytes arrived.
+    pub fn consumed_since(&self, before: u32) -> Result<bool, RingCorrupted> {
+        Ok(self.prod != before && self.space()? == self.capacity())
     }
 
     /// Whether a write of `wanted` bytes fits the space known from the last consumer index
