@@ -58,8 +58,20 @@ impl Rig {
     fn connect(&self, target: &Endpoint) -> Connection {
         self.connector
             .connect(target)
-            .unwrap_or_else(|e| panic!("{}: connect: {e}", self.name))
+            .unwrap_or_else(|e| panic!("{}: connect: {}", self.name, chain(&e)))
     }
+}
+
+/// An error and its causes, `outer: inner: ...`.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 fn sim_rig(name: &'static str, listen: &str, connect: &str, concurrent: bool) -> Rig {

@@ -393,8 +393,9 @@ impl<B: Backend> Vchan<B> {
         // crate's listeners) withdraws them once its client connects. So a page whose client
         // has exited is joined only while the keys we came by still name it: stale keys, read
         // before the withdrawal, must not lead a second client into a finished connection.
+        // (Keys that cannot be read again, for any reason, do not confirm it either.)
         if client_slot == abi::LIVE_EXITED
-            && try_read_server_keys(&store, &path)? != Some((ring_ref, remote_port))
+            && !matches!(try_read_server_keys(&store, &path), Ok(Some(keys)) if keys == (ring_ref, remote_port))
         {
             return Err(VchanError::NotWaiting { path });
         }
