@@ -5,8 +5,6 @@
 //! hang.
 #![no_main]
 
-use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU8, Ordering};
-
 use evtchn::EventChannel;
 use gnttab::{GrantShare, SharedMemory, SharedPages, UnmapNotify};
 use libfuzzer_sys::fuzz_target;
@@ -40,27 +38,6 @@ impl Input<'_> {
     }
 }
 
-/// Atomic stores into a shared region, as the peer makes them.
-fn poke32(mem: &impl SharedMemory, offset: usize, value: u32) {
-    assert!(offset % 4 == 0 && offset + 4 <= mem.len());
-    // SAFETY: in bounds and aligned (asserted; regions are page-aligned); atomic access only.
-    unsafe { AtomicU32::from_ptr(mem.as_ptr().as_ptr().add(offset).cast()) }
-        .store(value, Ordering::SeqCst);
-}
-
-fn poke16(mem: &impl SharedMemory, offset: usize, value: u16) {
-    assert!(offset % 2 == 0 && offset + 2 <= mem.len());
-    // SAFETY: as for `poke32`.
-    unsafe { AtomicU16::from_ptr(mem.as_ptr().as_ptr().add(offset).cast()) }
-        .store(value, Ordering::SeqCst);
-}
-
-fn poke8(mem: &impl SharedMemory, offset: usize, value: u8) {
-    assert!(offset < mem.len());
-    // SAFETY: as for `poke32`.
-    unsafe { AtomicU8::from_ptr(mem.as_ptr().as_ptr().add(offset)) }.store(value, Ordering::SeqCst);
-}
-
 fuzz_target!(|data: &[u8]| {
     let mut input = Input(data);
     let xen = SimXen::new();
@@ -86,11 +63,11 @@ fuzz_target!(|data: &[u8]| {
     let control = sharer
         .share_pages(CLIENT, 1, true, Some(notify))
         .expect("share the control page");
-    poke16(&control, abi::LEFT_ORDER, left);
-    poke16(&control, abi::RIGHT_ORDER, right);
-    poke8(&control, abi::CLI_LIVE, abi::LIVE_WAITING);
-    poke8(&control, abi::SRV_LIVE, abi::LIVE_CONNECTED);
-    poke8(&control, abi::CLI_NOTIFY, abi::NOTIFY_WRITE);
+    control.store_u16(abi::LEFT_ORDER, left);
+    control.store_u16(abi::RIGHT_ORDER, right);
+    control.store_u8(abi::CLI_LIVE, abi::LIVE_WAITING);
+    control.store_u8(abi::SRV_LIVE, abi::LIVE_CONNECTED);
+    control.store_u8(abi::CLI_NOTIFY, abi::NOTIFY_WRITE);
     let mut rings = Vec::new();
     let mut grant = 0;
     for order in [left, right] {
@@ -99,7 +76,7 @@ fuzz_target!(|data: &[u8]| {
                 .share_pages(CLIENT, 1 << (order - 12), true, None)
                 .expect("share ring pages");
             for gref in pages.refs() {
-                poke32(&control, abi::GRANTS + 4 * grant, gref.0);
+                control.store_u32(abi::GRANTS + 4 * grant, gref.0);
                 grant += 1;
             }
             rings.push(pages);
@@ -136,25 +113,20 @@ fuzz_target!(|data: &[u8]| {
             // The peer scribbles on an index, an order word, a live or notify byte.
             0 => {
                 let offset = usize::from(input.byte() % 4) * 4;
-                poke32(&control, offset, input.word());
+                control.store_u32(offset, input.word());
             }
-            1 => poke16(
-                &control,
+            1 => control.store_u16(
                 abi::LEFT_ORDER + 2 * usize::from(input.byte() % 2),
                 input.word() as u16,
             ),
-            2 => poke8(
-                &control,
-                abi::CLI_LIVE + usize::from(input.byte() % 4),
-                input.byte(),
-            ),
+            2 => control.store_u8(abi::CLI_LIVE + usize::from(input.byte() % 4), input.byte()),
             // ... or on the data of a ring (in the control page, or in ring pages).
             3 => {
                 let offset = usize::from(input.byte()) * 16;
                 let value = input.byte();
                 match rings.get(usize::from(input.byte()) % (rings.len() + 1)) {
-                    Some(pages) => poke8(pages, offset % pages.len(), value),
-                    None => poke8(&control, 1024 + offset % 3072, value),
+                    Some(pages) => pages.store_u8(offset % pages.len(), value),
+                    None => control.store_u8(1024 + offset % 3072, value),
                 }
             }
             // ... or kicks the event channel.

@@ -6,7 +6,6 @@
 mod support;
 
 use std::process::Stdio;
-use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
 use evtchn::EventChannel;
@@ -19,32 +18,6 @@ use xen_types::DomId;
 use xenstore::{Access, Perm, TxId, XenStore};
 
 const CLIENT: DomId = DomId(1);
-
-fn poke32(mem: &impl SharedMemory, offset: usize, value: u32) {
-    assert!(offset.is_multiple_of(4) && offset + 4 <= mem.len());
-    // SAFETY: in bounds and aligned (asserted; regions are page-aligned); atomic access only.
-    unsafe { AtomicU32::from_ptr(mem.as_ptr().as_ptr().add(offset).cast()) }
-        .store(value, Ordering::SeqCst);
-}
-
-fn poke16(mem: &impl SharedMemory, offset: usize, value: u16) {
-    assert!(offset.is_multiple_of(2) && offset + 2 <= mem.len());
-    // SAFETY: as for `poke32`.
-    unsafe { AtomicU16::from_ptr(mem.as_ptr().as_ptr().add(offset).cast()) }
-        .store(value, Ordering::SeqCst);
-}
-
-fn poke8(mem: &impl SharedMemory, offset: usize, value: u8) {
-    assert!(offset < mem.len());
-    // SAFETY: as for `poke32`.
-    unsafe { AtomicU8::from_ptr(mem.as_ptr().as_ptr().add(offset)) }.store(value, Ordering::SeqCst);
-}
-
-fn peek8(mem: &impl SharedMemory, offset: usize) -> u8 {
-    assert!(offset < mem.len());
-    // SAFETY: as for `poke32`.
-    unsafe { AtomicU8::from_ptr(mem.as_ptr().as_ptr().add(offset)) }.load(Ordering::SeqCst)
-}
 
 #[test]
 fn vchan_cat_reports_a_corrupted_ring_in_one_line_said_once() {
@@ -61,11 +34,11 @@ fn vchan_cat_reports_a_corrupted_ring_in_one_line_said_once() {
     let control = sharer
         .share_pages(CLIENT, 1, true, Some(notify))
         .expect("share the control page");
-    poke16(&control, abi::LEFT_ORDER, 10);
-    poke16(&control, abi::RIGHT_ORDER, 11);
-    poke8(&control, abi::CLI_LIVE, abi::LIVE_WAITING);
-    poke8(&control, abi::SRV_LIVE, abi::LIVE_CONNECTED);
-    poke8(&control, abi::CLI_NOTIFY, abi::NOTIFY_WRITE);
+    control.store_u16(abi::LEFT_ORDER, 10);
+    control.store_u16(abi::RIGHT_ORDER, 11);
+    control.store_u8(abi::CLI_LIVE, abi::LIVE_WAITING);
+    control.store_u8(abi::SRV_LIVE, abi::LIVE_CONNECTED);
+    control.store_u8(abi::CLI_NOTIFY, abi::NOTIFY_WRITE);
     let store = dom0.open_store().expect("store");
     let perms = [
         Perm::new(DomId::DOM0, Access::None),
@@ -95,12 +68,12 @@ fn vchan_cat_reports_a_corrupted_ring_in_one_line_said_once() {
         .spawn()
         .expect("spawn vchan-cat");
     let deadline = Instant::now() + Duration::from_secs(20);
-    while peek8(&control, abi::CLI_LIVE) != abi::LIVE_CONNECTED {
+    while control.load_u8(abi::CLI_LIVE) != abi::LIVE_CONNECTED {
         assert!(Instant::now() < deadline, "vchan-cat did not connect");
         std::thread::sleep(Duration::from_millis(5));
     }
     // The server claims 5000 bytes in its 2048-byte ring, and says so.
-    poke32(&control, abi::RIGHT_PROD, 5000);
+    control.store_u32(abi::RIGHT_PROD, 5000);
     events.notify(port).expect("notify");
     let corrupted = Instant::now();
     let status = wait_for(&mut cat, Duration::from_secs(20), "vchan-cat");

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU8, Ordering};
+use std::sync::atomic::Ordering;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -16,33 +16,6 @@ use vchan::layout::LayoutError;
 use vchan::{Address, Backend, RingSizes, Vchan, VchanError};
 use xen_types::{GrantRef, Port};
 use xenstore::{Access, Perm, TxId, XenStore};
-
-/// Atomic pokes into a shared region, as a peer would write it.
-fn poke32(mem: &impl SharedMemory, offset: usize, value: u32) {
-    assert!(offset.is_multiple_of(4) && offset + 4 <= mem.len());
-    // SAFETY: in bounds and aligned (asserted; regions are page-aligned); atomic access only.
-    unsafe { AtomicU32::from_ptr(mem.as_ptr().as_ptr().add(offset).cast()) }
-        .store(value, Ordering::SeqCst);
-}
-
-fn poke16(mem: &impl SharedMemory, offset: usize, value: u16) {
-    assert!(offset.is_multiple_of(2) && offset + 2 <= mem.len());
-    // SAFETY: as for `poke32`.
-    unsafe { AtomicU16::from_ptr(mem.as_ptr().as_ptr().add(offset).cast()) }
-        .store(value, Ordering::SeqCst);
-}
-
-fn poke8(mem: &impl SharedMemory, offset: usize, value: u8) {
-    assert!(offset < mem.len());
-    // SAFETY: as for `poke32`.
-    unsafe { AtomicU8::from_ptr(mem.as_ptr().as_ptr().add(offset)) }.store(value, Ordering::SeqCst);
-}
-
-fn peek32(mem: &impl SharedMemory, offset: usize) -> u32 {
-    assert!(offset.is_multiple_of(4) && offset + 4 <= mem.len());
-    // SAFETY: as for `poke32`.
-    unsafe { AtomicU32::from_ptr(mem.as_ptr().as_ptr().add(offset).cast()) }.load(Ordering::SeqCst)
-}
 
 /// A server written by hand: it shares a control page (and ring pages) and publishes keys, but
 /// the test decides what goes in the page.
@@ -65,11 +38,11 @@ impl RawServer {
             event: Some(port),
         };
         let control = sharer.share_pages(CLIENT, 1, true, Some(notify)).unwrap();
-        poke16(&control, abi::LEFT_ORDER, left);
-        poke16(&control, abi::RIGHT_ORDER, right);
-        poke8(&control, abi::CLI_LIVE, abi::LIVE_WAITING);
-        poke8(&control, abi::SRV_LIVE, abi::LIVE_CONNECTED);
-        poke8(&control, abi::CLI_NOTIFY, abi::NOTIFY_WRITE);
+        control.store_u16(abi::LEFT_ORDER, left);
+        control.store_u16(abi::RIGHT_ORDER, right);
+        control.store_u8(abi::CLI_LIVE, abi::LIVE_WAITING);
+        control.store_u8(abi::SRV_LIVE, abi::LIVE_CONNECTED);
+        control.store_u8(abi::CLI_NOTIFY, abi::NOTIFY_WRITE);
         let mut rings = Vec::new();
         let mut index = 0;
         for order in [left, right] {
@@ -78,7 +51,7 @@ impl RawServer {
                     .share_pages(CLIENT, 1 << (order - 12), true, None)
                     .unwrap();
                 for gref in pages.refs() {
-                    poke32(&control, abi::GRANTS + 4 * index, gref.0);
+                    control.store_u32(abi::GRANTS + 4 * index, gref.0);
                     index += 1;
                 }
                 rings.push(pages);
@@ -194,7 +167,7 @@ fn a_client_refuses_every_invalid_layout() {
 fn a_client_refuses_grants_it_cannot_map() {
     let host = Host::new();
     let raw = RawServer::publish(&host, 1, 12, 11);
-    poke32(&raw.control, abi::GRANTS, 0x7fff_0000);
+    raw.control.store_u32(abi::GRANTS, 0x7fff_0000);
     let err = connect(&host, 1).unwrap_err();
     assert!(matches!(err, VchanError::Backend { .. }), "{err:?}");
     drop(raw);
@@ -241,7 +214,7 @@ fn corrupted_indices_are_errors_for_a_blocked_reader_and_a_writer() {
         let reader = s.spawn(|| client.read(&mut [0u8; 16]));
         thread::sleep(Duration::from_millis(30));
         // The right ring is 2048 bytes: claim 2049 are ready.
-        poke32(&raw.control, abi::RIGHT_PROD, 2049);
+        raw.control.store_u32(abi::RIGHT_PROD, 2049);
         raw.kick();
         let result = reader.join().unwrap();
         assert!(
@@ -254,7 +227,7 @@ fn corrupted_indices_are_errors_for_a_blocked_reader_and_a_writer() {
         "the error must come from the event, not the timeout"
     );
     // The peer moves our write ring's consumer index past what we produced.
-    poke32(&raw.control, abi::LEFT_CONS, 5);
+    raw.control.store_u32(abi::LEFT_CONS, 5);
     assert!(matches!(
         client.write(b"x"),
         Err(VchanError::RingCorrupted(_))
@@ -268,7 +241,7 @@ fn corrupted_indices_are_errors_for_a_blocked_reader_and_a_writer() {
         Err(VchanError::RingCorrupted(_))
     ));
     // Corruption is never mistaken for "nothing to read, ever" (XSA-86).
-    poke32(&raw.control, abi::RIGHT_PROD, u32::MAX);
+    raw.control.store_u32(abi::RIGHT_PROD, u32::MAX);
     assert!(matches!(
         client.read(&mut [0u8; 1]),
         Err(VchanError::RingCorrupted(_))
@@ -284,7 +257,7 @@ fn a_nonsense_live_byte_is_an_error_not_a_state() {
     let host = Host::new();
     let raw = RawServer::publish(&host, 1, 10, 11);
     let client = connect(&host, 1).unwrap();
-    poke8(&raw.control, abi::SRV_LIVE, 7);
+    raw.control.store_u8(abi::SRV_LIVE, 7);
     assert!(matches!(client.state(), Err(VchanError::BadLiveByte(7))));
     raw.kick();
     assert!(matches!(
@@ -297,7 +270,7 @@ fn a_nonsense_live_byte_is_an_error_not_a_state() {
     ));
     // A client may not claim "not yet connected" to a server that already saw it connect: the
     // server treats only its own three states as meaningful.
-    poke8(&raw.control, abi::SRV_LIVE, abi::LIVE_WAITING);
+    raw.control.store_u8(abi::SRV_LIVE, abi::LIVE_WAITING);
     assert!(matches!(client.state(), Err(VchanError::BadLiveByte(2))));
     drop(client);
     drop(raw);
@@ -314,10 +287,10 @@ fn orders_and_grants_rewritten_after_connect_change_nothing() {
     });
     // Scribble the shared copy through a second mapping.
     let page = map_server_page(&host);
-    poke16(&page, abi::LEFT_ORDER, 20);
-    poke16(&page, abi::RIGHT_ORDER, 3);
+    page.store_u16(abi::LEFT_ORDER, 20);
+    page.store_u16(abi::RIGHT_ORDER, 3);
     for i in 0..4 {
-        poke32(&page, abi::GRANTS + 4 * i, 0xdead_0000 + i as u32);
+        page.store_u32(abi::GRANTS + 4 * i, 0xdead_0000 + i as u32);
     }
     let data = pattern(100_000, 5);
     let got = thread::scope(|s| {
@@ -334,7 +307,7 @@ fn orders_and_grants_rewritten_after_connect_change_nothing() {
         got
     });
     assert!(got == data);
-    assert_eq!(peek32(&page, abi::LEFT_PROD), 100_000);
+    assert_eq!(page.load_u32(abi::LEFT_PROD), 100_000);
     drop((page, server, client));
     host.assert_clean();
 }
@@ -350,8 +323,8 @@ fn a_hostile_client_cannot_break_the_server() {
     )
     .unwrap();
     let page = map_server_page(&host);
-    poke8(&page, abi::CLI_LIVE, abi::LIVE_CONNECTED);
-    poke32(&page, abi::LEFT_PROD, 1025);
+    page.store_u8(abi::CLI_LIVE, abi::LIVE_CONNECTED);
+    page.store_u32(abi::LEFT_PROD, 1025);
     assert!(matches!(
         server.read(&mut [0u8; 8]),
         Err(VchanError::RingCorrupted(_))
@@ -360,12 +333,12 @@ fn a_hostile_client_cannot_break_the_server() {
         server.recv(&mut [0u8; 8]),
         Err(VchanError::RingCorrupted(_))
     ));
-    poke32(&page, abi::RIGHT_CONS, 0x8000_0000);
+    page.store_u32(abi::RIGHT_CONS, 0x8000_0000);
     assert!(matches!(
         server.write(b"x"),
         Err(VchanError::RingCorrupted(_))
     ));
-    poke8(&page, abi::CLI_LIVE, 0xee);
+    page.store_u8(abi::CLI_LIVE, 0xee);
     assert!(matches!(server.state(), Err(VchanError::BadLiveByte(0xee))));
     drop((page, server));
     host.assert_clean();
@@ -386,8 +359,8 @@ fn notify_bytes_scribbled_during_a_transfer_never_corrupt_data() {
             let mut x = 1u8;
             while !stop.load(Ordering::Relaxed) {
                 x = x.wrapping_mul(37).wrapping_add(11);
-                poke8(&page, abi::CLI_NOTIFY, x);
-                poke8(&page, abi::SRV_NOTIFY, x.rotate_left(3));
+                page.store_u8(abi::CLI_NOTIFY, x);
+                page.store_u8(abi::SRV_NOTIFY, x.rotate_left(3));
                 thread::yield_now();
             }
         });
@@ -442,7 +415,7 @@ fn a_hostile_peer_gives_an_async_reader_a_typed_error_not_a_hang() {
         let corrupting = async {
             tokio::time::sleep(Duration::from_millis(30)).await;
             // The right ring is 2048 bytes: claim 2049 are ready, and wake the reader.
-            poke32(&raw.control, abi::RIGHT_PROD, 2049);
+            raw.control.store_u32(abi::RIGHT_PROD, 2049);
             raw.kick();
         };
         let (result, ()) = tokio::time::timeout(BOUND, async { tokio::join!(reading, corrupting) })
