@@ -52,7 +52,7 @@ impl Xen {
     }
 }
 
-/// The environment variable that selects the simulated host (from `evtchn::xensim`).
+/// The environment variable that selects the simulated host (from `xensim`).
 mod evtchn_env {
     pub const DIR: &str = "XENSIM_DIR";
 }

@@ -2,23 +2,8 @@
 //!
 //! [`EventChannel`] is the portable surface: what a consumer such as vchan needs from an event
 //! channel handle, named after libxenevtchn's calls. Backends:
-//! - [`sim`]: an in-process simulation of the hypervisor's event channels between simulated
-//!   domains, with a real pollable fd (an eventfd) per handle.
-//!
-//! ```
-//! use evtchn::{sim::SimEventHub, EventChannel};
-//! use xen_types::DomId;
-//!
-//! let hub = SimEventHub::new();
-//! let server = hub.open(DomId(0)).unwrap();
-//! let client = hub.open(DomId(1)).unwrap();
-//! let server_port = server.bind_unbound_port(DomId(1)).unwrap();
-//! let client_port = client.bind_interdomain(DomId(0), server_port).unwrap();
-//! client.notify(client_port).unwrap();
-//! assert_eq!(server.pending().unwrap(), Some(server_port));
-//! server.unmask(server_port).unwrap();
-//! assert_eq!(server.pending().unwrap(), None);
-//! ```
+//! - [`linux`]: real Xen, through `/dev/xen/evtchn`.
+//! - the simulated Xen (crate `xensim`): in process and across processes.
 #![deny(unsafe_code)]
 
 use std::io;
@@ -28,8 +13,6 @@ pub use xen_types::{DomId, Port};
 
 #[cfg(target_os = "linux")]
 pub mod linux;
-pub mod sim;
-pub mod xensim;
 
 /// An open event-channel handle (`xenevtchn_handle`): a set of bound ports and one pollable fd that
 /// becomes readable while any of them has an event pending.

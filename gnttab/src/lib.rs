@@ -2,27 +2,12 @@
 //!
 //! [`GrantShare`] (libxengnttab's `xengntshr_*`, the kernel's gntalloc) and [`GrantMap`]
 //! (`xengnttab_*`, gntdev) are the portable surface a consumer such as vchan needs. Backends:
-//! - [`sim`]: an in-process simulation over page-aligned heap pages, with the kernel's unmap
-//!   notifications played on drop.
+//! - [`linux`]: real Xen, through gntalloc and gntdev.
+//! - the simulated Xen (crate `xensim`): in process and across processes, with the kernel's
+//!   unmap notifications played when a region goes away or its process dies.
 //!
 //! Granted memory can be written by the peer domain at any moment, so it is only ever handed out
 //! as a raw pointer and a length ([`SharedMemory`]): never as a Rust reference or slice.
-//!
-//! ```
-//! use evtchn::sim::SimEventHub;
-//! use gnttab::{sim::SimGrantTable, GrantMap, GrantShare, SharedMemory, SharedPages};
-//! use xen_types::DomId;
-//!
-//! let table = SimGrantTable::new(SimEventHub::new());
-//! let server = table.open(DomId(0));
-//! let client = table.open(DomId(5));
-//! let shared = server.share_pages(DomId(5), 2, true, None).unwrap();
-//! let mapped = client.map_grant_refs(DomId(0), shared.refs(), true, None).unwrap();
-//! assert_eq!(mapped.len(), 2 * 4096);
-//! assert_eq!(table.live_grants(), 2);
-//! drop((mapped, shared));
-//! assert_eq!(table.live_grants(), 0);
-//! ```
 #![deny(unsafe_code)]
 
 use std::io;
@@ -33,8 +18,6 @@ pub use xen_types::{DomId, GrantRef, Port, PAGE_SIZE};
 
 #[cfg(target_os = "linux")]
 pub mod linux;
-pub mod sim;
-pub mod xensim;
 
 /// What the kernel does for us when a shared or mapped region goes away, whether by an orderly
 /// unmap or because the process died: clear one byte of the region, send one event, or both.

@@ -15,7 +15,7 @@ pub enum Platform {
 /// The simulated host when `XENSIM_DIR` is set, else real Xen if its devices open; the error
 /// is one line that says how to get either.
 pub fn platform() -> Result<Platform, String> {
-    if std::env::var_os(evtchn::xensim::ENV_DIR).is_some() {
+    if std::env::var_os(xensim::ENV_DIR).is_some() {
         return XensimDomain::from_env()
             .map(Platform::Xensim)
             .map_err(|e| format!("cannot use the simulated host: {e}"));

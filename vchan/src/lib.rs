@@ -28,9 +28,14 @@
 //!
 //! The peer is treated as hostile: every value it can write is read once per decision and
 //! validated, and a corrupted ring is a [`VchanError`], never a hang, a panic or an out-of-bounds
-//! access. Without the default `std` feature only the ring and layout core ([`abi`], [`layout`],
-//! [`ring`]) is built, for unikernels that bring their own grant and event plumbing. The `tokio`
-//! feature adds [`AsyncVchan`], an `AsyncRead + AsyncWrite` endpoint.
+//! access.
+//!
+//! Features (all but `tokio` on by default): `std` builds the endpoints; without it only the
+//! ring and layout core ([`abi`], [`layout`], [`ring`]) is built, for unikernels that bring their
+//! own grant and event plumbing. Each backend is its own feature, so a program links only what
+//! it uses: `xen` (real Xen; a dom0 tool needs only this: `default-features = false, features =
+//! ["xen"]`), `sim` (the embedded simulated Xen) and `xensim` (a domain of `xensim serve`). The
+//! `tokio` feature adds `AsyncVchan`, an `AsyncRead + AsyncWrite` endpoint.
 #![cfg_attr(not(feature = "std"), no_std)]
 #![deny(unsafe_code)]
 
@@ -47,13 +52,13 @@ mod backend;
 mod endpoint;
 #[cfg(feature = "std")]
 mod error;
-#[cfg(feature = "std")]
+#[cfg(feature = "sim")]
 pub mod sim;
 #[cfg(feature = "std")]
 mod wait;
-#[cfg(all(feature = "std", target_os = "linux"))]
+#[cfg(all(feature = "xen", target_os = "linux"))]
 pub mod xen;
-#[cfg(feature = "std")]
+#[cfg(feature = "xensim")]
 pub mod xensim;
 
 #[cfg(feature = "tokio")]

@@ -1,21 +1,23 @@
 //! The embedded simulated Xen: several domains in one process, for tests, examples and
 //! benchmarks with no hypervisor.
 //!
-//! [`SimXen`] bundles the simulated event channels ([`evtchn::sim`]), grant tables
-//! ([`gnttab::sim`]) and an in-process xenstore ([`xenstore::local`]); [`SimDomain`] is one
-//! domain's view of them and implements [`Backend`]. [`SimXen::check_leaks`] is the
-//! clean-up check: once every endpoint is gone, no grant, mapping, port or xenstore key may remain.
+//! [`SimXen`] bundles the simulated hypervisor's in-process front-end
+//! ([`xensim::SimHypervisor`]: event channels, grant tables, unmap notifications) and an
+//! in-process xenstore ([`xenstore::local`]), with domains made by the same toolstack as
+//! `xensim create` ([`xensim::toolstack`]); [`SimDomain`] is one domain's view of them and
+//! implements [`Backend`]. [`SimXen::check_leaks`] is the clean-up check: once every endpoint is
+//! gone, no grant, mapping, port or xenstore key may remain.
 
 use std::collections::BTreeSet;
 use std::fmt;
 use std::io;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use evtchn::sim::{SimEventHub, SimEvtchn};
-use gnttab::sim::{SimGnt, SimGrantTable};
 use xen_types::DomId;
+use xensim::toolstack::{self, LocalDomainStore, ToolstackError};
+use xensim::{SimEvtchn, SimGnt, SimHypervisor};
 use xenstore::local::{LocalConnection, LocalStore};
-use xenstore::{Access, Perm, TxId, XenStore};
+use xenstore::{TxId, XenStore};
 
 use crate::backend::Backend;
 
@@ -23,8 +25,7 @@ use crate::backend::Backend;
 /// [`create_domain`](SimXen::create_domain).
 #[derive(Clone)]
 pub struct SimXen {
-    events: SimEventHub,
-    grants: SimGrantTable,
+    hypervisor: SimHypervisor,
     store: LocalStore,
     /// The store's nodes that belong to the host itself (domains' home directories).
     baseline: Arc<Mutex<BTreeSet<String>>>,
@@ -39,50 +40,44 @@ impl Default for SimXen {
 impl SimXen {
     /// A host with dom0 and nothing else.
     pub fn new() -> SimXen {
-        let events = SimEventHub::new();
         let xen = SimXen {
-            grants: SimGrantTable::new(events.clone()),
-            events,
+            hypervisor: SimHypervisor::new(),
             store: LocalStore::new(),
             baseline: Arc::new(Mutex::new(BTreeSet::new())),
         };
-        xen.write_domain_keys(DomId::DOM0, "Domain-0")
+        toolstack::write_domain_home(&xen.store.connect(DomId::DOM0), DomId::DOM0, "Domain-0")
             .expect("a fresh in-process store accepts dom0's keys");
+        xen.note_baseline();
         xen
     }
 
-    /// Create domain `domid`, as a toolstack does: introduce it and write its home directory
-    /// (`/local/domain/<domid>` with `domid` and `name`, owned by the domain).
-    pub fn create_domain(&self, domid: DomId) -> xenstore::Result<SimDomain> {
-        self.store.introduce_domain(domid);
-        self.write_domain_keys(domid, &format!("sim-{domid}"))?;
+    /// Create domain `domid`, as a toolstack does: make it in the hypervisor, write its home
+    /// directory (`/local/domain/<domid>` with `domid` and `name` = `sim-<domid>`, owned by the
+    /// domain) and introduce it.
+    pub fn create_domain(&self, domid: DomId) -> Result<SimDomain, ToolstackError> {
+        let store = LocalDomainStore::new(&self.store);
+        toolstack::create_domain(&self.hypervisor, &store, domid, &format!("sim-{domid}"))?;
+        self.note_baseline();
         Ok(self.domain(domid))
     }
 
-    fn write_domain_keys(&self, domid: DomId, name: &str) -> xenstore::Result<()> {
-        let dom0 = self.store.connect(DomId::DOM0);
-        let home = format!("/local/domain/{domid}");
-        let perms = [
-            Perm::new(domid, Access::None),
-            Perm::new(DomId::DOM0, Access::Read),
-        ];
-        dom0.transaction(|tx| {
-            dom0.mkdir(tx, &home)?;
-            dom0.set_perms(tx, &home, &perms)?;
-            for (key, value) in [("domid", domid.to_string()), ("name", name.to_owned())] {
-                let path = format!("{home}/{key}");
-                dom0.write(tx, &path, value.as_bytes())?;
-                dom0.set_perms(tx, &path, &perms)?;
-            }
-            Ok(())
-        })?;
+    /// Destroy domain `domid`, as `xl destroy` does: its handles close (their unmap
+    /// notifications fire), its home goes and it is released.
+    pub fn destroy_domain(&self, domid: DomId) -> Result<(), ToolstackError> {
+        let store = LocalDomainStore::new(&self.store);
+        toolstack::destroy_domain(&self.hypervisor, &store, domid)?;
         let mut baseline = self.baseline.lock().unwrap_or_else(PoisonError::into_inner);
-        baseline.extend(self.store.paths());
+        baseline.retain(|p| !p.starts_with(&toolstack::domain_home(domid)));
         Ok(())
     }
 
-    /// Domain `domid`'s view of the host (it need not have been created for grants and events;
-    /// the xenstore negotiation needs its `domid` key).
+    fn note_baseline(&self) {
+        let mut baseline = self.baseline.lock().unwrap_or_else(PoisonError::into_inner);
+        baseline.extend(self.store.paths());
+    }
+
+    /// Domain `domid`'s view of the host. Its devices open only while the domain exists
+    /// ([`create_domain`](Self::create_domain); dom0 always does).
     pub fn domain(&self, domid: DomId) -> SimDomain {
         SimDomain {
             xen: self.clone(),
@@ -95,13 +90,19 @@ impl SimXen {
         &self.store
     }
 
+    /// The simulated hypervisor.
+    pub fn hypervisor(&self) -> &SimHypervisor {
+        &self.hypervisor
+    }
+
     /// What is still allocated beyond the host's own state.
     pub fn leaks(&self) -> Leaks {
         let baseline = self.baseline.lock().unwrap_or_else(PoisonError::into_inner);
+        let stats = self.hypervisor.stats();
         Leaks {
-            grants: self.grants.live_grants(),
-            mappings: self.grants.live_mappings(),
-            ports: self.events.bound_ports(),
+            grants: stats.grants as usize,
+            mappings: stats.mappings as usize,
+            ports: stats.ports as usize,
             keys: self.leaked_keys(&baseline),
         }
     }
@@ -186,15 +187,15 @@ impl Backend for SimDomain {
     type Store = LocalConnection;
 
     fn open_events(&self) -> io::Result<SimEvtchn> {
-        self.xen.events.open(self.domid)
+        self.xen.hypervisor.open_events(self.domid)
     }
 
     fn open_sharer(&self) -> io::Result<SimGnt> {
-        Ok(self.xen.grants.open(self.domid))
+        self.xen.hypervisor.open_sharer(self.domid)
     }
 
     fn open_mapper(&self) -> io::Result<SimGnt> {
-        Ok(self.xen.grants.open(self.domid))
+        self.xen.hypervisor.open_mapper(self.domid)
     }
 
     fn open_store(&self) -> xenstore::Result<LocalConnection> {

@@ -7,7 +7,7 @@
 //! A waiter takes a ticket (the generation) *before* its final look at the ring, so an event that
 //! lands between that look and its sleep is never missed: the generation will have moved.
 
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 #[cfg(not(vchan_loom))]
 use std::sync::atomic::{AtomicU64, Ordering};
 #[cfg(not(vchan_loom))]
@@ -176,31 +176,26 @@ fn take_events<E: EventSource>(events: &E) -> Result<usize> {
 
 /// Wait for the event fd to become readable. `Ok(false)` on timeout or interruption.
 fn poll_readable(fd: &impl AsFd, timeout: Option<Duration>) -> Result<bool> {
-    let mut pollfd = libc::pollfd {
-        fd: fd.as_fd().as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let timeout_ms = match timeout {
-        None => -1,
+    use nix::errno::Errno;
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+    let timeout = match timeout {
+        None => PollTimeout::NONE,
         // Round up so a sub-millisecond remainder does not spin.
-        Some(t) => i32::try_from(t.as_micros().div_ceil(1000)).unwrap_or(i32::MAX),
-    };
-    // SAFETY: `pollfd` is a valid, exclusively borrowed array of one entry for the call's duration;
-    // the fd is kept open by the borrow of `fd`.
-    #[allow(unsafe_code)]
-    let rc = unsafe { libc::poll(&mut pollfd, 1, timeout_ms) };
-    if rc < 0 {
-        let err = std::io::Error::last_os_error();
-        if err.kind() == std::io::ErrorKind::Interrupted {
-            return Ok(false);
+        Some(t) => {
+            let ms = i32::try_from(t.as_micros().div_ceil(1000)).unwrap_or(i32::MAX);
+            PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
         }
-        return Err(VchanError::Backend {
+    };
+    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+    match poll(&mut fds, timeout) {
+        Ok(ready) => Ok(ready > 0),
+        Err(Errno::EINTR) => Ok(false),
+        Err(e) => Err(VchanError::Backend {
             op: "wait for an event",
-            source: err,
-        });
+            source: e.into(),
+        }),
     }
-    Ok(rc > 0)
 }
 
 /// A loom model of the waiter (`--cfg vchan_loom`, see DESIGN.md "The model checker"): two

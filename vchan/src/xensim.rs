@@ -1,7 +1,7 @@
 //! The cross-process simulated host's backend: a domain of a running `xensim serve`.
 //!
-//! [`XensimDomain`] implements [`Backend`] with [`gnttab::xensim::XensimGnt`] (sharing and mapping),
-//! [`evtchn::xensim::XensimEvtchn`] and [`xenstore::client::Client`] on the domain's own xenstore
+//! [`XensimDomain`] implements [`Backend`] with [`xensim::XensimGnt`] (sharing and mapping),
+//! [`xensim::XensimEvtchn`] and [`xenstore::client::Client`] on the domain's own xenstore
 //! socket. [`XensimDomain::from_env`] takes the host and the domain from the environment that
 //! `xensim run` sets up, so a tool picks this backend at run time when `XENSIM_DIR` is set:
 //!
@@ -21,9 +21,8 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use evtchn::xensim::{env_config, XensimEvtchn};
-use gnttab::xensim::XensimGnt;
 use xen_types::DomId;
+use xensim::{env_config, XensimEvtchn, XensimGnt};
 use xenstore::client::Client;
 
 use crate::backend::Backend;

@@ -3,7 +3,7 @@
 //! Exports the C API of `<xenevtchn.h>` under the symbol versions of Xen 4.17's library, so
 //! unmodified C programs (libxenvchan, vchan-socket-proxy) run against the simulated host when
 //! this library is first on their library path (`xensim run` arranges it). Each handle is an
-//! [`evtchn::xensim::XensimEvtchn`], configured from `XENSIM_DIR` and `XENSIM_DOMID`.
+//! [`xensim::XensimEvtchn`], configured from `XENSIM_DIR` and `XENSIM_DOMID`.
 //!
 //! The handle's fd behaves like `/dev/xen/evtchn`: readable while an event is pending;
 //! [`xenevtchn_pending`] reads it (blocking unless the caller made the fd non-blocking) and the
@@ -16,9 +16,9 @@ use std::io;
 use std::io::Write as _;
 use std::os::fd::{AsFd, AsRawFd};
 
-use evtchn::xensim::XensimEvtchn;
 use evtchn::EventChannel;
 use xen_types::{DomId, Port};
+use xensim::XensimEvtchn;
 
 /// `XENEVTCHN_NO_CLOEXEC`: keep the handle's fd open across `exec`.
 const NO_CLOEXEC: c_uint = 1;

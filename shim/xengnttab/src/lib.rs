@@ -3,7 +3,7 @@
 //! Exports the C API of `<xengnttab.h>` (both the mapping side, `xengnttab_*`, and the sharing
 //! side, `xengntshr_*`) under the symbol versions of Xen 4.17's library, so unmodified C programs
 //! run against the simulated host when this library is first on their library path (`xensim run`
-//! arranges it). Handles are [`gnttab::xensim::XensimGnt`]s configured from `XENSIM_DIR` and
+//! arranges it). Handles are [`xensim::XensimGnt`]s configured from `XENSIM_DIR` and
 //! `XENSIM_DOMID`.
 //!
 //! As with the kernel devices, closing a handle ends its grants and mapping records (the host
@@ -19,9 +19,9 @@ use std::io::Write as _;
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use gnttab::xensim::{XensimGnt, XensimMapping, XensimShared};
 use gnttab::{GrantMap, GrantShare, SharedMemory, SharedPages, UnmapNotify};
 use xen_types::{DomId, GrantRef, Port, PAGE_SIZE};
+use xensim::{XensimGnt, XensimMapping, XensimShared};
 
 /// The opaque `xengnttab_handle` (mapping side).
 pub struct MapHandle {

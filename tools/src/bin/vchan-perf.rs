@@ -1196,8 +1196,8 @@ impl Runner {
         }
         command
             .args(args)
-            .env(evtchn::xensim::ENV_DIR, &self.dir)
-            .env(evtchn::xensim::ENV_DOMID, domid.to_string())
+            .env(xensim::ENV_DIR, &self.dir)
+            .env(xensim::ENV_DOMID, domid.to_string())
             .env(
                 "XENSTORED_PATH",
                 xenstore::daemon::socket_path(&self.dir, DomId(domid)),
@@ -1565,7 +1565,7 @@ fn measure_all(plan: &Plan, runner: &mut Runner) -> Result<Results, String> {
 }
 
 fn table(args: &TableArgs) -> Result<(), String> {
-    let dir = std::env::var_os(evtchn::xensim::ENV_DIR)
+    let dir = std::env::var_os(xensim::ENV_DIR)
         .map(PathBuf::from)
         .ok_or_else(|| {
             "`table` runs on the simulated host: start it as `xensim run --dir DIR --domid 0 -- \

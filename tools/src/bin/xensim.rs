@@ -1,7 +1,7 @@
 //! `xensim`: a simulated Xen host across processes, which unmodified Xen C programs run on.
 //!
 //! `xensim serve` is the host: the simulated hypervisor (event channels, grant tables, domain life;
-//! `gnttab::xensim::Host` on `DIR/xen.sock`) and a xenstore daemon (`DIR/dom<N>.sock`, one socket
+//! `xensim::Host` on `DIR/xen.sock`) and a xenstore daemon (`DIR/dom<N>.sock`, one socket
 //! per domain). `create`/`destroy` play the toolstack; `run` starts a program as a domain, with the
 //! stand-in `libxengnttab.so.1`/`libxenevtchn.so.1` (from `DIR/lib`) ahead on its library path.
 //! The host carries out a dead process's unmap notifications and reclaims its grants and ports
@@ -13,13 +13,13 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
-use gnttab::xensim::{Host, HostControl};
 use tools::describe;
 use xen_types::DomId;
+use xensim::toolstack::{self, ToolstackError};
+use xensim::{Host, HostControl};
 use xenstore::client::Client;
 use xenstore::daemon::{self, Daemon};
 use xenstore::local::LocalStore;
-use xenstore::{Access, Perm, TxId, XenStore, XenstoreError};
 
 const USAGE: &str = "\
 usage: xensim serve   --dir DIR
@@ -142,21 +142,6 @@ fn dom0_store(dir: &Path) -> Result<Client, Failure> {
 }
 
 /// `/local/domain/N/{domid,name}`, owned by N, as a toolstack writes them.
-fn write_domain_keys(store: &impl XenStore, domid: DomId, name: &str) -> Result<(), XenstoreError> {
-    let home = format!("/local/domain/{domid}");
-    let perms = [Perm::new(domid, Access::None)];
-    store.transaction(|tx| {
-        store.mkdir(tx, &home)?;
-        store.set_perms(tx, &home, &perms)?;
-        for (key, value) in [("domid", domid.to_string()), ("name", name.to_owned())] {
-            let path = format!("{home}/{key}");
-            store.write(tx, &path, value.as_bytes())?;
-            store.set_perms(tx, &path, &perms)?;
-        }
-        Ok(())
-    })
-}
-
 /// Where the stand-in libraries were built: `$XENSIM_LIB_DIR`, else next to this executable.
 fn shim_dir() -> Result<PathBuf, Failure> {
     let candidates: Vec<PathBuf> = match std::env::var_os("XENSIM_LIB_DIR") {
@@ -226,7 +211,7 @@ fn serve(opts: &Options) -> Result<(), Failure> {
     let xenstored = Daemon::bind_with(&dir, store.clone())
         .map_err(|e| runtime(format!("cannot start xenstore in {}: {e}", dir.display())))?
         .into_handle();
-    write_domain_keys(&store.connect(DomId::DOM0), DomId::DOM0, "Domain-0")
+    toolstack::write_domain_home(&store.connect(DomId::DOM0), DomId::DOM0, "Domain-0")
         .map_err(|e| runtime(format!("cannot write dom0's keys: {}", describe(&e))))?;
     let runner = host.clone();
     let thread = std::thread::Builder::new()
@@ -250,6 +235,21 @@ fn serve(opts: &Options) -> Result<(), Failure> {
     Ok(())
 }
 
+/// One line for a toolstack failure, naming the side that refused and why.
+fn toolstack_failure(e: ToolstackError) -> Failure {
+    match &e {
+        ToolstackError::Exists(_) | ToolstackError::NoSuchDomain(_) => runtime(e.to_string()),
+        ToolstackError::Dom0 => usage(e.to_string()),
+        ToolstackError::Hypervisor(domid, source) => runtime(format!(
+            "the simulated host refused domain {domid}: {source}"
+        )),
+        ToolstackError::Store(domid, source) => runtime(format!(
+            "xenstore refused domain {domid}'s keys: {}",
+            describe(source)
+        )),
+    }
+}
+
 fn create(opts: &Options) -> Result<(), Failure> {
     let dir = need_dir(opts)?;
     let domid = need_domid(opts)?;
@@ -258,27 +258,8 @@ fn create(opts: &Options) -> Result<(), Failure> {
         .clone()
         .unwrap_or_else(|| format!("domain-{domid}"));
     let host = control(&dir)?;
-    host.create_domain(domid)
-        .map_err(|e| match e.raw_os_error() {
-            Some(libc::EEXIST) => runtime(format!("domain {domid} already exists")),
-            _ => runtime(format!("cannot create domain {domid}: {e}")),
-        })?;
-    let keys = dom0_store(&dir).and_then(|store| {
-        write_domain_keys(&store, domid, &name)
-            .and_then(|()| store.introduce(domid, 0, 0))
-            .map_err(|e| {
-                runtime(format!(
-                    "cannot introduce domain {domid} to xenstore: {}",
-                    describe(&e)
-                ))
-            })
-    });
-    if let Err(failure) = keys {
-        // Undo the half-made domain; the original failure is the one to report.
-        let _ = host.destroy_domain(domid);
-        return Err(failure);
-    }
-    Ok(())
+    let store = dom0_store(&dir)?;
+    toolstack::create_domain(&host, &store, domid, &name).map_err(toolstack_failure)
 }
 
 fn destroy(opts: &Options) -> Result<(), Failure> {
@@ -288,21 +269,8 @@ fn destroy(opts: &Options) -> Result<(), Failure> {
         return Err(usage("dom0 cannot be destroyed"));
     }
     let host = control(&dir)?;
-    host.destroy_domain(domid)
-        .map_err(|e| match e.raw_os_error() {
-            Some(libc::ESRCH) => runtime(format!("domain {domid} does not exist")),
-            _ => runtime(format!("cannot destroy domain {domid}: {e}")),
-        })?;
     let store = dom0_store(&dir)?;
-    store
-        .rm(TxId::NONE, &format!("/local/domain/{domid}"))
-        .and_then(|()| store.release(domid))
-        .map_err(|e| {
-            runtime(format!(
-                "cannot release domain {domid} from xenstore: {}",
-                describe(&e)
-            ))
-        })
+    toolstack::destroy_domain(&host, &store, domid).map_err(toolstack_failure)
 }
 
 fn run(opts: Options) -> Result<(), Failure> {
@@ -328,8 +296,8 @@ fn run(opts: Options) -> Result<(), Failure> {
         .ok_or_else(|| usage("run needs a command after --"))?;
     let error = Command::new(&program)
         .args(words)
-        .env(evtchn::xensim::ENV_DIR, &dir)
-        .env(evtchn::xensim::ENV_DOMID, domid.to_string())
+        .env(xensim::ENV_DIR, &dir)
+        .env(xensim::ENV_DOMID, domid.to_string())
         .env("XENSTORED_PATH", daemon::socket_path(&dir, domid))
         .env("LD_LIBRARY_PATH", library_path)
         .exec();
