@@ -5,6 +5,7 @@
 //! in-process store, so the same code runs on real Xen, on the simulated host and in unit tests.
 //!
 //! ```
+//! # #[cfg(feature = "store")] {
 //! use std::time::Duration;
 //! use xenstore::local::LocalStore;
 //! use xenstore::{DomId, TxId, XenStore};
@@ -20,11 +21,21 @@
 //! let first = dom0.next_watch_event(Some(Duration::from_secs(5))).unwrap().unwrap();
 //! assert_eq!(first.path, "/vm"); // a new watch fires once at once
 //! assert_eq!(dom0.read(TxId::NONE, "/vm/ring-ref").unwrap(), b"8");
+//! # }
 //! ```
 //!
 //! Modules: [`wire`] (the sans-IO codec), [`store`] (the tree and its semantics), [`local`] (the
 //! in-process store), [`client`] (libxenstore's counterpart over a socket or `/dev/xen/xenbus`),
 //! [`daemon`] (serves a store over one Unix socket per domain).
+//!
+//! # Features
+//!
+//! [`wire`] and [`client`] are always built, so a dom0 tool that only talks to a real xenstored
+//! (`default-features = false`) links nothing else.
+//!
+//! - `store`: the in-memory store with xenstored's semantics ([`store`]) and the in-process store
+//!   ([`local`]).
+//! - `daemon` (default): the socket daemon ([`daemon`]); implies `store`.
 #![forbid(unsafe_code)]
 
 use std::fmt;
@@ -32,8 +43,11 @@ use std::str::FromStr;
 use std::time::Duration;
 
 pub mod client;
+#[cfg(feature = "daemon")]
 pub mod daemon;
+#[cfg(feature = "store")]
 pub mod local;
+#[cfg(feature = "store")]
 pub mod store;
 pub mod wire;
 
@@ -115,23 +129,24 @@ impl Errno {
 
     /// The matching Linux errno value (for `io::Error` conversion and C shims).
     pub const fn raw_os_error(self) -> i32 {
+        use nix::errno::Errno as Sys;
         match self {
-            Errno::EINVAL => libc::EINVAL,
-            Errno::EACCES => libc::EACCES,
-            Errno::EEXIST => libc::EEXIST,
-            Errno::EISDIR => libc::EISDIR,
-            Errno::ENOENT => libc::ENOENT,
-            Errno::ENOMEM => libc::ENOMEM,
-            Errno::ENOSPC => libc::ENOSPC,
-            Errno::EIO => libc::EIO,
-            Errno::ENOTEMPTY => libc::ENOTEMPTY,
-            Errno::ENOSYS => libc::ENOSYS,
-            Errno::EROFS => libc::EROFS,
-            Errno::EBUSY => libc::EBUSY,
-            Errno::EAGAIN => libc::EAGAIN,
-            Errno::EISCONN => libc::EISCONN,
-            Errno::E2BIG => libc::E2BIG,
-            Errno::EPERM => libc::EPERM,
+            Errno::EINVAL => Sys::EINVAL as i32,
+            Errno::EACCES => Sys::EACCES as i32,
+            Errno::EEXIST => Sys::EEXIST as i32,
+            Errno::EISDIR => Sys::EISDIR as i32,
+            Errno::ENOENT => Sys::ENOENT as i32,
+            Errno::ENOMEM => Sys::ENOMEM as i32,
+            Errno::ENOSPC => Sys::ENOSPC as i32,
+            Errno::EIO => Sys::EIO as i32,
+            Errno::ENOTEMPTY => Sys::ENOTEMPTY as i32,
+            Errno::ENOSYS => Sys::ENOSYS as i32,
+            Errno::EROFS => Sys::EROFS as i32,
+            Errno::EBUSY => Sys::EBUSY as i32,
+            Errno::EAGAIN => Sys::EAGAIN as i32,
+            Errno::EISCONN => Sys::EISCONN as i32,
+            Errno::E2BIG => Sys::E2BIG as i32,
+            Errno::EPERM => Sys::EPERM as i32,
         }
     }
 }
@@ -364,3 +379,26 @@ macro_rules! forward_xenstore {
 }
 
 forward_xenstore!(&S, Box<S>, std::sync::Arc<S>);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::ErrorKind;
+
+    #[test]
+    fn errno_values_are_the_system_ones() {
+        let kind = |e: Errno| std::io::Error::from_raw_os_error(e.raw_os_error()).kind();
+        assert_eq!(kind(Errno::ENOENT), ErrorKind::NotFound);
+        assert_eq!(kind(Errno::EACCES), ErrorKind::PermissionDenied);
+        assert_eq!(kind(Errno::EEXIST), ErrorKind::AlreadyExists);
+        assert_eq!(kind(Errno::EINVAL), ErrorKind::InvalidInput);
+        assert_eq!(kind(Errno::EAGAIN), ErrorKind::WouldBlock);
+        // Linux's numbers, which the C shims hand on unchanged.
+        assert_eq!(Errno::EPERM.raw_os_error(), 1);
+        assert_eq!(Errno::ENOSPC.raw_os_error(), 28);
+        let mut raw: Vec<i32> = Errno::ALL.iter().map(|e| e.raw_os_error()).collect();
+        raw.sort_unstable();
+        raw.dedup();
+        assert_eq!(raw.len(), Errno::ALL.len(), "distinct values");
+    }
+}

@@ -122,11 +122,13 @@ impl LocalStore {
         }
     }
 
+    #[cfg(feature = "daemon")]
     pub(crate) fn shared(&self) -> &Arc<Shared> {
         &self.shared
     }
 
     /// Install (or with `None` remove) the observer; fails if another one is installed.
+    #[cfg(feature = "daemon")]
     pub(crate) fn set_observer(&self, observer: Option<Arc<dyn Observer>>) -> bool {
         let mut slot = self
             .shared

@@ -31,6 +31,7 @@
 
 use crate::{DomId, Errno, Perm, TxId, WatchEvent};
 use std::fmt;
+use zerocopy::FromBytes;
 
 /// The size of a message header in bytes.
 pub const HEADER_LEN: usize = 16;
@@ -137,7 +138,22 @@ impl MsgType {
 }
 
 /// The fixed header in front of every message (`struct xsd_sockmsg`), as raw numbers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+///
+/// Laid out exactly like the C struct: four native-endian `u32`s, 16 bytes, no padding (checked
+/// at compile time). xenstored and libxenstore use the host's byte order; on every target Xen runs
+/// Linux guests on (x86, Arm) that is little-endian.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    zerocopy::FromBytes,
+    zerocopy::IntoBytes,
+    zerocopy::Immutable,
+    zerocopy::KnownLayout,
+)]
+#[repr(C)]
 pub struct Header {
     /// The message type number (not necessarily a known [`MsgType`]).
     pub msg_type: u32,
@@ -149,27 +165,17 @@ pub struct Header {
     pub len: u32,
 }
 
+const _: () = assert!(size_of::<Header>() == HEADER_LEN);
+
 impl Header {
     /// The header as it goes on the wire (native endian, like the C struct).
     pub fn encode(&self) -> [u8; HEADER_LEN] {
-        let mut out = [0u8; HEADER_LEN];
-        out[0..4].copy_from_slice(&self.msg_type.to_ne_bytes());
-        out[4..8].copy_from_slice(&self.req_id.to_ne_bytes());
-        out[8..12].copy_from_slice(&self.tx_id.to_ne_bytes());
-        out[12..16].copy_from_slice(&self.len.to_ne_bytes());
-        out
+        zerocopy::transmute!(*self)
     }
 
     /// Read a header from its 16 wire bytes.
     pub fn decode(bytes: &[u8; HEADER_LEN]) -> Header {
-        let word =
-            |i: usize| u32::from_ne_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
-        Header {
-            msg_type: word(0),
-            req_id: word(4),
-            tx_id: word(8),
-            len: word(12),
-        }
+        zerocopy::transmute!(*bytes)
     }
 }
 
@@ -275,12 +281,10 @@ pub enum Decoded {
 /// header.len`: a caller may skip it and carry on. [`WireError::PayloadTooLong`] is fatal to the
 /// stream.
 pub fn decode(buf: &[u8]) -> Result<Decoded, WireError> {
-    let Some(head) = buf.get(..HEADER_LEN) else {
+    // A copy, so the buffer need not be aligned for the `u32`s.
+    let Ok((header, _)) = Header::read_from_prefix(buf) else {
         return Ok(Decoded::NeedMore(HEADER_LEN - buf.len()));
     };
-    let mut raw = [0u8; HEADER_LEN];
-    raw.copy_from_slice(head);
-    let header = Header::decode(&raw);
     let len = header.len as usize;
     if len > PAYLOAD_MAX {
         return Err(WireError::PayloadTooLong { len: header.len });
@@ -1001,7 +1005,28 @@ mod tests {
         let bytes = h.encode();
         assert_eq!(&bytes[0..4], &2u32.to_ne_bytes());
         assert_eq!(&bytes[4..8], &0x01020304u32.to_ne_bytes());
+        assert_eq!(&bytes[8..12], &9u32.to_ne_bytes());
+        assert_eq!(&bytes[12..16], &5u32.to_ne_bytes());
         assert_eq!(Header::decode(&bytes), h);
+    }
+
+    #[test]
+    fn short_and_misaligned_buffers_decode() {
+        let msg = Message::new(MsgType::Read, 3, TxId(4), b"/a\0".to_vec());
+        let bytes = msg.encode().unwrap();
+        for n in 0..HEADER_LEN {
+            assert_eq!(decode(&bytes[..n]), Ok(Decoded::NeedMore(HEADER_LEN - n)));
+        }
+        assert_eq!(decode(&bytes[..HEADER_LEN]), Ok(Decoded::NeedMore(3)));
+        // The header is copied out, so it may start at any offset of the buffer.
+        for offset in 1..4 {
+            let mut shifted = vec![0xaa; offset];
+            shifted.extend_from_slice(&bytes);
+            assert_eq!(
+                decode(&shifted[offset..]),
+                Ok(Decoded::Message(msg.clone(), bytes.len()))
+            );
+        }
     }
 
     #[test]

@@ -4,8 +4,9 @@
 mod common;
 
 use common::TempDir;
+use nix::poll::{poll, PollFd, PollFlags};
 use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,15 +35,13 @@ fn errno<T: std::fmt::Debug>(r: xenstore::Result<T>) -> Errno {
 }
 
 /// Poll one fd for readability with a timeout (milliseconds); true if readable.
-fn readable(fd: i32, timeout_ms: i32) -> bool {
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: `pfd` is a valid, exclusively borrowed pollfd array of length 1 for the call.
-    let n = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
-    n == 1 && pfd.revents & libc::POLLIN != 0
+fn readable(fd: impl AsFd, timeout_ms: u16) -> bool {
+    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+    let n = poll(&mut fds, timeout_ms).expect("poll");
+    n == 1
+        && fds[0]
+            .revents()
+            .is_some_and(|r| r.contains(PollFlags::POLLIN))
 }
 
 #[test]
@@ -113,7 +112,7 @@ fn watch_events_come_apart_from_replies_and_the_fd_polls() {
     let d = start(&dir);
     let watcher = dom0(&d);
     let writer = dom0(&d);
-    let fd = watcher.as_raw_fd();
+    let fd = watcher.as_fd();
     assert!(!readable(fd, 0));
     watcher.watch("/w", "tok").unwrap();
     assert!(readable(fd, 30_000), "initial event makes the fd readable");
@@ -470,7 +469,7 @@ fn event_fd_stays_readable_after_the_daemon_dies_and_the_last_event_is_taken() {
     while let Ok(Some(_)) = c.next_watch_event(Some(Duration::ZERO)) {}
     // A poller must still wake up to learn that the connection is dead.
     assert!(
-        readable(c.as_raw_fd(), 1000),
+        readable(&c, 1000),
         "the event fd went quiet on a dead connection"
     );
     assert!(c.next_watch_event(WAIT).is_err());
