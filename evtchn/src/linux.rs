@@ -4,16 +4,23 @@
 //! and answers `None` on `EAGAIN`, so callers wait for the fd to become readable (poll/epoll)
 //! first. The driver masks a port as it delivers it; writing the port back unmasks it. Closing
 //! the fd (dropping the handle, or the process dying) unbinds every port bound through it.
+//!
+//! `read`, `write` and the ioctls go through nix (the ioctls as the typed wrappers its macros
+//! generate in [`abi`]), each retried on `EINTR`.
 #![allow(unsafe_code)]
 
 pub mod abi;
 
+use std::ffi::c_int;
 use std::fmt;
 use std::io;
 use std::mem::size_of;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
 
 use crate::{DomId, EventChannel, Port};
 
@@ -38,8 +45,8 @@ impl std::error::Error for OpenError {}
 
 /// Open a Xen device node read-write and close-on-exec, with `extra_flags` (such as
 /// `O_NONBLOCK`). A missing device or driver is an `io::Error` of kind `NotFound` whose message
-/// names the path. Shared by the Linux backends of this crate and of `gnttab`.
-pub fn open_device(path: &Path, extra_flags: libc::c_int) -> io::Result<OwnedFd> {
+/// names the path.
+pub fn open_device(path: &Path, extra_flags: c_int) -> io::Result<OwnedFd> {
     std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -72,27 +79,27 @@ impl Evtchn {
     /// Open an evtchn device at `path`. A missing device or driver is an `io::Error` of kind
     /// `NotFound` whose message names the path.
     pub fn open_path(path: impl AsRef<Path>) -> io::Result<Evtchn> {
-        let fd = open_device(path.as_ref(), libc::O_NONBLOCK)?;
+        let fd = open_device(path.as_ref(), OFlag::O_NONBLOCK.bits())?;
         Ok(Evtchn { fd })
     }
 
-    /// Issue an ioctl taking a `T`, retrying on `EINTR`; returns the ioctl's value.
-    fn ioctl<T>(&self, request: u64, arg: &mut T) -> io::Result<libc::c_int> {
-        loop {
-            // SAFETY: `arg` is a live, exclusively borrowed `T`, and every request passed here
-            // takes exactly a `T` (the ioctl number encodes `size_of::<T>()`, checked in `abi`).
-            let ret = unsafe { libc::ioctl(self.fd.as_raw_fd(), request as _, arg as *mut T) };
-            if ret >= 0 {
-                return Ok(ret);
-            }
-            let err = io::Error::last_os_error();
-            if err.kind() != io::ErrorKind::Interrupted {
-                return Err(err);
-            }
-        }
+    /// Issue `request`, one of the wrappers declared in [`abi`], with `arg`, retrying on `EINTR`;
+    /// returns the ioctl's value.
+    fn ioctl<T>(
+        &self,
+        request: unsafe fn(c_int, *const T) -> nix::Result<c_int>,
+        arg: &T,
+    ) -> io::Result<c_int> {
+        retry_on_eintr(|| {
+            // SAFETY: `request` is one of `abi`'s wrappers, each made by `ioctl_write_ptr_bad!`
+            // for a request that only reads one `T` (its number encodes `size_of::<T>()`, checked
+            // in `abi` against the C header); `arg` is a live `T` for the whole call, and the fd
+            // is this handle's open evtchn device (or, in tests, a file that knows no ioctl).
+            unsafe { request(self.fd.as_raw_fd(), arg) }
+        })
     }
 
-    fn new_port(ret: libc::c_int) -> io::Result<Port> {
+    fn new_port(ret: c_int) -> io::Result<Port> {
         u32::try_from(ret)
             .ok()
             .map(Port)
@@ -103,75 +110,68 @@ impl Evtchn {
 
 impl EventChannel for Evtchn {
     fn bind_unbound_port(&self, remote: DomId) -> io::Result<Port> {
-        let mut arg = abi::BindUnboundPort {
+        let arg = abi::BindUnboundPort {
             remote_domain: u32::from(remote.0),
         };
-        Self::new_port(self.ioctl(abi::IOCTL_EVTCHN_BIND_UNBOUND_PORT, &mut arg)?)
+        Self::new_port(self.ioctl(abi::bind_unbound_port, &arg)?)
     }
 
     fn bind_interdomain(&self, remote: DomId, remote_port: Port) -> io::Result<Port> {
-        let mut arg = abi::BindInterdomain {
+        let arg = abi::BindInterdomain {
             remote_domain: u32::from(remote.0),
             remote_port: remote_port.0,
         };
-        Self::new_port(self.ioctl(abi::IOCTL_EVTCHN_BIND_INTERDOMAIN, &mut arg)?)
+        Self::new_port(self.ioctl(abi::bind_interdomain, &arg)?)
     }
 
     fn notify(&self, port: Port) -> io::Result<()> {
-        let mut arg = abi::PortArg { port: port.0 };
-        self.ioctl(abi::IOCTL_EVTCHN_NOTIFY, &mut arg).map(drop)
+        self.ioctl(abi::notify, &abi::PortArg { port: port.0 })
+            .map(drop)
     }
 
     fn pending(&self) -> io::Result<Option<Port>> {
         let mut buf = [0u8; size_of::<abi::EvtchnPort>()];
-        loop {
-            // SAFETY: `buf` is a live, writable buffer of exactly `buf.len()` bytes.
-            let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-            if n < 0 {
-                let err = io::Error::last_os_error();
-                match err.kind() {
-                    io::ErrorKind::Interrupted => continue,
-                    io::ErrorKind::WouldBlock => return Ok(None),
-                    _ => return Err(err),
-                }
-            }
-            return if n as usize == buf.len() {
-                Ok(Some(Port(abi::EvtchnPort::from_ne_bytes(buf))))
-            } else {
-                Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("short read of {n} bytes from the event-channel device"),
-                ))
-            };
+        let n = match retry_on_eintr(|| nix::unistd::read(&self.fd, &mut buf)) {
+            Ok(n) => n,
+            Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(None),
+            Err(err) => return Err(err),
+        };
+        if n == buf.len() {
+            Ok(Some(Port(abi::EvtchnPort::from_ne_bytes(buf))))
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("short read of {n} bytes from the event-channel device"),
+            ))
         }
     }
 
     fn unmask(&self, port: Port) -> io::Result<()> {
-        let buf = port.0.to_ne_bytes();
-        loop {
-            // SAFETY: `buf` is a live buffer of exactly `buf.len()` bytes.
-            let n = unsafe { libc::write(self.fd.as_raw_fd(), buf.as_ptr().cast(), buf.len()) };
-            if n < 0 {
-                let err = io::Error::last_os_error();
-                if err.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(err);
-            }
-            return if n as usize == buf.len() {
-                Ok(())
-            } else {
-                Err(io::Error::new(
-                    io::ErrorKind::WriteZero,
-                    "the event-channel device took part of a port",
-                ))
-            };
+        let buf = abi::EvtchnPort::to_ne_bytes(port.0);
+        let n = retry_on_eintr(|| nix::unistd::write(&self.fd, &buf))?;
+        if n == buf.len() {
+            Ok(())
+        } else {
+            Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "the event-channel device took part of a port",
+            ))
         }
     }
 
     fn unbind(&self, port: Port) -> io::Result<()> {
-        let mut arg = abi::PortArg { port: port.0 };
-        self.ioctl(abi::IOCTL_EVTCHN_UNBIND, &mut arg).map(drop)
+        self.ioctl(abi::unbind, &abi::PortArg { port: port.0 })
+            .map(drop)
+    }
+}
+
+/// Run `call` until it fails with something other than `EINTR`.
+fn retry_on_eintr<T>(mut call: impl FnMut() -> nix::Result<T>) -> io::Result<T> {
+    loop {
+        match call() {
+            Err(Errno::EINTR) => continue,
+            result => return result.map_err(io::Error::from),
+        }
     }
 }
 
@@ -216,15 +216,28 @@ mod tests {
 
     #[test]
     fn the_fd_is_non_blocking_and_close_on_exec() {
+        use nix::fcntl::{fcntl, FcntlArg, FdFlag};
         let handle = Evtchn::open_path("/dev/null").unwrap();
-        // SAFETY: F_GETFL/F_GETFD on an open fd take no pointers.
-        let (fl, fd) = unsafe {
-            (
-                libc::fcntl(handle.as_raw_fd(), libc::F_GETFL),
-                libc::fcntl(handle.as_raw_fd(), libc::F_GETFD),
-            )
-        };
-        assert_ne!(fl & libc::O_NONBLOCK, 0);
-        assert_ne!(fd & libc::FD_CLOEXEC, 0);
+        let fl = OFlag::from_bits_retain(fcntl(&handle, FcntlArg::F_GETFL).unwrap());
+        let fd = FdFlag::from_bits_retain(fcntl(&handle, FcntlArg::F_GETFD).unwrap());
+        assert!(fl.contains(OFlag::O_NONBLOCK), "{fl:?}");
+        assert!(fd.contains(FdFlag::FD_CLOEXEC), "{fd:?}");
+    }
+
+    #[test]
+    fn interrupted_calls_are_retried_and_other_errors_pass_through() {
+        let mut interruptions = 2;
+        let value = retry_on_eintr(|| {
+            if interruptions > 0 {
+                interruptions -= 1;
+                Err(Errno::EINTR)
+            } else {
+                Ok(5)
+            }
+        });
+        assert_eq!(value.unwrap(), 5);
+        let err = retry_on_eintr(|| Err::<(), _>(Errno::EAGAIN)).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+        assert_eq!(err.raw_os_error(), Some(Errno::EAGAIN as i32));
     }
 }

@@ -20,20 +20,25 @@
 //! the Debian 6.1 kernel under Xen 4.17 it works (the QEMU tier exercises it), while PROTOCOL.md
 //! section 7 says some older kernels crash in gntalloc doing it. Callers that must run on such
 //! kernels should not serve their own domain.
+//!
+//! The requests go through nix's ioctl wrappers (declared in [`abi`]), the mappings are memmap2's
+//! [`MmapRaw`], which unmaps on drop and only ever hands out raw pointers: granted memory can
+//! change under us at any time, so no Rust reference or slice of it is ever made here.
 #![allow(unsafe_code)]
 
 pub mod abi;
 
-use std::ffi::c_void;
+use std::ffi::c_int;
 use std::fmt;
 use std::io;
-use std::mem::size_of;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 use std::sync::Arc;
 
-use evtchn::linux::open_device;
+use memmap2::{MmapOptions, MmapRaw};
+use nix::errno::Errno;
+use zerocopy::FromZeros;
 
 use crate::{
     DomId, GrantMap, GrantRef, GrantShare, SharedMemory, SharedPages, UnmapNotify, PAGE_SIZE,
@@ -44,62 +49,96 @@ pub const GNTALLOC_PATH: &str = "/dev/xen/gntalloc";
 /// Where the grant-mapping device lives.
 pub const GNTDEV_PATH: &str = "/dev/xen/gntdev";
 
-/// Issue an ioctl whose argument is the memory at `arg`, retrying on `EINTR`.
-///
-/// # Safety
-///
-/// `arg` must point to a writable, initialised buffer at least as large as the argument the
-/// kernel reads and writes for `request` (including any variable-length tail).
-unsafe fn ioctl(fd: BorrowedFd<'_>, request: u64, arg: *mut c_void) -> io::Result<libc::c_int> {
+/// An error opening a device: names the path and says the OS error (in the message only, so that
+/// a chain of causes prints it once).
+#[derive(Debug)]
+struct OpenError {
+    path: PathBuf,
+    cause: io::Error,
+}
+
+impl fmt::Display for OpenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cannot open {}: {}", self.path.display(), self.cause)
+    }
+}
+
+impl std::error::Error for OpenError {}
+
+/// Open a Xen device node read-write (std opens every file close-on-exec). A missing device or
+/// driver is an `io::Error` of kind `NotFound` whose message names the path.
+fn open_device(path: &Path) -> io::Result<OwnedFd> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map(OwnedFd::from)
+        .map_err(|cause| {
+            io::Error::new(
+                cause.kind(),
+                OpenError {
+                    path: path.to_owned(),
+                    cause,
+                },
+            )
+        })
+}
+
+/// Run `call` until it fails with something other than `EINTR`.
+fn retry_on_eintr<T>(mut call: impl FnMut() -> nix::Result<T>) -> io::Result<T> {
     loop {
-        // SAFETY: the caller guarantees `arg` is valid for this request; `fd` is open.
-        let ret = unsafe { libc::ioctl(fd.as_raw_fd(), request as _, arg) };
-        if ret >= 0 {
-            return Ok(ret);
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
+        match call() {
+            Err(Errno::EINTR) => continue,
+            result => return result.map_err(io::Error::from),
         }
     }
 }
 
-/// [`ioctl`] with a fixed-size argument struct.
-fn ioctl_with<T>(fd: BorrowedFd<'_>, request: u64, arg: &mut T) -> io::Result<libc::c_int> {
-    // SAFETY: `arg` is a live, exclusively borrowed `T`, and every request passed here takes
-    // exactly a `T` (the ioctl number encodes `size_of::<T>()`, checked in `abi`).
-    unsafe { ioctl(fd, request, (arg as *mut T).cast()) }
+/// Issue `request`, one of the read-only wrappers declared in [`abi`], with `arg`, retrying on
+/// `EINTR`; returns the ioctl's value.
+fn ioctl_write<T>(
+    fd: BorrowedFd<'_>,
+    request: unsafe fn(c_int, *const T) -> nix::Result<c_int>,
+    arg: &T,
+) -> io::Result<c_int> {
+    retry_on_eintr(|| {
+        // SAFETY: `request` is one of `abi`'s wrappers made by `ioctl_write_ptr_bad!`, each for a
+        // request that only reads one `T` (its number encodes `size_of::<T>()`, checked in `abi`
+        // against the C headers); `arg` is a live `T` for the whole call, and `fd` is the open
+        // device the request belongs to (or, in tests, a file that knows no ioctl).
+        unsafe { request(fd.as_raw_fd(), arg) }
+    })
 }
 
 fn einval() -> io::Error {
-    io::Error::from_raw_os_error(libc::EINVAL)
+    Errno::EINVAL.into()
 }
 
-/// Map `len` bytes of `fd` at offset `index`, shared.
-fn mmap_shared(
-    fd: BorrowedFd<'_>,
-    len: usize,
-    writable: bool,
-    index: u64,
-) -> io::Result<NonNull<u8>> {
-    let offset = libc::off_t::try_from(index).map_err(|_| einval())?;
-    let prot = libc::PROT_READ | if writable { libc::PROT_WRITE } else { 0 };
-    // SAFETY: a fresh mapping chosen by the kernel (no fixed address), so no existing memory is
-    // affected; the result is checked before use.
-    let ptr = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            prot,
-            libc::MAP_SHARED,
-            fd.as_raw_fd(),
-            offset,
-        )
+fn out_of_memory<E>(_: E) -> io::Error {
+    io::ErrorKind::OutOfMemory.into()
+}
+
+/// Map `len` bytes of the device `fd` at mmap offset `index`, shared, read-only unless
+/// `writable`. The mapping is unmapped when the returned value is dropped.
+fn map_region(fd: &OwnedFd, len: usize, writable: bool, index: u64) -> io::Result<MmapRaw> {
+    // mmap takes a signed offset; memmap2 would wrap a larger one.
+    i64::try_from(index).map_err(|_| einval())?;
+    let mut options = MmapOptions::new();
+    options.offset(index).len(len);
+    let map = if writable {
+        options.map_raw(fd)?
+    } else {
+        options.map_raw_read_only(fd)?
     };
-    if ptr == libc::MAP_FAILED {
-        return Err(io::Error::last_os_error());
+    if map.as_mut_ptr().is_null() {
+        return Err(einval());
     }
-    NonNull::new(ptr.cast()).ok_or_else(einval)
+    Ok(map)
+}
+
+/// The first byte of a mapping made by [`map_region`] (which refuses a null one).
+fn region_start(map: &MmapRaw) -> NonNull<u8> {
+    NonNull::new(map.as_mut_ptr()).expect("map_region refuses a null mapping")
 }
 
 /// Check a notify request against a region of `len` bytes and turn it into the ioctl argument
@@ -136,11 +175,29 @@ fn notify_arg(
     }))
 }
 
+/// The length of a region of `count` pages: refuses 0 and counts that do not fit the ioctls'
+/// `u32`, so every `count` past this check is at least 1 and converts to `u32`.
 fn region_len(count: usize) -> io::Result<usize> {
     if count == 0 || u32::try_from(count).is_err() {
         return Err(einval());
     }
     count.checked_mul(PAGE_SIZE).ok_or_else(einval)
+}
+
+/// A range of a device's mmap offsets that a request reserved: pages gntalloc allocated and
+/// granted, or grants registered with gntdev. Dropping it releases the range (`release`), then
+/// its hold on the fd.
+struct Reservation {
+    fd: Arc<OwnedFd>,
+    index: u64,
+    count: usize,
+    release: fn(BorrowedFd<'_>, u64, usize),
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        (self.release)(self.fd.as_fd(), self.index, self.count);
+    }
 }
 
 /// A grant-sharing handle: `/dev/xen/gntalloc` (libxengnttab's `xengntshr_handle`).
@@ -158,7 +215,7 @@ impl Gntshr {
     /// Open a gntalloc device at `path`.
     pub fn open_path(path: impl AsRef<Path>) -> io::Result<Gntshr> {
         Ok(Gntshr {
-            fd: Arc::new(open_device(path.as_ref(), 0)?),
+            fd: Arc::new(open_device(path.as_ref())?),
         })
     }
 
@@ -173,68 +230,52 @@ impl Gntshr {
         let len = region_len(count)?;
         // Validate the notify request before anything is allocated (the index is filled below).
         notify_arg(notify, len, 0)?;
-        let mut arg = abi::VarIoctl::<abi::GntallocAllocGrefHeader, u32>::new(
+        let mut arg = abi::GntallocAllocGref::<[u32]>::new_box_zeroed_with_elems(count)
+            .map_err(out_of_memory)?;
+        arg.domid = domid.0;
+        arg.flags = if writable {
+            abi::GNTALLOC_FLAG_WRITABLE
+        } else {
+            0
+        };
+        arg.count = count as u32;
+        retry_on_eintr(|| {
+            // SAFETY: `arg` is one zeroed allocation that zerocopy sized for the header and
+            // `count` grant refs, and `count >= 1` (`region_len`), so it is at least as large as
+            // the C struct; the pointer is taken from the whole allocation, so it covers the refs
+            // the kernel writes, and the kernel touches nothing past them. The fd is this
+            // handle's gntalloc device (or, in tests, a file that knows no ioctl).
+            unsafe { abi::gntalloc_alloc_gref(self.fd.as_raw_fd(), (&raw mut *arg).cast()) }
+        })?;
+        // From here on, dropping `reservation` gives the grants back.
+        let reservation = Reservation {
+            fd: Arc::clone(&self.fd),
+            index: arg.index,
             count,
-            size_of::<abi::GntallocAllocGref>(),
-        )
-        .ok_or_else(einval)?;
-        arg.set_header(abi::GntallocAllocGrefHeader {
-            domid: domid.0,
-            flags: if writable {
-                abi::GNTALLOC_FLAG_WRITABLE
-            } else {
-                0
-            },
-            count: count as u32,
-            index: 0,
-        });
-        // SAFETY: `arg` is an initialised buffer sized for the header and `count` grant refs,
-        // which is all the kernel reads or writes for this request.
-        unsafe {
-            ioctl(
-                self.fd.as_fd(),
-                abi::IOCTL_GNTALLOC_ALLOC_GREF,
-                arg.as_mut_ptr().cast(),
-            )?
+            release: dealloc,
         };
-        let index = arg.header().index;
-        let refs: Vec<GrantRef> = (0..count)
-            .filter_map(|i| arg.get(i))
-            .map(GrantRef)
-            .collect();
-
-        let ptr = match mmap_shared(self.fd.as_fd(), len, true, index) {
-            Ok(ptr) => ptr,
-            Err(e) => {
-                dealloc(self.fd.as_fd(), index, count);
-                return Err(e);
-            }
-        };
+        let refs = arg.gref_ids.iter().map(|&r| GrantRef(r)).collect();
+        let map = map_region(&self.fd, len, true, reservation.index)?;
         // From here on, dropping `pages` undoes everything.
         let pages = GntshrPages {
-            fd: Arc::clone(&self.fd),
-            ptr,
-            index,
+            map,
+            reservation,
             refs,
         };
-        if let Some(mut notify) = notify_arg(notify, len, index)? {
-            ioctl_with(
-                self.fd.as_fd(),
-                abi::IOCTL_GNTALLOC_SET_UNMAP_NOTIFY,
-                &mut notify,
-            )?;
+        if let Some(notify) = notify_arg(notify, len, pages.reservation.index)? {
+            ioctl_write(self.fd.as_fd(), abi::gntalloc_set_unmap_notify, &notify)?;
         }
         Ok(pages)
     }
 }
 
 fn dealloc(fd: BorrowedFd<'_>, index: u64, count: usize) {
-    let mut arg = abi::GntallocDeallocGref {
+    let arg = abi::GntallocDeallocGref {
         index,
         count: count as u32,
     };
     // Nothing useful can be done if the kernel refuses; the fd's close releases it anyway.
-    let _ = ioctl_with(fd, abi::IOCTL_GNTALLOC_DEALLOC_GREF, &mut arg);
+    let _ = ioctl_write(fd, abi::gntalloc_dealloc_gref, &arg);
 }
 
 impl GrantShare for Gntshr {
@@ -266,52 +307,38 @@ impl AsRawFd for Gntshr {
 /// Pages shared through gntalloc, mapped into this process. Dropping unmaps them and drops the
 /// grants (the kernel revokes each grant once the peer has unmapped it).
 pub struct GntshrPages {
-    fd: Arc<OwnedFd>,
-    ptr: NonNull<u8>,
-    index: u64,
+    // Fields drop in order: the pages are unmapped, then the grants are given back, then the fd
+    // may close.
+    map: MmapRaw,
+    reservation: Reservation,
     refs: Vec<GrantRef>,
 }
 
 impl fmt::Debug for GntshrPages {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GntshrPages")
-            .field("ptr", &self.ptr)
-            .field("index", &self.index)
+            .field("ptr", &self.map.as_ptr())
+            .field("index", &self.reservation.index)
             .field("refs", &self.refs)
             .finish()
     }
 }
 
-// SAFETY: the region is a shared memory mapping with no thread affinity; the pointer is only
-// handed out raw and every access goes through atomics or raw copies.
-unsafe impl Send for GntshrPages {}
-// SAFETY: as above; `&GntshrPages` exposes only the pointer value and the refs.
-unsafe impl Sync for GntshrPages {}
-
-// SAFETY: `ptr` is the start of a live `MAP_SHARED` read-write mapping of `refs.len()` pages
-// (at least one), page-aligned by mmap, unmapped only in `drop`.
+// SAFETY: `map` is a live `MAP_SHARED` read-write mapping of `refs.len()` pages (at least one),
+// page-aligned by mmap and never null (`map_region`); memmap2 unmaps it only when `map` is
+// dropped, with `self`, and hands out nothing but raw pointers to it.
 unsafe impl SharedMemory for GntshrPages {
     fn as_ptr(&self) -> NonNull<u8> {
-        self.ptr
+        region_start(&self.map)
     }
     fn len(&self) -> usize {
-        self.refs.len() * PAGE_SIZE
+        self.map.len()
     }
 }
 
 impl SharedPages for GntshrPages {
     fn refs(&self) -> &[GrantRef] {
         &self.refs
-    }
-}
-
-impl Drop for GntshrPages {
-    fn drop(&mut self) {
-        // SAFETY: `ptr`/`len` describe exactly the mapping made in `share_pages`, unmapped only
-        // here; no reference into it exists (only raw pointers, which the owner of `self` may no
-        // longer use once it is dropped).
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len()) };
-        dealloc(self.fd.as_fd(), self.index, self.refs.len());
     }
 }
 
@@ -330,15 +357,15 @@ impl Gnttab {
     /// Open a gntdev device at `path`.
     pub fn open_path(path: impl AsRef<Path>) -> io::Result<Gnttab> {
         Ok(Gnttab {
-            fd: Arc::new(open_device(path.as_ref(), 0)?),
+            fd: Arc::new(open_device(path.as_ref())?),
         })
     }
 
     /// Limit how many grants this handle may map at once (`IOCTL_GNTDEV_SET_MAX_GRANTS`). Recent
     /// kernels take the limit from the module parameter instead and answer `ENOTTY`/`EINVAL`.
     pub fn set_max_grants(&self, count: u32) -> io::Result<()> {
-        let mut arg = abi::GntdevSetMaxGrants { count };
-        ioctl_with(self.fd.as_fd(), abi::IOCTL_GNTDEV_SET_MAX_GRANTS, &mut arg).map(drop)
+        let arg = abi::GntdevSetMaxGrants { count };
+        ioctl_write(self.fd.as_fd(), abi::gntdev_set_max_grants, &arg).map(drop)
     }
 
     /// Map `refs`, granted by `domid`, into one contiguous region (see [`GrantMap`]).
@@ -352,64 +379,49 @@ impl Gnttab {
         let count = refs.len();
         let len = region_len(count)?;
         notify_arg(notify, len, 0)?;
-        let mut arg = abi::VarIoctl::<abi::GntdevMapGrantRefHeader, abi::GntdevGrantRef>::new(
+        let mut arg =
+            abi::GntdevMapGrantRef::<[abi::GntdevGrantRef]>::new_box_zeroed_with_elems(count)
+                .map_err(out_of_memory)?;
+        arg.count = count as u32;
+        for (entry, r) in arg.refs.iter_mut().zip(refs) {
+            *entry = abi::GntdevGrantRef {
+                domid: u32::from(domid.0),
+                r#ref: r.0,
+            };
+        }
+        retry_on_eintr(|| {
+            // SAFETY: `arg` is one zeroed allocation that zerocopy sized for the header and
+            // `count` grant entries, and `count >= 1` (`region_len`), so it is at least as large
+            // as the C struct; the pointer is taken from the whole allocation, so it covers the
+            // entries the kernel reads, and the kernel touches nothing past them. The fd is this
+            // handle's gntdev device (or, in tests, a file that knows no ioctl).
+            unsafe { abi::gntdev_map_grant_ref(self.fd.as_raw_fd(), (&raw mut *arg).cast()) }
+        })?;
+        let reservation = Reservation {
+            fd: Arc::clone(&self.fd),
+            index: arg.index,
             count,
-            size_of::<abi::GntdevMapGrantRef>(),
-        )
-        .ok_or_else(einval)?;
-        arg.set_header(abi::GntdevMapGrantRefHeader {
-            count: count as u32,
-            pad: 0,
-            index: 0,
-        });
-        arg.fill(refs.iter().map(|r| abi::GntdevGrantRef {
-            domid: u32::from(domid.0),
-            r#ref: r.0,
-        }));
-        // SAFETY: `arg` is an initialised buffer sized for the header and `count` grant entries,
-        // which is all the kernel reads or writes for this request.
-        unsafe {
-            ioctl(
-                self.fd.as_fd(),
-                abi::IOCTL_GNTDEV_MAP_GRANT_REF,
-                arg.as_mut_ptr().cast(),
-            )?
+            release: unmap_grant_ref,
         };
-        let index = arg.header().index;
 
         // gntdev maps every grant here and fails the whole mmap if any one failed.
-        let ptr = match mmap_shared(self.fd.as_fd(), len, writable, index) {
-            Ok(ptr) => ptr,
-            Err(e) => {
-                unmap_grant_ref(self.fd.as_fd(), index, count);
-                return Err(e);
-            }
-        };
-        let mapping = GnttabMapping {
-            fd: Arc::clone(&self.fd),
-            ptr,
-            index,
-            count,
-        };
-        if let Some(mut notify) = notify_arg(notify, len, index)? {
-            ioctl_with(
-                self.fd.as_fd(),
-                abi::IOCTL_GNTDEV_SET_UNMAP_NOTIFY,
-                &mut notify,
-            )?;
+        let map = map_region(&self.fd, len, writable, reservation.index)?;
+        let mapping = GnttabMapping { map, reservation };
+        if let Some(notify) = notify_arg(notify, len, mapping.reservation.index)? {
+            ioctl_write(self.fd.as_fd(), abi::gntdev_set_unmap_notify, &notify)?;
         }
         Ok(mapping)
     }
 }
 
 fn unmap_grant_ref(fd: BorrowedFd<'_>, index: u64, count: usize) {
-    let mut arg = abi::GntdevUnmapGrantRef {
+    let arg = abi::GntdevUnmapGrantRef {
         index,
         count: count as u32,
         pad: 0,
     };
     // Nothing useful can be done if the kernel refuses; the fd's close releases it anyway.
-    let _ = ioctl_with(fd, abi::IOCTL_GNTDEV_UNMAP_GRANT_REF, &mut arg);
+    let _ = ioctl_write(fd, abi::gntdev_unmap_grant_ref, &arg);
 }
 
 impl GrantMap for Gnttab {
@@ -440,45 +452,32 @@ impl AsRawFd for Gnttab {
 
 /// Foreign pages mapped through gntdev. Dropping unmaps them (firing the unmap notification).
 pub struct GnttabMapping {
-    fd: Arc<OwnedFd>,
-    ptr: NonNull<u8>,
-    index: u64,
-    count: usize,
+    // Fields drop in order: the pages are unmapped, then the grants are released, then the fd
+    // may close.
+    map: MmapRaw,
+    reservation: Reservation,
 }
 
 impl fmt::Debug for GnttabMapping {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GnttabMapping")
-            .field("ptr", &self.ptr)
-            .field("index", &self.index)
-            .field("count", &self.count)
+            .field("ptr", &self.map.as_ptr())
+            .field("index", &self.reservation.index)
+            .field("count", &self.reservation.count)
             .finish()
     }
 }
 
-// SAFETY: the region is a shared memory mapping with no thread affinity; the pointer is only
-// handed out raw and every access goes through atomics or raw copies.
-unsafe impl Send for GnttabMapping {}
-// SAFETY: as above; `&GnttabMapping` exposes only the pointer value and the length.
-unsafe impl Sync for GnttabMapping {}
-
-// SAFETY: `ptr` is the start of a live `MAP_SHARED` mapping of `count` pages (at least one),
-// page-aligned by mmap, writable when it was mapped writable, unmapped only in `drop`.
+// SAFETY: `map` is a live `MAP_SHARED` mapping of `reservation.count` pages (at least one),
+// page-aligned by mmap and never null (`map_region`), writable when it was mapped writable;
+// memmap2 unmaps it only when `map` is dropped, with `self`, and hands out nothing but raw
+// pointers to it.
 unsafe impl SharedMemory for GnttabMapping {
     fn as_ptr(&self) -> NonNull<u8> {
-        self.ptr
+        region_start(&self.map)
     }
     fn len(&self) -> usize {
-        self.count * PAGE_SIZE
-    }
-}
-
-impl Drop for GnttabMapping {
-    fn drop(&mut self) {
-        // SAFETY: `ptr`/`len` describe exactly the mapping made in `map_grant_refs`, unmapped
-        // only here; no reference into it exists (only raw pointers).
-        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len()) };
-        unmap_grant_ref(self.fd.as_fd(), self.index, self.count);
+        self.map.len()
     }
 }
 
@@ -516,7 +515,7 @@ mod tests {
     fn bad_requests_are_refused_before_reaching_the_kernel() {
         let shr = Gntshr::open_path("/dev/null").unwrap();
         let err = shr.share_pages(DomId(1), 0, true, None).unwrap_err();
-        assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
+        assert_eq!(err.raw_os_error(), Some(Errno::EINVAL as i32));
         let notify = UnmapNotify {
             clear_byte: Some(PAGE_SIZE),
             event: None,
@@ -524,10 +523,10 @@ mod tests {
         let err = shr
             .share_pages(DomId(1), 1, true, Some(notify))
             .unwrap_err();
-        assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
+        assert_eq!(err.raw_os_error(), Some(Errno::EINVAL as i32));
         let tab = Gnttab::open_path("/dev/null").unwrap();
         let err = tab.map_grant_refs(DomId(1), &[], true, None).unwrap_err();
-        assert_eq!(err.raw_os_error(), Some(libc::EINVAL));
+        assert_eq!(err.raw_os_error(), Some(Errno::EINVAL as i32));
     }
 
     #[test]
@@ -559,6 +558,25 @@ mod tests {
         assert!(notify_arg(Some(UnmapNotify::default()), PAGE_SIZE, 0)
             .unwrap()
             .is_none());
+    }
+
+    #[test]
+    fn the_fds_are_close_on_exec() {
+        use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+        let shr = Gntshr::open_path("/dev/null").unwrap();
+        let tab = Gnttab::open_path("/dev/null").unwrap();
+        for fd in [shr.as_fd(), tab.as_fd()] {
+            let flags = FdFlag::from_bits_retain(fcntl(fd, FcntlArg::F_GETFD).unwrap());
+            assert!(flags.contains(FdFlag::FD_CLOEXEC), "{flags:?}");
+        }
+    }
+
+    #[test]
+    fn a_mapping_of_a_file_that_cannot_be_mapped_is_an_error() {
+        let null = open_device(Path::new("/dev/null")).unwrap();
+        assert!(map_region(&null, PAGE_SIZE, true, 0).is_err());
+        let err = map_region(&null, PAGE_SIZE, false, 1 << 63).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(Errno::EINVAL as i32));
     }
 
     #[test]

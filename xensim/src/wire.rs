@@ -172,10 +172,7 @@ pub fn seqpacket_listen(path: &Path) -> io::Result<OwnedFd> {
 
 /// Accept one connection (close-on-exec), retrying on `EINTR`.
 pub fn seqpacket_accept(listener: BorrowedFd<'_>) -> io::Result<OwnedFd> {
-    let fd = retry(|| socket::accept4(listener.as_raw_fd(), SockFlag::SOCK_CLOEXEC))?;
-    // SAFETY: `fd` was just returned by accept4 and is owned by nobody else (nix's accept4
-    // returns a raw descriptor).
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    retry(|| socket::accept4(listener, SockFlag::SOCK_CLOEXEC))
 }
 
 /// A connected pair of `SOCK_SEQPACKET` sockets (close-on-exec).
