@@ -46,10 +46,14 @@ use core::sync::atomic::{AtomicU16, AtomicU32, AtomicU8, Ordering};
 /// a raw copy to or from private memory. The view is `Copy`, `Send` and `Sync`: it is an address
 /// and a length, and everything done through it is meant for memory used concurrently.
 ///
-/// Raw copies are not atomic: bytes another party writes while we copy them come out as some
-/// mix of old and new values (what a peer writing its own ring gets), never as unsoundness on
-/// our side, since no reference to them exists. Protocols publish bytes with an atomic index
-/// (Release) and read them after loading it (Acquire), as the vchan ring does.
+/// Raw copies are not atomic. Protocols publish bytes with an atomic index (Release) and copy
+/// them only after loading it (Acquire), as the vchan ring does, so an honest party never
+/// copies bytes that are being written. A hostile peer in another domain that writes them
+/// anyway only changes the bytes we copy (some mix of old and new values): no reference to them
+/// exists that it could invalidate. Within one process, Rust's memory model calls such a copy,
+/// racing another thread's write, a data race; only test code that plays a hostile peer does
+/// that on purpose. This is the stance of vm-memory and of shared-ring code generally: a copy
+/// made of per-byte atomics would cost the data path its `memcpy`.
 #[derive(Clone, Copy)]
 pub struct SharedRegion<'a> {
     base: NonNull<u8>,
