@@ -5,6 +5,8 @@
 //! hang.
 #![no_main]
 
+use std::sync::atomic::Ordering::SeqCst;
+
 use evtchn::EventChannel;
 use gnttab::{GrantShare, SharedMemory, SharedPages, UnmapNotify};
 use libfuzzer_sys::fuzz_target;
@@ -63,11 +65,14 @@ fuzz_target!(|data: &[u8]| {
     let control = sharer
         .share_pages(CLIENT, 1, true, Some(notify))
         .expect("share the control page");
-    control.store_u16(abi::LEFT_ORDER, left);
-    control.store_u16(abi::RIGHT_ORDER, right);
-    control.store_u8(abi::CLI_LIVE, abi::LIVE_WAITING);
-    control.store_u8(abi::SRV_LIVE, abi::LIVE_CONNECTED);
-    control.store_u8(abi::CLI_NOTIFY, abi::NOTIFY_WRITE);
+    // The peer's view of its page: every access atomic (SeqCst: the peer's own order is
+    // whatever it likes; ours must cope with any).
+    let page = control.region();
+    page.store_u16(abi::LEFT_ORDER, left, SeqCst);
+    page.store_u16(abi::RIGHT_ORDER, right, SeqCst);
+    page.store_u8(abi::CLI_LIVE, abi::LIVE_WAITING, SeqCst);
+    page.store_u8(abi::SRV_LIVE, abi::LIVE_CONNECTED, SeqCst);
+    page.store_u8(abi::CLI_NOTIFY, abi::NOTIFY_WRITE, SeqCst);
     let mut rings = Vec::new();
     let mut grant = 0;
     for order in [left, right] {
@@ -76,7 +81,7 @@ fuzz_target!(|data: &[u8]| {
                 .share_pages(CLIENT, 1 << (order - 12), true, None)
                 .expect("share ring pages");
             for gref in pages.refs() {
-                control.store_u32(abi::GRANTS + 4 * grant, gref.0);
+                page.store_u32(abi::GRANTS + 4 * grant, gref.0, SeqCst);
                 grant += 1;
             }
             rings.push(pages);
@@ -113,20 +118,25 @@ fuzz_target!(|data: &[u8]| {
             // The peer scribbles on an index, an order word, a live or notify byte.
             0 => {
                 let offset = usize::from(input.byte() % 4) * 4;
-                control.store_u32(offset, input.word());
+                page.store_u32(offset, input.word(), SeqCst);
             }
-            1 => control.store_u16(
+            1 => page.store_u16(
                 abi::LEFT_ORDER + 2 * usize::from(input.byte() % 2),
                 input.word() as u16,
+                SeqCst,
             ),
-            2 => control.store_u8(abi::CLI_LIVE + usize::from(input.byte() % 4), input.byte()),
+            2 => page.store_u8(
+                abi::CLI_LIVE + usize::from(input.byte() % 4),
+                input.byte(),
+                SeqCst,
+            ),
             // ... or on the data of a ring (in the control page, or in ring pages).
             3 => {
                 let offset = usize::from(input.byte()) * 16;
                 let value = input.byte();
                 match rings.get(usize::from(input.byte()) % (rings.len() + 1)) {
-                    Some(pages) => pages.store_u8(offset % pages.len(), value),
-                    None => control.store_u8(1024 + offset % 3072, value),
+                    Some(pages) => pages.region().store_u8(offset % pages.len(), value, SeqCst),
+                    None => page.store_u8(1024 + offset % 3072, value, SeqCst),
                 }
             }
             // ... or kicks the event channel.

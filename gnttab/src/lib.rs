@@ -7,13 +7,15 @@
 //!   unmap notifications played when a region goes away or its process dies.
 //!
 //! Granted memory can be written by the peer domain at any moment, so it is only ever handed out
-//! as a raw pointer and a length ([`SharedMemory`]): never as a Rust reference or slice.
+//! as a raw pointer and a length ([`SharedMemory`]), and reached through the bounds-checked view
+//! [`SharedMemory::region`] ([`SharedRegion`]: atomics and raw copies): never as a Rust reference
+//! or slice.
 #![deny(unsafe_code)]
 
 use std::io;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU8, Ordering};
 
+pub use xen_types::memory::SharedRegion;
 pub use xen_types::{DomId, GrantRef, Port, PAGE_SIZE};
 
 #[cfg(target_os = "linux")]
@@ -48,49 +50,16 @@ pub unsafe trait SharedMemory: Send + Sync {
         self.len() == 0
     }
 
-    /// Store a 32-bit word at `offset` atomically (SeqCst), as a peer writes a control word.
-    /// Panics unless `offset` is 4-aligned and in the region.
-    fn store_u32(&self, offset: usize, value: u32) {
-        self.u32_at(offset).store(value, Ordering::SeqCst);
-    }
-
-    /// Load the 32-bit word at `offset` atomically (SeqCst). Panics as `store_u32` does.
-    fn load_u32(&self, offset: usize) -> u32 {
-        self.u32_at(offset).load(Ordering::SeqCst)
-    }
-
-    /// Store a 16-bit word at `offset` atomically (SeqCst). Panics unless `offset` is 2-aligned
-    /// and in the region.
-    fn store_u16(&self, offset: usize, value: u16) {
-        assert!(offset.is_multiple_of(2) && offset + 2 <= self.len());
-        // SAFETY: in bounds and aligned (asserted; regions are page-aligned, by the trait's
-        // contract, and valid for as long as `self`); atomic access only, as the contract asks.
-        unsafe { AtomicU16::from_ptr(self.as_ptr().as_ptr().add(offset).cast()) }
-            .store(value, Ordering::SeqCst);
-    }
-
-    /// Store a byte at `offset` atomically (SeqCst). Panics unless `offset` is in the region.
-    fn store_u8(&self, offset: usize, value: u8) {
-        self.u8_at(offset).store(value, Ordering::SeqCst);
-    }
-
-    /// Load the byte at `offset` atomically (SeqCst). Panics as `store_u8` does.
-    fn load_u8(&self, offset: usize) -> u8 {
-        self.u8_at(offset).load(Ordering::SeqCst)
-    }
-
-    #[doc(hidden)]
-    fn u32_at(&self, offset: usize) -> &AtomicU32 {
-        assert!(offset.is_multiple_of(4) && offset + 4 <= self.len());
-        // SAFETY: as in `store_u16`; the reference lives no longer than `self`.
-        unsafe { AtomicU32::from_ptr(self.as_ptr().as_ptr().add(offset).cast()) }
-    }
-
-    #[doc(hidden)]
-    fn u8_at(&self, offset: usize) -> &AtomicU8 {
-        assert!(offset < self.len());
-        // SAFETY: as in `store_u16`; a byte needs no alignment.
-        unsafe { AtomicU8::from_ptr(self.as_ptr().as_ptr().add(offset)) }
+    /// The region as a bounds-checked view, borrowed from `self`: atomic loads, stores and
+    /// read-modify-writes with an explicit ordering, and raw copies in and out, never a
+    /// reference into the memory. The view cannot outlive the region, which stays mapped while
+    /// `self` lives.
+    fn region(&self) -> SharedRegion<'_> {
+        // SAFETY: the trait's contract: `as_ptr()` is valid for `len()` bytes for as long as
+        // `self` lives (so for the borrow), mapped as one region, and its users reach it only
+        // with atomics or raw copies, which is all `SharedRegion` does. (A region made read-only
+        // is valid for the view's loads and copies out; storing into it faults.)
+        unsafe { SharedRegion::from_raw_parts(self.as_ptr(), self.len()) }
     }
 }
 

@@ -6,6 +6,7 @@
 mod support;
 
 use std::process::Stdio;
+use std::sync::atomic::Ordering::SeqCst;
 use std::time::{Duration, Instant};
 
 use evtchn::EventChannel;
@@ -34,11 +35,12 @@ fn vchan_cat_reports_a_corrupted_ring_in_one_line_said_once() {
     let control = sharer
         .share_pages(CLIENT, 1, true, Some(notify))
         .expect("share the control page");
-    control.store_u16(abi::LEFT_ORDER, 10);
-    control.store_u16(abi::RIGHT_ORDER, 11);
-    control.store_u8(abi::CLI_LIVE, abi::LIVE_WAITING);
-    control.store_u8(abi::SRV_LIVE, abi::LIVE_CONNECTED);
-    control.store_u8(abi::CLI_NOTIFY, abi::NOTIFY_WRITE);
+    let page = control.region();
+    page.store_u16(abi::LEFT_ORDER, 10, SeqCst);
+    page.store_u16(abi::RIGHT_ORDER, 11, SeqCst);
+    page.store_u8(abi::CLI_LIVE, abi::LIVE_WAITING, SeqCst);
+    page.store_u8(abi::SRV_LIVE, abi::LIVE_CONNECTED, SeqCst);
+    page.store_u8(abi::CLI_NOTIFY, abi::NOTIFY_WRITE, SeqCst);
     let store = dom0.open_store().expect("store");
     let perms = [
         Perm::new(DomId::DOM0, Access::None),
@@ -68,12 +70,12 @@ fn vchan_cat_reports_a_corrupted_ring_in_one_line_said_once() {
         .spawn()
         .expect("spawn vchan-cat");
     let deadline = Instant::now() + Duration::from_secs(20);
-    while control.load_u8(abi::CLI_LIVE) != abi::LIVE_CONNECTED {
+    while page.load_u8(abi::CLI_LIVE, SeqCst) != abi::LIVE_CONNECTED {
         assert!(Instant::now() < deadline, "vchan-cat did not connect");
         std::thread::sleep(Duration::from_millis(5));
     }
     // The server claims 5000 bytes in its 2048-byte ring, and says so.
-    control.store_u32(abi::RIGHT_PROD, 5000);
+    page.store_u32(abi::RIGHT_PROD, 5000, SeqCst);
     events.notify(port).expect("notify");
     let corrupted = Instant::now();
     let status = wait_for(&mut cat, Duration::from_secs(20), "vchan-cat");

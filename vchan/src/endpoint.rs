@@ -3,14 +3,14 @@
 use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
-use std::ptr::NonNull;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use evtchn::EventChannel;
 use gnttab::{GrantMap, GrantShare, SharedMemory, SharedPages, UnmapNotify};
+use xen_types::memory::{AsSharedRegion, SharedRegion};
 use xen_types::{DomId, GrantRef, Port};
 use xenstore::{Access, Errno, Perm, TxId, XenStore, XenstoreError};
 
@@ -90,11 +90,48 @@ pub enum State {
     PeerClosed,
 }
 
+/// The owner of one region of an endpoint's shared memory: the server's granted pages or the
+/// client's mapping. The views that use a region each hold a clone (the control page's is held
+/// by all three, and by an in-page ring), so none of them can reach the memory once it is
+/// released; `shutdown` drops the views before `Resources`, whose clone is then the last.
+enum Memory<B: Backend> {
+    Granted(Arc<<B::Sharer as GrantShare>::Pages>),
+    Mapped(Arc<<B::Mapper as GrantMap>::Mapping>),
+}
+
+impl<B: Backend> Clone for Memory<B> {
+    fn clone(&self) -> Self {
+        match self {
+            Memory::Granted(pages) => Memory::Granted(Arc::clone(pages)),
+            Memory::Mapped(mapping) => Memory::Mapped(Arc::clone(mapping)),
+        }
+    }
+}
+
+impl<B: Backend> AsSharedRegion for Memory<B> {
+    #[inline]
+    fn region(&self) -> SharedRegion<'_> {
+        match self {
+            Memory::Granted(pages) => pages.region(),
+            Memory::Mapped(mapping) => mapping.region(),
+        }
+    }
+}
+
+/// The views of an open endpoint's shared memory, and what keeps it: taken apart, in order, by
+/// `shutdown`.
+struct Channel<B: Backend> {
+    page: ControlPage<Memory<B>>,
+    reader: Mutex<Consumer<Memory<B>>>,
+    writer: Mutex<Producer<Memory<B>>>,
+    resources: Resources<B>,
+}
+
 /// The memory and handles an endpoint holds, released in a fixed order by `shutdown`.
 enum Resources<B: Backend> {
     Server {
-        rings: Vec<<B::Sharer as GrantShare>::Pages>,
-        control: <B::Sharer as GrantShare>::Pages,
+        rings: Vec<Arc<<B::Sharer as GrantShare>::Pages>>,
+        control: Arc<<B::Sharer as GrantShare>::Pages>,
         store: B::Store,
         path: String,
         /// Ancestors of `path` that publishing created, deepest first: removed on close if empty.
@@ -102,8 +139,8 @@ enum Resources<B: Backend> {
         _sharer: B::Sharer,
     },
     Client {
-        rings: Vec<<B::Mapper as GrantMap>::Mapping>,
-        control: <B::Mapper as GrantMap>::Mapping,
+        rings: Vec<Arc<<B::Mapper as GrantMap>::Mapping>>,
+        control: Arc<<B::Mapper as GrantMap>::Mapping>,
         /// Kept to ask whether the server's domain still exists (see `peer_domain_alive`).
         store: B::Store,
         _mapper: B::Mapper,
@@ -126,9 +163,6 @@ impl<B: Backend> Resources<B> {
 /// sends an event.
 pub struct Vchan<B: Backend> {
     role: Role,
-    page: ControlPage,
-    reader: Mutex<Consumer>,
-    writer: Mutex<Producer>,
     read_capacity: usize,
     write_capacity: usize,
     events: B::Events,
@@ -147,7 +181,9 @@ pub struct Vchan<B: Backend> {
     /// Set once that domain has been seen destroyed (its xenstore home gone): the peer is closed
     /// though its live byte never changed (no unmap notification runs in a destroyed domain).
     peer_gone: AtomicBool,
-    resources: Option<Resources<B>>,
+    /// The shared memory's views and owners: `Some` from construction until `shutdown` (run by
+    /// `close` or `drop`, after which nothing uses the endpoint).
+    channel: Option<Channel<B>>,
 }
 
 /// Which ring a data operation uses.
@@ -168,7 +204,7 @@ trait RingHalf {
     fn own_index(&self) -> u32;
 }
 
-impl RingHalf for Consumer {
+impl<M: AsSharedRegion> RingHalf for Consumer<M> {
     fn request_event(&self) {
         self.request_write_notify();
     }
@@ -180,7 +216,7 @@ impl RingHalf for Consumer {
     }
 }
 
-impl RingHalf for Producer {
+impl<M: AsSharedRegion> RingHalf for Producer<M> {
     fn request_event(&self) {
         self.request_read_notify();
     }
@@ -207,6 +243,22 @@ fn read_domid<S: XenStore>(store: &S) -> Result<DomId> {
     })
 }
 
+/// Where ring `side` of `layout` is: `offset` bytes into the region that holds it.
+fn geometry(layout: &Layout, side: Side, offset: usize) -> RingGeometry {
+    RingGeometry {
+        side,
+        offset,
+        size: layout.size(side) as u32,
+    }
+}
+
+/// Release a region whose views are gone: this is its last owner, so the memory goes now.
+fn release<T>(region: Arc<T>) {
+    let last = Arc::into_inner(region);
+    debug_assert!(last.is_some(), "a view outlived the endpoint's shutdown");
+    drop(last);
+}
+
 /// Check that a backend gave us at least `needed` bytes: ring bounds are derived from the layout,
 /// so a short region would put them outside the memory.
 fn check_len(mem: &impl SharedMemory, needed: usize, op: &'static str) -> Result<()> {
@@ -223,16 +275,6 @@ fn check_len(mem: &impl SharedMemory, needed: usize, op: &'static str) -> Result
         });
     }
     Ok(())
-}
-
-/// The address of a region's byte `offset` (checked by the callers against the region length).
-fn region_ptr(mem: &impl SharedMemory, offset: usize) -> NonNull<u8> {
-    assert!(offset < mem.len());
-    // SAFETY: `offset` is inside the region (asserted), so the result stays in the allocation.
-    #[allow(unsafe_code)]
-    unsafe {
-        mem.as_ptr().add(offset)
-    }
 }
 
 impl<B: Backend> Vchan<B> {
@@ -263,10 +305,9 @@ impl<B: Backend> Vchan<B> {
             .share_pages(client, 1, true, Some(notify))
             .map_err(VchanError::backend("share the control page"))?;
         check_len(&control, abi::PAGE_SIZE, "share the control page")?;
-        // SAFETY: the control region is one page, page-aligned, and lives in `resources` for as
-        // long as the endpoint; every access through the view is atomic or a raw copy.
-        #[allow(unsafe_code)]
-        let page = unsafe { ControlPage::new(control.as_ptr()) };
+        let control = Arc::new(control);
+        let control_memory = Memory::<B>::Granted(Arc::clone(&control));
+        let page = ControlPage::new(control_memory.clone());
         page.zero();
         page.set_order(Side::Left, layout.order(Side::Left));
         page.set_order(Side::Right, layout.order(Side::Right));
@@ -275,10 +316,11 @@ impl<B: Backend> Vchan<B> {
         page.set_notify(abi::CLI_NOTIFY, abi::NOTIFY_WRITE);
 
         let mut rings = Vec::new();
-        let mut data = [page.as_ptr(); 2];
+        // Where each ring's bytes are: the region's owner and the offset in it.
+        let mut data = [(control_memory.clone(), 0), (control_memory, 0)];
         for (slot, side) in [Side::Left, Side::Right].into_iter().enumerate() {
             match layout.placement(side) {
-                Placement::InPage { offset } => data[slot] = region_ptr(&control, offset),
+                Placement::InPage { offset } => data[slot].1 = offset,
                 Placement::Pages { count } => {
                     let pages = sharer
                         .share_pages(client, count, true, None)
@@ -287,7 +329,8 @@ impl<B: Backend> Vchan<B> {
                     for (index, gref) in layout.grant_indices(side).zip(pages.refs()) {
                         page.set_grant(index, gref.0);
                     }
-                    data[slot] = pages.as_ptr();
+                    let pages = Arc::new(pages);
+                    data[slot] = (Memory::Granted(Arc::clone(&pages)), 0);
                     rings.push(pages);
                 }
             }
@@ -307,20 +350,23 @@ impl<B: Backend> Vchan<B> {
             Ok(created)
         })?;
 
-        let geometry = |side: Side| RingGeometry {
-            side,
-            data: data[usize::from(side == Side::Right)],
-            size: layout.size(side) as u32,
-        };
-        // SAFETY: each ring lies in memory owned by `resources` (the control page or the shared
-        // ring pages) for as long as the endpoint lives, sized by the validated layout.
-        #[allow(unsafe_code)]
-        let (reader, writer) = unsafe {
-            (
-                Consumer::new(page, geometry(Side::Left), Role::Server, 0),
-                Producer::new(page, geometry(Side::Right), Role::Server, 0),
-            )
-        };
+        // Each ring lies inside its region (the layout places it; the lengths were checked), so
+        // building the halves cannot panic.
+        let [(left, left_offset), (right, right_offset)] = data;
+        let reader = Consumer::new(
+            page.clone(),
+            left,
+            geometry(&layout, Side::Left, left_offset),
+            Role::Server,
+            0,
+        );
+        let writer = Producer::new(
+            page.clone(),
+            right,
+            geometry(&layout, Side::Right, right_offset),
+            Role::Server,
+            0,
+        );
         Ok(Self::assemble(
             Role::Server,
             page,
@@ -372,10 +418,9 @@ impl<B: Backend> Vchan<B> {
             .map_grant_refs(server, &[ring_ref], true, Some(notify))
             .map_err(VchanError::backend("map the control page"))?;
         check_len(&control, abi::PAGE_SIZE, "map the control page")?;
-        // SAFETY: the mapping is at least one page, page-aligned, and lives in `resources` for as
-        // long as the endpoint; every access through the view is atomic or a raw copy.
-        #[allow(unsafe_code)]
-        let page = unsafe { ControlPage::new(control.as_ptr()) };
+        let control = Arc::new(control);
+        let control_memory = Memory::<B>::Mapped(Arc::clone(&control));
+        let page = ControlPage::new(control_memory.clone());
 
         // A server that already has a client, or has closed, is not ours to join (stale keys
         // of a server that is going away, or someone else's channel): two clients on one page
@@ -402,10 +447,10 @@ impl<B: Backend> Vchan<B> {
         // Everything the server wrote is read once, validated, and kept privately from here on.
         let layout = Layout::from_orders(page.order(Side::Left), page.order(Side::Right))?;
         let mut rings = Vec::new();
-        let mut data = [page.as_ptr(); 2];
+        let mut data = [(control_memory.clone(), 0), (control_memory, 0)];
         for (slot, side) in [Side::Left, Side::Right].into_iter().enumerate() {
             match layout.placement(side) {
-                Placement::InPage { offset } => data[slot] = region_ptr(&control, offset),
+                Placement::InPage { offset } => data[slot].1 = offset,
                 Placement::Pages { count } => {
                     let refs: Vec<GrantRef> = layout
                         .grant_indices(side)
@@ -416,29 +461,32 @@ impl<B: Backend> Vchan<B> {
                         .map_grant_refs(server, &refs, writable, None)
                         .map_err(VchanError::backend("map the ring pages"))?;
                     check_len(&mapping, count * abi::PAGE_SIZE, "map the ring pages")?;
-                    data[slot] = mapping.as_ptr();
+                    let mapping = Arc::new(mapping);
+                    data[slot] = (Memory::Mapped(Arc::clone(&mapping)), 0);
                     rings.push(mapping);
                 }
             }
         }
-        let geometry = |side: Side| RingGeometry {
-            side,
-            data: data[usize::from(side == Side::Right)],
-            size: layout.size(side) as u32,
-        };
         // Start from the indices as the server left them (it may have written before we came).
         let cons = page.index_relaxed(abi::RIGHT_CONS);
         let prod = page.index_relaxed(abi::LEFT_PROD);
-        // SAFETY: each ring lies in memory owned by `resources` (the control page or the mapped
-        // ring pages) for as long as the endpoint lives, sized by the validated layout; the read
-        // ring is only read.
-        #[allow(unsafe_code)]
-        let (reader, writer) = unsafe {
-            (
-                Consumer::new(page, geometry(Side::Right), Role::Client, cons),
-                Producer::new(page, geometry(Side::Left), Role::Client, prod),
-            )
-        };
+        // Each ring lies inside its region (the validated layout places it; the lengths were
+        // checked), so building the halves cannot panic. The read ring is only read.
+        let [(left, left_offset), (right, right_offset)] = data;
+        let reader = Consumer::new(
+            page.clone(),
+            right,
+            geometry(&layout, Side::Right, right_offset),
+            Role::Client,
+            cons,
+        );
+        let writer = Producer::new(
+            page.clone(),
+            left,
+            geometry(&layout, Side::Left, left_offset),
+            Role::Client,
+            prod,
+        );
         let vchan = Self::assemble(
             Role::Client,
             page,
@@ -454,10 +502,11 @@ impl<B: Backend> Vchan<B> {
             server,
         );
         // Check the indices we inherited before announcing ourselves.
-        lock(&vchan.reader).available()?;
-        lock(&vchan.writer).space()?;
-        page.set_live(abi::CLI_LIVE, abi::LIVE_CONNECTED);
-        page.set_notify(abi::SRV_NOTIFY, abi::NOTIFY_WRITE);
+        let channel = vchan.channel();
+        lock(&channel.reader).available()?;
+        lock(&channel.writer).space()?;
+        channel.page.set_live(abi::CLI_LIVE, abi::LIVE_CONNECTED);
+        channel.page.set_notify(abi::SRV_NOTIFY, abi::NOTIFY_WRITE);
         vchan
             .events
             .notify(vchan.port)
@@ -467,20 +516,17 @@ impl<B: Backend> Vchan<B> {
 
     fn assemble(
         role: Role,
-        page: ControlPage,
-        reader: Consumer,
-        writer: Producer,
+        page: ControlPage<Memory<B>>,
+        reader: Consumer<Memory<B>>,
+        writer: Producer<Memory<B>>,
         (events, port): (B::Events, Port),
         resources: Resources<B>,
         peer_domain: DomId,
     ) -> Self {
         Vchan {
             role,
-            page,
             read_capacity: reader.capacity(),
             write_capacity: writer.capacity(),
-            reader: Mutex::new(reader),
-            writer: Mutex::new(writer),
             events,
             port,
             waiter: Waiter::new(),
@@ -492,7 +538,22 @@ impl<B: Backend> Vchan<B> {
             write_shut: AtomicBool::new(false),
             peer_domain,
             peer_gone: AtomicBool::new(false),
-            resources: Some(resources),
+            channel: Some(Channel {
+                page,
+                reader: Mutex::new(reader),
+                writer: Mutex::new(writer),
+                resources,
+            }),
+        }
+    }
+
+    /// The open channel. It is there from construction until `shutdown`, which only `close`
+    /// (taking the endpoint) and `drop` run: no call can come after it.
+    #[inline]
+    fn channel(&self) -> &Channel<B> {
+        match &self.channel {
+            Some(channel) => channel,
+            None => unreachable!("an endpoint is used only until close or drop"),
         }
     }
 
@@ -523,7 +584,7 @@ impl<B: Backend> Vchan<B> {
         if self.peer_gone.load(Ordering::Acquire) {
             return Ok(State::PeerClosed);
         }
-        match (self.role, self.page.live(self.role.peer_live())) {
+        match (self.role, self.channel().page.live(self.role.peer_live())) {
             (_, abi::LIVE_EXITED) => Ok(State::PeerClosed),
             (_, abi::LIVE_CONNECTED) => Ok(State::Connected),
             (Role::Server, abi::LIVE_WAITING) => Ok(State::WaitingForPeer),
@@ -552,13 +613,13 @@ impl<B: Backend> Vchan<B> {
     /// Bytes ready to read now; also asks the peer for an event when it writes more. Never waits
     /// for a blocked `read` or `recv` on another thread.
     pub fn data_ready(&self) -> Result<usize> {
-        Ok(lock(&self.reader).request_and_recheck()?)
+        Ok(lock(&self.channel().reader).request_and_recheck()?)
     }
 
     /// Bytes that can be written now; also asks the peer for an event when it frees more. Never
     /// waits for a blocked `write` or `send` on another thread.
     pub fn buffer_space(&self) -> Result<usize> {
-        Ok(lock(&self.writer).request_and_recheck()?)
+        Ok(lock(&self.channel().writer).request_and_recheck()?)
     }
 
     /// Read what is available, up to `buf.len()` bytes. Blocks (in blocking mode) until at least
@@ -569,7 +630,7 @@ impl<B: Backend> Vchan<B> {
         }
         let wanted = buf.len();
         self.transfer(
-            &self.reader,
+            &self.channel().reader,
             Direction::Read,
             wanted,
             |reader| Ok(reader.read(buf)?).map(|(n, wanted)| (n > 0).then_some((n, wanted))),
@@ -590,7 +651,7 @@ impl<B: Backend> Vchan<B> {
         }
         let len = buf.len();
         self.transfer(
-            &self.reader,
+            &self.channel().reader,
             Direction::Read,
             len,
             |reader| Ok(reader.read_exact(buf)?.map(|wanted| ((), wanted))),
@@ -606,7 +667,7 @@ impl<B: Backend> Vchan<B> {
             return self.check_deferred().map(|()| 0);
         }
         self.transfer(
-            &self.writer,
+            &self.channel().writer,
             Direction::Write,
             buf.len(),
             |writer| Ok(writer.write(buf)?).map(|(n, wanted)| (n > 0).then_some((n, wanted))),
@@ -625,7 +686,7 @@ impl<B: Backend> Vchan<B> {
             });
         }
         self.transfer(
-            &self.writer,
+            &self.channel().writer,
             Direction::Write,
             buf.len(),
             |writer| Ok(writer.write_all_or_nothing(buf)?.map(|wanted| ((), wanted))),
@@ -695,7 +756,7 @@ impl<B: Backend> Vchan<B> {
                 // (a TLS peer after our close_notify) got them, and the write succeeded.
                 if direction == Direction::Write
                     && self.write_is_over()?
-                    && !lock(&self.writer).consumed_since(written_from)?
+                    && !lock(&self.channel().writer).consumed_since(written_from)?
                 {
                     return self.refuse_write(closed);
                 }
@@ -773,12 +834,12 @@ impl<B: Backend> Vchan<B> {
     /// privileged domain (dom0) can see. A guest cannot read another guest's home (xenstored
     /// answers EACCES whether it exists or not), so there this always says yes.
     fn peer_domain_alive(&self) -> bool {
-        let Some(resources) = &self.resources else {
-            return true;
-        };
+        let resources = &self.channel().resources;
         // A server's client may not have been created yet (a toolstack can start the server
         // first): only a client that has connected, so whose domain existed, can be gone.
-        if self.role == Role::Server && self.page.live(self.role.peer_live()) == abi::LIVE_WAITING {
+        if self.role == Role::Server
+            && self.channel().page.live(self.role.peer_live()) == abi::LIVE_WAITING
+        {
             return true;
         }
         let home = format!("/local/domain/{}", self.peer_domain);
@@ -808,7 +869,8 @@ impl<B: Backend> Vchan<B> {
     /// or shut down its writing side. A nonsense live byte is an error.
     fn read_is_over(&self, direction: Direction) -> Result<bool> {
         Ok(direction == Direction::Read
-            && (self.page.write_shut(self.role.own_notify()) || self.state()? == State::PeerClosed))
+            && (self.channel().page.write_shut(self.role.own_notify())
+                || self.state()? == State::PeerClosed))
     }
 
     /// The error for a write once writing is over: `ShutDown` after our own `shutdown_write`,
@@ -875,14 +937,14 @@ impl<B: Backend> Vchan<B> {
     /// connected, nobody else should find them (a second client would join a channel that is
     /// taken, or, later, one that is closing). Idempotent; a client has nothing to remove.
     pub fn unpublish(&self) -> Result<()> {
-        match &self.resources {
-            Some(Resources::Server {
+        match &self.channel().resources {
+            Resources::Server {
                 store,
                 path,
                 created,
                 ..
-            }) => Ok(unpublish(store, path, created)?),
-            _ => Ok(()),
+            } => Ok(unpublish(store, path, created)?),
+            Resources::Client { .. } => Ok(()),
         }
     }
 
@@ -897,8 +959,8 @@ impl<B: Backend> Vchan<B> {
         }
         // A write in progress on another thread finishes first; any later one sees the flag
         // under the same lock and writes nothing.
-        drop(lock(&self.writer));
-        self.page.set_write_shut(self.role.peer_notify());
+        drop(lock(&self.channel().writer));
+        self.channel().page.set_write_shut(self.role.peer_notify());
         self.events
             .notify(self.port)
             .map_err(VchanError::backend("notify the peer of the shutdown"))
@@ -912,10 +974,20 @@ impl<B: Backend> Vchan<B> {
     }
 
     fn shutdown(&mut self) -> Result<()> {
-        let Some(resources) = self.resources.take() else {
+        let Some(Channel {
+            page,
+            reader,
+            writer,
+            resources,
+        }) = self.channel.take()
+        else {
             return Ok(());
         };
-        self.page.set_live(self.role.own_live(), abi::LIVE_EXITED);
+        page.set_live(self.role.own_live(), abi::LIVE_EXITED);
+        // The views go first, so that `resources` holds the last owner of each region and
+        // releasing it below unmaps (or ungrants) the memory at this step, before the event and
+        // the unbind, as libxenvchan does.
+        drop((page, reader, writer));
         let mut first_error: Option<VchanError> = None;
         match resources {
             Resources::Server {
@@ -926,8 +998,8 @@ impl<B: Backend> Vchan<B> {
                 created,
                 _sharer,
             } => {
-                drop(rings);
-                drop(control);
+                rings.into_iter().for_each(release);
+                release(control);
                 if let Err(e) = self.events.notify(self.port) {
                     first_error.get_or_insert(VchanError::Backend {
                         op: "notify the peer of the close",
@@ -944,8 +1016,8 @@ impl<B: Backend> Vchan<B> {
                 store: _,
                 _mapper,
             } => {
-                drop(rings);
-                drop(control);
+                rings.into_iter().for_each(release);
+                release(control);
                 if let Err(e) = self.events.notify(self.port) {
                     first_error.get_or_insert(VchanError::Backend {
                         op: "notify the peer of the close",
@@ -1167,7 +1239,7 @@ impl<B: Backend> fmt::Debug for Vchan<B> {
         f.debug_struct("Vchan")
             .field("role", &self.role)
             .field("port", &self.port)
-            .field("open", &self.resources.is_some())
+            .field("open", &self.channel.is_some())
             .finish()
     }
 }

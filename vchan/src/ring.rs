@@ -1,124 +1,96 @@
 //! The ring protocol over shared memory: the control-page view, and the producer and consumer
 //! halves of a ring with libxenvchan's notify protocol.
 //!
-//! This module is the only one that touches memory the peer can write. Nothing here forms a
-//! reference or slice into it: control words are reached through atomics at fixed, aligned
-//! offsets, and ring bytes are moved with raw copies into or out of private buffers. Every value
-//! the peer can write is read once per decision and validated; what must be trusted (ring sizes,
-//! buffer addresses, our own indices) is kept in private memory.
+//! This module is the only one that touches memory the peer can write, and it does so only
+//! through [`SharedRegion`](xen_types::memory::SharedRegion): control words are reached through
+//! atomics at fixed, aligned offsets, and ring bytes are moved with raw copies into or out of
+//! private buffers, each bounds-checked. Every value the peer can write is read once per decision
+//! and validated; what must be trusted (ring sizes, ring offsets, our own indices) is kept in
+//! private memory.
+//!
+//! The views ([`ControlPage`], [`Consumer`], [`Producer`]) hold the *owner* of their memory, any
+//! [`AsSharedRegion`]: a borrowed region (`SharedRegion<'a>`, so the view borrows for `'a`), or
+//! something that keeps the mapping alive (the endpoint's shared handle on a grant mapping). They
+//! take a fresh view of the region from it for each operation, so none can outlive the memory.
 
 use core::fmt;
 #[cfg(not(vchan_loom))]
-use core::ptr;
-use core::ptr::NonNull;
-#[cfg(not(vchan_loom))]
-use core::sync::atomic::{fence, AtomicU16, AtomicU32, AtomicU8, Ordering};
+use core::sync::atomic::{fence, Ordering};
 // Under the model checker the same code runs on loom's atomics and fences (see `loom_page`).
 #[cfg(vchan_loom)]
-use loom::sync::atomic::{fence, AtomicU16, AtomicU32, AtomicU8, Ordering};
+use loom::sync::atomic::{fence, Ordering};
+use xen_types::memory::AsSharedRegion;
+#[cfg(not(vchan_loom))]
+use xen_types::memory::SharedRegion as Region;
+
+#[cfg(vchan_loom)]
+use loom_page::Region;
 
 use crate::abi;
 use crate::layout::Side;
 
-/// A view of a mapped vchan control page.
-///
-/// It is `Copy` and holds only the address: the owner of the mapping must keep it mapped for as
-/// long as any copy of the view is used (the endpoint types guarantee this).
-#[derive(Clone, Copy)]
-pub struct ControlPage {
-    base: NonNull<u8>,
+/// The view of `mem`'s region the ring code works on: the region itself, or under the model
+/// checker its loom stand-in (same methods, loom's atomics and checked cells).
+#[inline(always)]
+fn view<M: AsSharedRegion + ?Sized>(mem: &M) -> Region<'_> {
+    #[cfg(not(vchan_loom))]
+    {
+        mem.region()
+    }
+    #[cfg(vchan_loom)]
+    {
+        Region::model(mem.region())
+    }
 }
 
-// SAFETY: the view is an address of memory meant for concurrent use by several parties; every
-// access through it is atomic or a raw copy, so sharing it between threads adds no new hazard.
-unsafe impl Send for ControlPage {}
-// SAFETY: as above.
-unsafe impl Sync for ControlPage {}
+/// A view of a mapped vchan control page, holding `M`, the owner of its memory.
+///
+/// Every field is reached through an atomic at its fixed offset (`abi`); the structs of `abi` are
+/// never placed over the page.
+#[derive(Clone)]
+pub struct ControlPage<M> {
+    mem: M,
+}
 
-impl fmt::Debug for ControlPage {
+impl<M: AsSharedRegion> fmt::Debug for ControlPage<M> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ControlPage")
-            .field("base", &self.base)
+            .field("base", &self.mem.region().as_ptr())
             .finish()
     }
 }
 
-impl ControlPage {
-    /// A view of the control page at `base`.
+impl<M: AsSharedRegion> ControlPage<M> {
+    /// A view of the control page at the start of `mem`'s region.
     ///
-    /// # Safety
-    ///
-    /// `base` must be aligned to 4 bytes and valid for reads and writes of [`abi::PAGE_SIZE`] bytes
-    /// for as long as the returned value or any copy of it is used. Other parties may access the
-    /// memory concurrently, but only with atomics or raw copies (never through references).
-    pub unsafe fn new(base: NonNull<u8>) -> ControlPage {
-        debug_assert!((base.as_ptr() as usize).is_multiple_of(4));
-        ControlPage { base }
+    /// Panics if the region is shorter than a page ([`abi::PAGE_SIZE`]): every offset used is
+    /// then in bounds (a backend's region is checked by the endpoint before it gets here).
+    pub fn new(mem: M) -> ControlPage<M> {
+        #[cfg(not(vchan_loom))]
+        assert!(
+            mem.region().len() >= abi::PAGE_SIZE,
+            "a control page needs {} bytes, the region has {}",
+            abi::PAGE_SIZE,
+            mem.region().len()
+        );
+        ControlPage { mem }
     }
 
-    /// The first byte of the page.
-    pub fn as_ptr(&self) -> NonNull<u8> {
-        self.base
+    /// The owner of the page's memory (an in-page ring lives in it too).
+    pub fn memory(&self) -> &M {
+        &self.mem
     }
 
-    #[cfg(not(vchan_loom))]
-    fn u32_at(&self, offset: usize) -> &AtomicU32 {
-        assert!(offset.is_multiple_of(4) && offset + 4 <= abi::PAGE_SIZE);
-        // SAFETY: the offset is in the page and 4-aligned (checked above; the page base is
-        // 4-aligned by `new`'s contract). AtomicU32 has interior mutability, so the reference
-        // permits the peer's concurrent writes; it lives only for this access.
-        unsafe { AtomicU32::from_ptr(self.base.as_ptr().add(offset).cast()) }
-    }
-
-    #[cfg(not(vchan_loom))]
-    fn u16_at(&self, offset: usize) -> &AtomicU16 {
-        assert!(offset.is_multiple_of(2) && offset + 2 <= abi::PAGE_SIZE);
-        // SAFETY: as for `u32_at`, with 2-byte alignment.
-        unsafe { AtomicU16::from_ptr(self.base.as_ptr().add(offset).cast()) }
-    }
-
-    #[cfg(not(vchan_loom))]
-    fn u8_at(&self, offset: usize) -> &AtomicU8 {
-        assert!(offset < abi::PAGE_SIZE);
-        // SAFETY: as for `u32_at`; a byte needs no alignment.
-        unsafe { AtomicU8::from_ptr(self.base.as_ptr().add(offset)) }
-    }
-
-    #[cfg(vchan_loom)]
-    fn u32_at(&self, offset: usize) -> &AtomicU32 {
-        self.loom().u32_at(offset)
-    }
-
-    #[cfg(vchan_loom)]
-    fn u16_at(&self, offset: usize) -> &AtomicU16 {
-        self.loom().u16_at(offset)
-    }
-
-    #[cfg(vchan_loom)]
-    fn u8_at(&self, offset: usize) -> &AtomicU8 {
-        self.loom().u8_at(offset)
-    }
-
-    /// Under the model checker `base` is a [`loom_page::Page`], not a mapped page.
-    #[cfg(vchan_loom)]
-    fn loom(&self) -> &loom_page::Page {
-        // SAFETY: under `vchan_loom` the only pages are `loom_page::Page`s, which the model keeps
-        // alive for as long as the view is used (`ControlPage::new`'s contract there).
-        unsafe { &*self.base.as_ptr().cast::<loom_page::Page>() }
+    /// The page's region, for one operation.
+    #[inline(always)]
+    fn region(&self) -> Region<'_> {
+        view(&self.mem)
     }
 
     /// Zero the whole page (the server does this before filling it in).
-    #[cfg(not(vchan_loom))]
     pub fn zero(&self) {
-        // SAFETY: the page is valid for writes of PAGE_SIZE bytes (see `new`); no reference to it
-        // exists, and nobody else has mapped it yet when the server calls this.
-        unsafe { ptr::write_bytes(self.base.as_ptr(), 0, abi::PAGE_SIZE) };
-    }
-
-    /// Zero the control words (the model's page has no grant list).
-    #[cfg(vchan_loom)]
-    pub fn zero(&self) {
-        self.loom().zero();
+        // The model's page has only the control words, which this zeroes too.
+        self.region().fill(0, abi::PAGE_SIZE, 0);
     }
 
     /// Read a ring's order (once: the caller keeps the value).
@@ -128,7 +100,7 @@ impl ControlPage {
             Side::Right => abi::RIGHT_ORDER,
         };
         // ORDERING: Relaxed; read once before the rings are used, after the mapping itself.
-        self.u16_at(offset).load(Ordering::Relaxed)
+        self.region().load_u16(offset, Ordering::Relaxed)
     }
 
     /// Write a ring's order (the server, before publishing the page).
@@ -139,20 +111,21 @@ impl ControlPage {
         };
         // ORDERING: Relaxed; the page is published to the peer through xenstore afterwards,
         // which orders it.
-        self.u16_at(offset).store(order, Ordering::Relaxed);
+        self.region().store_u16(offset, order, Ordering::Relaxed);
     }
 
     /// Read entry `index` of the grant list (once).
     pub fn grant(&self, index: usize) -> u32 {
         // ORDERING: Relaxed; as for `order`.
-        self.u32_at(abi::GRANTS + 4 * index).load(Ordering::Relaxed)
+        self.region()
+            .load_u32(abi::GRANTS + 4 * index, Ordering::Relaxed)
     }
 
     /// Write entry `index` of the grant list.
     pub fn set_grant(&self, index: usize, gref: u32) {
         // ORDERING: Relaxed; as for `set_order`.
-        self.u32_at(abi::GRANTS + 4 * index)
-            .store(gref, Ordering::Relaxed);
+        self.region()
+            .store_u32(abi::GRANTS + 4 * index, gref, Ordering::Relaxed);
     }
 
     /// Read a live byte (`abi::CLI_LIVE` or `abi::SRV_LIVE`).
@@ -160,56 +133,52 @@ impl ControlPage {
         // ORDERING: SeqCst; a close is "set live = 0, then notify", and the reader that woke on
         // that notification re-checks the ring after reading the byte (see the endpoint's EOF
         // re-check), so this load must not be reordered with the index loads around it.
-        self.u8_at(offset).load(Ordering::SeqCst)
+        self.region().load_u8(offset, Ordering::SeqCst)
     }
 
     /// Write a live byte.
     pub fn set_live(&self, offset: usize, value: u8) {
         // ORDERING: SeqCst; pairs with the peer's `live` load: every index store before this one
         // (our last data) is visible to a peer that sees the new value.
-        self.u8_at(offset).store(value, Ordering::SeqCst);
+        self.region().store_u8(offset, value, Ordering::SeqCst);
     }
 
     /// Set the half-close flag ([`abi::NOTIFY_WRITE_SHUT`]) in a notify byte.
     pub fn set_write_shut(&self, offset: usize) {
         // ORDERING: SeqCst, after our last index store (Release): a peer that sees the flag with
         // its SeqCst load in `write_shut` and then looks at the ring sees all we wrote.
-        self.u8_at(offset)
-            .fetch_or(abi::NOTIFY_WRITE_SHUT, Ordering::SeqCst);
+        self.region()
+            .fetch_or_u8(offset, abi::NOTIFY_WRITE_SHUT, Ordering::SeqCst);
     }
 
     /// Whether a notify byte carries the half-close flag.
     pub fn write_shut(&self, offset: usize) -> bool {
         // ORDERING: SeqCst, pairs with `set_write_shut`; like `live`, the reader re-checks the
         // ring after seeing it, so it must not be reordered with the index loads around it.
-        self.u8_at(offset).load(Ordering::SeqCst) & abi::NOTIFY_WRITE_SHUT != 0
+        self.region().load_u8(offset, Ordering::SeqCst) & abi::NOTIFY_WRITE_SHUT != 0
     }
 
     /// Write a notify byte outright (the handshake's initial request).
     pub fn set_notify(&self, offset: usize, bits: u8) {
         // ORDERING: SeqCst; the handshake's writes are then published with the event or xenstore.
-        self.u8_at(offset).store(bits, Ordering::SeqCst);
-    }
-
-    /// Read an index (once), with Acquire: bytes the peer published before it are visible.
-    fn load_index(&self, offset: usize) -> u32 {
-        // ORDERING: Acquire pairs with the peer's Release store of the same index: for `prod`,
-        // the ring bytes it wrote are visible before we copy them; for `cons`, its reads of the
-        // bytes it consumed are done before we overwrite them.
-        self.u32_at(offset).load(Ordering::Acquire)
+        self.region().store_u8(offset, bits, Ordering::SeqCst);
     }
 
     /// Read an index with no ordering (the handshake's initial copy of our own indices).
     pub fn index_relaxed(&self, offset: usize) -> u32 {
         // ORDERING: Relaxed; used once at connect, before any data moves.
-        self.u32_at(offset).load(Ordering::Relaxed)
+        self.region().load_u32(offset, Ordering::Relaxed)
+    }
+
+    /// Read an index (once), with Acquire: bytes the peer published before it are visible.
+    fn load_index(&self, offset: usize) -> u32 {
+        load_index(self.region(), offset)
     }
 
     /// Publish one of our own indices, with Release.
+    #[cfg(test)]
     fn store_index(&self, offset: usize, value: u32) {
-        // ORDERING: Release pairs with the peer's Acquire load in `load_index`: our copies into
-        // or out of the ring happen-before the peer sees the index move.
-        self.u32_at(offset).store(value, Ordering::Release);
+        store_index(self.region(), offset, value);
     }
 
     /// Ask the peer for a notification: OR `bit` into the peer's notify byte, then a full fence.
@@ -219,28 +188,46 @@ impl ControlPage {
         // caller's re-read of the peer's index could be satisfied before our request is visible,
         // the peer could publish in between, see no request, send no event, and we would sleep
         // on data that is already there: the lost wake-up this protocol exists to prevent.
-        self.u8_at(peer_notify).fetch_or(bit, Ordering::Relaxed);
+        self.region()
+            .fetch_or_u8(peer_notify, bit, Ordering::Relaxed);
         fence(Ordering::SeqCst);
     }
+}
 
-    /// After publishing an index: a full fence, then fetch-and-clear `bit` in our own notify
-    /// byte. Returns whether the peer asked for an event.
-    fn take_notify_request(&self, own_notify: usize, bit: u8) -> bool {
-        // ORDERING: the SeqCst fence orders our index store (just made) before the load of the
-        // request bit; it pairs with the fence in the peer's `request_notify`. Either the peer
-        // re-reads our index after our store, or we see its request and send the event.
-        fence(Ordering::SeqCst);
-        let notify = self.u8_at(own_notify);
-        // Look before touching: while the peer keeps up it has no request outstanding, and a plain
-        // load leaves the cache line shared where a read-modify-write would take it exclusive on
-        // every call. Only we clear bits in this byte, so a set bit seen here is still set for
-        // the fetch-and-clear below (a hostile peer that clears it only loses its own event).
-        // ORDERING: Relaxed; the fence above already ordered this load after our index store.
-        if notify.load(Ordering::Relaxed) & bit == 0 {
-            return false;
-        }
-        notify.fetch_and(!bit, Ordering::Relaxed) & bit != 0
+/// Read an index (once), with Acquire.
+#[inline(always)]
+fn load_index(page: Region<'_>, offset: usize) -> u32 {
+    // ORDERING: Acquire pairs with the peer's Release store of the same index: for `prod`, the
+    // ring bytes it wrote are visible before we copy them; for `cons`, its reads of the bytes it
+    // consumed are done before we overwrite them.
+    page.load_u32(offset, Ordering::Acquire)
+}
+
+/// Publish one of our own indices, with Release.
+#[inline(always)]
+fn store_index(page: Region<'_>, offset: usize, value: u32) {
+    // ORDERING: Release pairs with the peer's Acquire load in `load_index`: our copies into or
+    // out of the ring happen-before the peer sees the index move.
+    page.store_u32(offset, value, Ordering::Release);
+}
+
+/// After publishing an index: a full fence, then fetch-and-clear `bit` in our own notify byte.
+/// Returns whether the peer asked for an event.
+#[inline(always)]
+fn take_notify_request(page: Region<'_>, own_notify: usize, bit: u8) -> bool {
+    // ORDERING: the SeqCst fence orders our index store (just made) before the load of the
+    // request bit; it pairs with the fence in the peer's `request_notify`. Either the peer
+    // re-reads our index after our store, or we see its request and send the event.
+    fence(Ordering::SeqCst);
+    // Look before touching: while the peer keeps up it has no request outstanding, and a plain
+    // load leaves the cache line shared where a read-modify-write would take it exclusive on
+    // every call. Only we clear bits in this byte, so a set bit seen here is still set for the
+    // fetch-and-clear below (a hostile peer that clears it only loses its own event).
+    // ORDERING: Relaxed; the fence above already ordered this load after our index store.
+    if page.load_u8(own_notify, Ordering::Relaxed) & bit == 0 {
+        return false;
     }
+    page.fetch_and_u8(own_notify, !bit, Ordering::Relaxed) & bit != 0
 }
 
 /// A peer broke the ring's invariants: its index claims more bytes than the ring holds.
@@ -277,8 +264,9 @@ impl core::error::Error for RingCorrupted {}
 pub struct RingGeometry {
     /// Which ring.
     pub side: Side,
-    /// First byte of the ring's data.
-    pub data: NonNull<u8>,
+    /// Where the ring's data starts in the region that holds it (1024 or 2048 for a ring in the
+    /// control page, 0 for a ring on pages of its own).
+    pub offset: usize,
     /// Size in bytes, a power of two.
     pub size: u32,
 }
@@ -350,9 +338,11 @@ fn index_offsets(side: Side) -> (usize, usize) {
 }
 
 /// What both halves of a ring know: where it is, where its indices are, which notify byte is
-/// whose. All private, all fixed at connect.
-struct RingEnd {
-    page: ControlPage,
+/// whose. All private, all fixed at connect; the memory is reached through its owners.
+struct RingEnd<M> {
+    page: ControlPage<M>,
+    /// The owner of the region holding the ring's bytes (the control page's, for an in-page ring).
+    data: M,
     ring: RingGeometry,
     prod_offset: usize,
     cons_offset: usize,
@@ -360,24 +350,38 @@ struct RingEnd {
     peer_notify: usize,
 }
 
-impl RingEnd {
-    fn new(page: ControlPage, ring: RingGeometry, role: Role) -> RingEnd {
-        debug_assert!(ring.size.is_power_of_two());
+impl<M: AsSharedRegion> RingEnd<M> {
+    fn new(page: ControlPage<M>, data: M, ring: RingGeometry, role: Role) -> RingEnd<M> {
+        assert!(
+            ring.size.is_power_of_two(),
+            "a ring's size is a power of two"
+        );
         let (prod_offset, cons_offset) = index_offsets(ring.side);
-        RingEnd {
+        let end = RingEnd {
             page,
+            data,
             ring,
             prod_offset,
             cons_offset,
             own_notify: role.own_notify(),
             peer_notify: role.peer_notify(),
-        }
+        };
+        // The ring must lie inside its region: checked once here (a panic names the bug), and
+        // again, as one comparison, by each operation's view.
+        end.bytes();
+        end
+    }
+
+    /// The ring's bytes, for one operation.
+    #[inline(always)]
+    fn bytes(&self) -> Region<'_> {
+        view(&self.data).subregion(self.ring.offset, self.ring.size as usize)
     }
 }
 
-/// The reading half of a ring: owns the consumer index.
-pub struct Consumer {
-    end: RingEnd,
+/// The reading half of a ring: owns the consumer index. `M` owns the memory (see the module).
+pub struct Consumer<M> {
+    end: RingEnd<M>,
     /// Our consumer index: we are its only writer, so the private copy is the truth.
     cons: u32,
     /// The peer's producer index as last loaded (and validated). Data up to it is ready, so a
@@ -386,9 +390,9 @@ pub struct Consumer {
     seen_prod: u32,
 }
 
-/// The writing half of a ring: owns the producer index.
-pub struct Producer {
-    end: RingEnd,
+/// The writing half of a ring: owns the producer index. `M` owns the memory (see the module).
+pub struct Producer<M> {
+    end: RingEnd<M>,
     /// Our producer index: we are its only writer, so the private copy is the truth.
     prod: u32,
     /// The peer's consumer index as last loaded (and validated). Space up to it is free, so a
@@ -396,23 +400,14 @@ pub struct Producer {
     seen_cons: u32,
 }
 
-// SAFETY: the halves hold addresses of shared memory that every party accesses only atomically or
-// by raw copies; moving a half to another thread changes nothing about that. Mutation needs
-// `&mut`, so one half is used by one thread at a time.
-unsafe impl Send for Consumer {}
-// SAFETY: as above.
-unsafe impl Send for Producer {}
-
-impl Consumer {
-    /// The consumer of `ring`, for `role`, starting from consumer index `cons`.
+impl<M: AsSharedRegion> Consumer<M> {
+    /// The consumer of `ring`, whose bytes are in `data`'s region at `ring.offset`, for `role`,
+    /// starting from consumer index `cons`.
     ///
-    /// # Safety
-    ///
-    /// `ring.data` must be valid for reads of `ring.size` bytes (a power of two) for as long as
-    /// the consumer is used, under the same access rules as [`ControlPage::new`].
-    pub unsafe fn new(page: ControlPage, ring: RingGeometry, role: Role, cons: u32) -> Consumer {
+    /// Panics if the ring does not lie inside that region, or its size is not a power of two.
+    pub fn new(page: ControlPage<M>, data: M, ring: RingGeometry, role: Role, cons: u32) -> Self {
         Consumer {
-            end: RingEnd::new(page, ring, role),
+            end: RingEnd::new(page, data, ring, role),
             cons,
             seen_prod: cons,
         }
@@ -494,36 +489,35 @@ impl Consumer {
         let mask = self.end.ring.size - 1;
         let start = (self.cons & mask) as usize;
         let first = buf.len().min(self.end.ring.size as usize - start);
-        // SAFETY: `start + first <= size`, and the wrapped part `buf.len() - first` starts at 0
-        // and is at most `size - first` (as `buf.len() <= size`), so both copies stay inside the
-        // ring (valid for `size` bytes by `new`'s contract); they write to a private buffer. The bytes are ours to read: the peer's Release store of `prod` (loaded with
-        // Acquire in `available`) published them, and it will not touch them again until our
-        // store of `cons` below. A hostile peer that writes them anyway only changes the bytes
-        // we copy; it cannot reach our memory.
-        unsafe {
-            let data = self.end.ring.data;
-            copy_out(data, start, &mut buf[..first]);
-            copy_out(data, 0, &mut buf[first..]);
+        // `start + first <= size`, and the wrapped part, `buf.len() - first` bytes from 0, is at
+        // most `size - first` (as `buf.len() <= size`): both copies stay inside the ring, and
+        // the region checks it again. The bytes are ours to read: the peer's Release store of
+        // `prod` (loaded with Acquire in `available`) published them, and it will not touch them
+        // again until our store of `cons` below. A hostile peer that writes them anyway only
+        // changes the bytes we copy; it cannot reach our memory.
+        let bytes = self.end.bytes();
+        let (head, tail) = buf.split_at_mut(first);
+        bytes.copy_out(start, head);
+        // Most reads do not wrap: no second copy (nor its bounds check) then.
+        if !tail.is_empty() {
+            bytes.copy_out(0, tail);
         }
         // Ring sizes are at most 1 MiB and `buf.len()` is at most the ready count.
         self.cons = self.cons.wrapping_add(buf.len() as u32);
-        self.end.page.store_index(self.end.cons_offset, self.cons);
-        self.end
-            .page
-            .take_notify_request(self.end.own_notify, abi::NOTIFY_READ)
+        let page = self.end.page.region();
+        store_index(page, self.end.cons_offset, self.cons);
+        take_notify_request(page, self.end.own_notify, abi::NOTIFY_READ)
     }
 }
 
-impl Producer {
-    /// The producer of `ring`, for `role`, starting from producer index `prod`.
+impl<M: AsSharedRegion> Producer<M> {
+    /// The producer of `ring`, whose bytes are in `data`'s region at `ring.offset`, for `role`,
+    /// starting from producer index `prod`.
     ///
-    /// # Safety
-    ///
-    /// `ring.data` must be valid for reads and writes of `ring.size` bytes (a power of two) for as
-    /// long as the producer is used, under the same access rules as [`ControlPage::new`].
-    pub unsafe fn new(page: ControlPage, ring: RingGeometry, role: Role, prod: u32) -> Producer {
+    /// Panics if the ring does not lie inside that region, or its size is not a power of two.
+    pub fn new(page: ControlPage<M>, data: M, ring: RingGeometry, role: Role, prod: u32) -> Self {
         Producer {
-            end: RingEnd::new(page, ring, role),
+            end: RingEnd::new(page, data, ring, role),
             prod,
             seen_cons: prod.wrapping_sub(ring.size),
         }
@@ -624,88 +618,42 @@ impl Producer {
         let mask = self.end.ring.size - 1;
         let start = (self.prod & mask) as usize;
         let first = buf.len().min(self.end.ring.size as usize - start);
-        // SAFETY: both copies stay inside the ring (valid for `size` bytes by `new`'s contract)
-        // and read from a private buffer. The bytes are free: the peer's Release store of `cons`
+        // Both copies stay inside the ring (as in `consume`; the region checks it again) and
+        // read from a private buffer. The bytes are free: the peer's Release store of `cons`
         // (loaded with Acquire in `space`) says it has finished reading them.
-        unsafe {
-            let data = self.end.ring.data;
-            copy_in(data, start, &buf[..first]);
-            copy_in(data, 0, &buf[first..]);
+        let bytes = self.end.bytes();
+        let (head, tail) = buf.split_at(first);
+        bytes.copy_in(start, head);
+        if !tail.is_empty() {
+            bytes.copy_in(0, tail);
         }
         // Ring sizes are at most 1 MiB and `buf.len()` is at most the free space.
         self.prod = self.prod.wrapping_add(buf.len() as u32);
-        self.end.page.store_index(self.end.prod_offset, self.prod);
-        self.end
-            .page
-            .take_notify_request(self.end.own_notify, abi::NOTIFY_WRITE)
-    }
-}
-
-/// Copy ring bytes `data[offset..offset + out.len()]` into private memory.
-///
-/// # Safety
-///
-/// The range is inside the ring's data, which is valid for reads (the ring's contract).
-#[cfg(not(vchan_loom))]
-unsafe fn copy_out(data: NonNull<u8>, offset: usize, out: &mut [u8]) {
-    // SAFETY: the caller's contract; `out` is private memory, never part of the ring.
-    unsafe { ptr::copy_nonoverlapping(data.as_ptr().add(offset), out.as_mut_ptr(), out.len()) }
-}
-
-/// Copy private bytes into the ring at `data[offset..]`.
-///
-/// # Safety
-///
-/// The range is inside the ring's data, which is valid for writes (the ring's contract).
-#[cfg(not(vchan_loom))]
-unsafe fn copy_in(data: NonNull<u8>, offset: usize, bytes: &[u8]) {
-    // SAFETY: the caller's contract; `bytes` is private memory, never part of the ring.
-    unsafe { ptr::copy_nonoverlapping(bytes.as_ptr(), data.as_ptr().add(offset), bytes.len()) }
-}
-
-/// Under the model checker ring bytes are loom cells, so that loom checks each access is
-/// ordered after the index store that published it.
-///
-/// # Safety
-///
-/// `data` points at the ring's `loom_page::Cells`, and the range is inside it.
-#[cfg(vchan_loom)]
-unsafe fn copy_out(data: NonNull<u8>, offset: usize, out: &mut [u8]) {
-    // SAFETY: the caller's contract.
-    let cells = unsafe { &*data.as_ptr().cast::<loom_page::Cells>() };
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = cells.0[offset + i].with(|p| {
-            // SAFETY: loom checks this read does not race with a write.
-            unsafe { *p }
-        });
-    }
-}
-
-/// See the other `copy_out`.
-///
-/// # Safety
-///
-/// `data` points at the ring's `loom_page::Cells`, and the range is inside it.
-#[cfg(vchan_loom)]
-unsafe fn copy_in(data: NonNull<u8>, offset: usize, bytes: &[u8]) {
-    // SAFETY: the caller's contract.
-    let cells = unsafe { &*data.as_ptr().cast::<loom_page::Cells>() };
-    for (i, byte) in bytes.iter().enumerate() {
-        cells.0[offset + i].with_mut(|p| {
-            // SAFETY: loom checks this write does not race with a read or a write.
-            unsafe { *p = *byte }
-        });
+        let page = self.end.page.region();
+        store_index(page, self.end.prod_offset, self.prod);
+        take_notify_request(page, self.end.own_notify, abi::NOTIFY_WRITE)
     }
 }
 
 /// The control page and ring bytes as the model checker's objects (`--cfg vchan_loom`): the
-/// ring code above runs unchanged on them, through `ControlPage`'s accessors and
-/// `copy_in`/`copy_out`.
+/// ring code above runs unchanged on them, through [`Region`], which has the methods of
+/// `SharedRegion` that the ring uses, on loom's atomics and checked cells.
+///
+/// A [`Page`] or [`Cells`] lends, through `AsSharedRegion`, an empty `SharedRegion` that only
+/// carries its address (no byte of it can be accessed as shared memory); [`Region::model`] turns
+/// that address back into the model's object. So under `vchan_loom` every owner given to the
+/// ring views must lend the region of a `Page` (for a control page) or of a `Cells` (for ring
+/// bytes); the endpoints, which map real memory, are built but never run there.
 #[cfg(vchan_loom)]
 pub mod loom_page {
-    use super::{AtomicU16, AtomicU32, AtomicU8};
-    use crate::abi;
+    use core::marker::PhantomData;
+    use core::ptr::NonNull;
+
     use loom::cell::UnsafeCell;
+    use loom::sync::atomic::{AtomicU16, AtomicU32, AtomicU8, Ordering};
+    use xen_types::memory::{AsSharedRegion, SharedRegion};
+
+    use crate::abi;
 
     /// The control words of a vchan page (indices, orders, live and notify bytes).
     pub struct Page {
@@ -722,33 +670,35 @@ pub mod loom_page {
                 orders: core::array::from_fn(|_| AtomicU16::new(0)),
                 bytes: core::array::from_fn(|_| AtomicU8::new(0)),
             };
-            page.u8_at(abi::CLI_LIVE).store(1, super::Ordering::Relaxed);
-            page.u8_at(abi::SRV_LIVE).store(1, super::Ordering::Relaxed);
+            page.u8_at(abi::CLI_LIVE).store(1, Ordering::Relaxed);
+            page.u8_at(abi::SRV_LIVE).store(1, Ordering::Relaxed);
             page
         }
 
-        pub(super) fn u32_at(&self, offset: usize) -> &AtomicU32 {
+        fn u32_at(&self, offset: usize) -> &AtomicU32 {
+            assert!(offset.is_multiple_of(4));
             &self.indices[offset / 4]
         }
 
-        pub(super) fn zero(&self) {
-            for word in &self.indices {
-                word.store(0, super::Ordering::Relaxed);
-            }
-            for word in &self.orders {
-                word.store(0, super::Ordering::Relaxed);
-            }
-            for byte in &self.bytes {
-                byte.store(0, super::Ordering::Relaxed);
-            }
-        }
-
-        pub(super) fn u16_at(&self, offset: usize) -> &AtomicU16 {
+        fn u16_at(&self, offset: usize) -> &AtomicU16 {
+            assert!(offset.is_multiple_of(2));
             &self.orders[(offset - abi::LEFT_ORDER) / 2]
         }
 
-        pub(super) fn u8_at(&self, offset: usize) -> &AtomicU8 {
+        fn u8_at(&self, offset: usize) -> &AtomicU8 {
             &self.bytes[offset - abi::CLI_LIVE]
+        }
+
+        fn zero(&self) {
+            for word in &self.indices {
+                word.store(0, Ordering::Relaxed);
+            }
+            for word in &self.orders {
+                word.store(0, Ordering::Relaxed);
+            }
+            for byte in &self.bytes {
+                byte.store(0, Ordering::Relaxed);
+            }
         }
     }
 
@@ -758,13 +708,143 @@ pub mod loom_page {
         }
     }
 
+    impl AsSharedRegion for Page {
+        fn region(&self) -> SharedRegion<'_> {
+            // SAFETY: an empty region is valid for every access it allows (none); it only
+            // carries the page's address, for `Region::model`, for as long as `self` is borrowed.
+            unsafe { SharedRegion::from_raw_parts(NonNull::from(self).cast(), 0) }
+        }
+    }
+
     /// The data bytes of one ring.
-    pub struct Cells(pub(super) Vec<UnsafeCell<u8>>);
+    pub struct Cells(Vec<UnsafeCell<u8>>);
 
     impl Cells {
         /// `size` zero bytes.
         pub fn new(size: usize) -> Cells {
             Cells((0..size).map(|_| UnsafeCell::new(0)).collect())
+        }
+    }
+
+    impl AsSharedRegion for Cells {
+        fn region(&self) -> SharedRegion<'_> {
+            // SAFETY: as for `Page`.
+            unsafe { SharedRegion::from_raw_parts(NonNull::from(self).cast(), 0) }
+        }
+    }
+
+    /// The model's stand-in for `SharedRegion`: atomics reach a [`Page`]'s control words, copies
+    /// a [`Cells`]' bytes (`offset` and `len` select a part of them).
+    #[derive(Clone, Copy)]
+    pub struct Region<'a> {
+        base: NonNull<u8>,
+        offset: usize,
+        len: usize,
+        _model: PhantomData<&'a ()>,
+    }
+
+    impl<'a> Region<'a> {
+        /// The model's object behind a region lent by a [`Page`] or a [`Cells`] (see the module).
+        pub(super) fn model(region: SharedRegion<'a>) -> Region<'a> {
+            assert!(
+                region.is_empty(),
+                "under vchan_loom the ring runs only on the model's pages and cells"
+            );
+            Region {
+                base: region.as_ptr(),
+                offset: 0,
+                len: usize::MAX,
+                _model: PhantomData,
+            }
+        }
+
+        fn page(&self) -> &'a Page {
+            // SAFETY: atomics are used only on control pages, which under `vchan_loom` are
+            // `Page`s (the module's rule), borrowed for `'a` by the region this came from.
+            unsafe { self.base.cast::<Page>().as_ref() }
+        }
+
+        fn cells(&self) -> &'a Cells {
+            // SAFETY: copies are used only on ring bytes, which under `vchan_loom` are `Cells`
+            // (the module's rule), borrowed for `'a`.
+            unsafe { self.base.cast::<Cells>().as_ref() }
+        }
+
+        pub(super) fn subregion(&self, offset: usize, len: usize) -> Region<'a> {
+            let cells = self.cells().0.len();
+            assert!(
+                offset <= cells && len <= cells - offset,
+                "outside the cells"
+            );
+            Region {
+                base: self.base,
+                offset: self.offset + offset,
+                len,
+                _model: PhantomData,
+            }
+        }
+
+        pub(super) fn load_u8(&self, offset: usize, order: Ordering) -> u8 {
+            self.page().u8_at(offset).load(order)
+        }
+
+        pub(super) fn load_u16(&self, offset: usize, order: Ordering) -> u16 {
+            self.page().u16_at(offset).load(order)
+        }
+
+        pub(super) fn load_u32(&self, offset: usize, order: Ordering) -> u32 {
+            self.page().u32_at(offset).load(order)
+        }
+
+        pub(super) fn store_u8(&self, offset: usize, value: u8, order: Ordering) {
+            self.page().u8_at(offset).store(value, order);
+        }
+
+        pub(super) fn store_u16(&self, offset: usize, value: u16, order: Ordering) {
+            self.page().u16_at(offset).store(value, order);
+        }
+
+        pub(super) fn store_u32(&self, offset: usize, value: u32, order: Ordering) {
+            self.page().u32_at(offset).store(value, order);
+        }
+
+        pub(super) fn fetch_or_u8(&self, offset: usize, bits: u8, order: Ordering) -> u8 {
+            self.page().u8_at(offset).fetch_or(bits, order)
+        }
+
+        pub(super) fn fetch_and_u8(&self, offset: usize, bits: u8, order: Ordering) -> u8 {
+            self.page().u8_at(offset).fetch_and(bits, order)
+        }
+
+        /// Only ever a whole control page, zeroed: the model's page has only control words.
+        pub(super) fn fill(&self, offset: usize, len: usize, value: u8) {
+            assert_eq!((offset, len, value), (0, abi::PAGE_SIZE, 0));
+            self.page().zero();
+        }
+
+        /// Ring bytes out, each a loom cell read, which loom checks is ordered after the index
+        /// store that published it.
+        pub(super) fn copy_out(&self, offset: usize, out: &mut [u8]) {
+            assert!(offset <= self.len && out.len() <= self.len - offset);
+            let cells = &self.cells().0[self.offset + offset..][..out.len()];
+            for (byte, cell) in out.iter_mut().zip(cells) {
+                *byte = cell.with(|p| {
+                    // SAFETY: loom checks this read does not race with a write.
+                    unsafe { *p }
+                });
+            }
+        }
+
+        /// See `copy_out`.
+        pub(super) fn copy_in(&self, offset: usize, bytes: &[u8]) {
+            assert!(offset <= self.len && bytes.len() <= self.len - offset);
+            let cells = &self.cells().0[self.offset + offset..][..bytes.len()];
+            for (byte, cell) in bytes.iter().zip(cells) {
+                cell.with_mut(|p| {
+                    // SAFETY: loom checks this write does not race with a read or a write.
+                    unsafe { *p = *byte }
+                });
+            }
         }
     }
 }
@@ -776,42 +856,50 @@ mod tests {
     use super::*;
     use std::vec;
     use std::vec::Vec;
+    use xen_types::memory::SharedRegion;
 
-    /// A heap page standing in for a granted control page (8-aligned through u64 storage).
-    struct Page(Vec<u64>);
+    /// Private memory standing in for a granted control page.
+    #[repr(C, align(4096))]
+    struct Page([u8; abi::PAGE_SIZE]);
 
     impl Page {
         fn new() -> Page {
-            Page(vec![0u64; abi::PAGE_SIZE / 8])
+            Page([0; abi::PAGE_SIZE])
         }
-        fn view(&mut self) -> ControlPage {
-            // SAFETY: the Vec is a live, aligned PAGE_SIZE-byte heap buffer that outlives the
-            // test's views, and is only touched through them.
-            unsafe { ControlPage::new(NonNull::new(self.0.as_mut_ptr().cast()).unwrap()) }
+        /// The page as shared memory, borrowed exclusively for as long as the views use it.
+        fn region(&mut self) -> SharedRegion<'_> {
+            SharedRegion::from(&mut self.0[..])
         }
     }
 
-    fn pair(page: &mut Page, order: u16) -> (Producer, Consumer) {
-        let view = page.view();
+    type Region<'a> = SharedRegion<'a>;
+
+    /// The halves of the left ring, in the page at 1024 (order 10) or 2048 (order 11).
+    fn pair(region: Region<'_>, order: u16) -> (Producer<Region<'_>>, Consumer<Region<'_>>) {
+        pair_from(region, order, 0)
+    }
+
+    fn pair_from(
+        region: Region<'_>,
+        order: u16,
+        start: u32,
+    ) -> (Producer<Region<'_>>, Consumer<Region<'_>>) {
+        let page = ControlPage::new(region);
         let ring = RingGeometry {
             side: Side::Left,
-            // SAFETY: offset 1024 or 2048 inside the page, sized to fit (order 10 or 11).
-            data: unsafe { view.as_ptr().add(1 << order) },
+            offset: 1 << order,
             size: 1 << order,
         };
-        // SAFETY: the ring lies inside the page, which outlives both halves.
-        unsafe {
-            (
-                Producer::new(view, ring, Role::Client, 0),
-                Consumer::new(view, ring, Role::Server, 0),
-            )
-        }
+        (
+            Producer::new(page.clone(), region, ring, Role::Client, start),
+            Consumer::new(page, region, ring, Role::Server, start),
+        )
     }
 
     #[test]
     fn bytes_written_come_out_in_order_across_the_wrap() {
         let mut page = Page::new();
-        let (mut tx, mut rx) = pair(&mut page, 10);
+        let (mut tx, mut rx) = pair(page.region(), 10);
         let mut next = 0u8;
         let mut expect = 0u8;
         for round in 0..50 {
@@ -836,7 +924,7 @@ mod tests {
     #[test]
     fn a_full_ring_accepts_nothing_and_an_empty_one_gives_nothing() {
         let mut page = Page::new();
-        let (mut tx, mut rx) = pair(&mut page, 10);
+        let (mut tx, mut rx) = pair(page.region(), 10);
         assert_eq!(tx.write(&[1u8; 2000]).unwrap().0, 1024);
         assert_eq!(tx.space().unwrap(), 0);
         assert_eq!(tx.write(&[1]).unwrap().0, 0);
@@ -850,7 +938,7 @@ mod tests {
     #[test]
     fn notify_is_requested_only_when_asked_and_consumed_once() {
         let mut page = Page::new();
-        let (mut tx, rx) = pair(&mut page, 10);
+        let (mut tx, rx) = pair(page.region(), 10);
         assert!(!tx.write(b"a").unwrap().1, "no request, no event");
         assert_eq!(rx.request_and_recheck().unwrap(), 1);
         assert!(tx.write(b"b").unwrap().1, "the reader asked");
@@ -860,8 +948,9 @@ mod tests {
     #[test]
     fn a_producer_index_past_the_ring_is_reported_not_hidden() {
         let mut page = Page::new();
-        let view = page.view();
-        let (_tx, rx) = pair(&mut page, 10);
+        let region = page.region();
+        let view = ControlPage::new(region);
+        let (_tx, rx) = pair(region, 10);
         view.store_index(abi::LEFT_PROD, 1025);
         let err = rx.available().unwrap_err();
         assert_eq!((err.prod, err.cons, err.size), (1025, 0, 1024));
@@ -875,8 +964,9 @@ mod tests {
     #[test]
     fn a_consumer_index_ahead_of_the_producer_is_reported() {
         let mut page = Page::new();
-        let view = page.view();
-        let (tx, _rx) = pair(&mut page, 10);
+        let region = page.region();
+        let view = ControlPage::new(region);
+        let (tx, _rx) = pair(region, 10);
         view.store_index(abi::LEFT_CONS, 5);
         assert!(tx.space().is_err());
     }
@@ -884,8 +974,9 @@ mod tests {
     #[test]
     fn a_remembered_peer_index_is_conservative_and_reloaded_when_short() {
         let mut page = Page::new();
-        let view = page.view();
-        let (mut tx, mut rx) = pair(&mut page, 10);
+        let region = page.region();
+        let view = ControlPage::new(region);
+        let (mut tx, mut rx) = pair(region, 10);
         assert_eq!(tx.write(&[1u8; 600]).unwrap().0, 600);
         let mut buf = [0u8; 1024];
         assert_eq!(rx.read(&mut buf).unwrap().0, 600);
@@ -899,7 +990,7 @@ mod tests {
         assert!(tx.write(&[5u8; 1000]).is_err(), "reloaded: corrupt");
         // The reader likewise: what it has seen published stays readable without a reload.
         let mut page2 = Page::new();
-        let (mut tx2, mut rx2) = pair(&mut page2, 10);
+        let (mut tx2, mut rx2) = pair(page2.region(), 10);
         assert_eq!(tx2.write(&[6u8; 100]).unwrap().0, 100);
         assert_eq!(rx2.read(&mut buf[..10]).unwrap().0, 10);
         assert_eq!(rx2.read(&mut buf[..90]).unwrap().0, 90);
@@ -909,28 +1000,37 @@ mod tests {
     #[test]
     fn indices_wrap_at_u32_max() {
         let mut page = Page::new();
-        let view = page.view();
-        let ring = RingGeometry {
-            side: Side::Left,
-            // SAFETY: inside the page.
-            data: unsafe { view.as_ptr().add(1024) },
-            size: 1024,
-        };
+        let region = page.region();
+        let view = ControlPage::new(region);
         let start = u32::MAX - 10;
         view.store_index(abi::LEFT_PROD, start);
         view.store_index(abi::LEFT_CONS, start);
-        // SAFETY: the ring lies inside the page, which outlives both halves.
-        let (mut tx, mut rx) = unsafe {
-            (
-                Producer::new(view, ring, Role::Client, start),
-                Consumer::new(view, ring, Role::Server, start),
-            )
-        };
+        let (mut tx, mut rx) = pair_from(region, 10, start);
         let data: Vec<u8> = (0..100).collect();
         assert_eq!(tx.write(&data).unwrap().0, 100);
         let mut out = [0u8; 100];
         assert_eq!(rx.read_exact(&mut out).unwrap(), Some(false));
         assert_eq!(&out[..], &data[..]);
         assert_eq!(view.index_relaxed(abi::LEFT_CONS), start.wrapping_add(100));
+    }
+
+    #[test]
+    #[should_panic(expected = "outside the region of 4096 bytes")]
+    fn a_ring_outside_its_region_is_refused_when_built() {
+        let mut page = Page::new();
+        let region = page.region();
+        let ring = RingGeometry {
+            side: Side::Left,
+            offset: 2048,
+            size: 4096,
+        };
+        let _ = Consumer::new(ControlPage::new(region), region, ring, Role::Server, 0);
+    }
+
+    #[test]
+    #[should_panic(expected = "a control page needs 4096 bytes, the region has 100")]
+    fn a_short_control_page_is_refused() {
+        let mut bytes = [0u8; 100];
+        let _ = ControlPage::new(SharedRegion::from(&mut bytes[..]));
     }
 }

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::Ordering::{self, SeqCst};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -38,11 +38,13 @@ impl RawServer {
             event: Some(port),
         };
         let control = sharer.share_pages(CLIENT, 1, true, Some(notify)).unwrap();
-        control.store_u16(abi::LEFT_ORDER, left);
-        control.store_u16(abi::RIGHT_ORDER, right);
-        control.store_u8(abi::CLI_LIVE, abi::LIVE_WAITING);
-        control.store_u8(abi::SRV_LIVE, abi::LIVE_CONNECTED);
-        control.store_u8(abi::CLI_NOTIFY, abi::NOTIFY_WRITE);
+        // The hand-played server's view of its page: atomics only, never a reference.
+        let page = control.region();
+        page.store_u16(abi::LEFT_ORDER, left, SeqCst);
+        page.store_u16(abi::RIGHT_ORDER, right, SeqCst);
+        page.store_u8(abi::CLI_LIVE, abi::LIVE_WAITING, SeqCst);
+        page.store_u8(abi::SRV_LIVE, abi::LIVE_CONNECTED, SeqCst);
+        page.store_u8(abi::CLI_NOTIFY, abi::NOTIFY_WRITE, SeqCst);
         let mut rings = Vec::new();
         let mut index = 0;
         for order in [left, right] {
@@ -51,7 +53,7 @@ impl RawServer {
                     .share_pages(CLIENT, 1 << (order - 12), true, None)
                     .unwrap();
                 for gref in pages.refs() {
-                    control.store_u32(abi::GRANTS + 4 * index, gref.0);
+                    page.store_u32(abi::GRANTS + 4 * index, gref.0, SeqCst);
                     index += 1;
                 }
                 rings.push(pages);
@@ -167,7 +169,9 @@ fn a_client_refuses_every_invalid_layout() {
 fn a_client_refuses_grants_it_cannot_map() {
     let host = Host::new();
     let raw = RawServer::publish(&host, 1, 12, 11);
-    raw.control.store_u32(abi::GRANTS, 0x7fff_0000);
+    raw.control
+        .region()
+        .store_u32(abi::GRANTS, 0x7fff_0000, SeqCst);
     let err = connect(&host, 1).unwrap_err();
     assert!(matches!(err, VchanError::Backend { .. }), "{err:?}");
     drop(raw);
@@ -214,7 +218,9 @@ fn corrupted_indices_are_errors_for_a_blocked_reader_and_a_writer() {
         let reader = s.spawn(|| client.read(&mut [0u8; 16]));
         thread::sleep(Duration::from_millis(30));
         // The right ring is 2048 bytes: claim 2049 are ready.
-        raw.control.store_u32(abi::RIGHT_PROD, 2049);
+        raw.control
+            .region()
+            .store_u32(abi::RIGHT_PROD, 2049, SeqCst);
         raw.kick();
         let result = reader.join().unwrap();
         assert!(
@@ -227,7 +233,7 @@ fn corrupted_indices_are_errors_for_a_blocked_reader_and_a_writer() {
         "the error must come from the event, not the timeout"
     );
     // The peer moves our write ring's consumer index past what we produced.
-    raw.control.store_u32(abi::LEFT_CONS, 5);
+    raw.control.region().store_u32(abi::LEFT_CONS, 5, SeqCst);
     assert!(matches!(
         client.write(b"x"),
         Err(VchanError::RingCorrupted(_))
@@ -241,7 +247,9 @@ fn corrupted_indices_are_errors_for_a_blocked_reader_and_a_writer() {
         Err(VchanError::RingCorrupted(_))
     ));
     // Corruption is never mistaken for "nothing to read, ever" (XSA-86).
-    raw.control.store_u32(abi::RIGHT_PROD, u32::MAX);
+    raw.control
+        .region()
+        .store_u32(abi::RIGHT_PROD, u32::MAX, SeqCst);
     assert!(matches!(
         client.read(&mut [0u8; 1]),
         Err(VchanError::RingCorrupted(_))
@@ -257,7 +265,7 @@ fn a_nonsense_live_byte_is_an_error_not_a_state() {
     let host = Host::new();
     let raw = RawServer::publish(&host, 1, 10, 11);
     let client = connect(&host, 1).unwrap();
-    raw.control.store_u8(abi::SRV_LIVE, 7);
+    raw.control.region().store_u8(abi::SRV_LIVE, 7, SeqCst);
     assert!(matches!(client.state(), Err(VchanError::BadLiveByte(7))));
     raw.kick();
     assert!(matches!(
@@ -270,7 +278,9 @@ fn a_nonsense_live_byte_is_an_error_not_a_state() {
     ));
     // A client may not claim "not yet connected" to a server that already saw it connect: the
     // server treats only its own three states as meaningful.
-    raw.control.store_u8(abi::SRV_LIVE, abi::LIVE_WAITING);
+    raw.control
+        .region()
+        .store_u8(abi::SRV_LIVE, abi::LIVE_WAITING, SeqCst);
     assert!(matches!(client.state(), Err(VchanError::BadLiveByte(2))));
     drop(client);
     drop(raw);
@@ -287,10 +297,11 @@ fn orders_and_grants_rewritten_after_connect_change_nothing() {
     });
     // Scribble the shared copy through a second mapping.
     let page = map_server_page(&host);
-    page.store_u16(abi::LEFT_ORDER, 20);
-    page.store_u16(abi::RIGHT_ORDER, 3);
+    page.region().store_u16(abi::LEFT_ORDER, 20, SeqCst);
+    page.region().store_u16(abi::RIGHT_ORDER, 3, SeqCst);
     for i in 0..4 {
-        page.store_u32(abi::GRANTS + 4 * i, 0xdead_0000 + i as u32);
+        page.region()
+            .store_u32(abi::GRANTS + 4 * i, 0xdead_0000 + i as u32, SeqCst);
     }
     let data = pattern(100_000, 5);
     let got = thread::scope(|s| {
@@ -307,7 +318,7 @@ fn orders_and_grants_rewritten_after_connect_change_nothing() {
         got
     });
     assert!(got == data);
-    assert_eq!(page.load_u32(abi::LEFT_PROD), 100_000);
+    assert_eq!(page.region().load_u32(abi::LEFT_PROD, SeqCst), 100_000);
     drop((page, server, client));
     host.assert_clean();
 }
@@ -323,8 +334,9 @@ fn a_hostile_client_cannot_break_the_server() {
     )
     .unwrap();
     let page = map_server_page(&host);
-    page.store_u8(abi::CLI_LIVE, abi::LIVE_CONNECTED);
-    page.store_u32(abi::LEFT_PROD, 1025);
+    page.region()
+        .store_u8(abi::CLI_LIVE, abi::LIVE_CONNECTED, SeqCst);
+    page.region().store_u32(abi::LEFT_PROD, 1025, SeqCst);
     assert!(matches!(
         server.read(&mut [0u8; 8]),
         Err(VchanError::RingCorrupted(_))
@@ -333,12 +345,13 @@ fn a_hostile_client_cannot_break_the_server() {
         server.recv(&mut [0u8; 8]),
         Err(VchanError::RingCorrupted(_))
     ));
-    page.store_u32(abi::RIGHT_CONS, 0x8000_0000);
+    page.region()
+        .store_u32(abi::RIGHT_CONS, 0x8000_0000, SeqCst);
     assert!(matches!(
         server.write(b"x"),
         Err(VchanError::RingCorrupted(_))
     ));
-    page.store_u8(abi::CLI_LIVE, 0xee);
+    page.region().store_u8(abi::CLI_LIVE, 0xee, SeqCst);
     assert!(matches!(server.state(), Err(VchanError::BadLiveByte(0xee))));
     drop((page, server));
     host.assert_clean();
@@ -359,8 +372,9 @@ fn notify_bytes_scribbled_during_a_transfer_never_corrupt_data() {
             let mut x = 1u8;
             while !stop.load(Ordering::Relaxed) {
                 x = x.wrapping_mul(37).wrapping_add(11);
-                page.store_u8(abi::CLI_NOTIFY, x);
-                page.store_u8(abi::SRV_NOTIFY, x.rotate_left(3));
+                page.region().store_u8(abi::CLI_NOTIFY, x, SeqCst);
+                page.region()
+                    .store_u8(abi::SRV_NOTIFY, x.rotate_left(3), SeqCst);
                 thread::yield_now();
             }
         });
@@ -415,7 +429,9 @@ fn a_hostile_peer_gives_an_async_reader_a_typed_error_not_a_hang() {
         let corrupting = async {
             tokio::time::sleep(Duration::from_millis(30)).await;
             // The right ring is 2048 bytes: claim 2049 are ready, and wake the reader.
-            raw.control.store_u32(abi::RIGHT_PROD, 2049);
+            raw.control
+                .region()
+                .store_u32(abi::RIGHT_PROD, 2049, SeqCst);
             raw.kick();
         };
         let (result, ()) = tokio::time::timeout(BOUND, async { tokio::join!(reading, corrupting) })

@@ -17,13 +17,12 @@
 //! on 2 cores; passed).
 #![cfg(vchan_loom)]
 
-use std::ptr::NonNull;
-
 use loom::sync::{Arc, Notify};
 use loom::thread;
 use vchan::layout::Side;
 use vchan::ring::loom_page::{Cells, Page};
 use vchan::ring::{Consumer, ControlPage, Producer, RingGeometry, Role};
+use xen_types::memory::{AsSharedRegion, SharedRegion};
 
 /// What both ends share: the control words and the bytes of one ring.
 struct Shared {
@@ -32,6 +31,24 @@ struct Shared {
     /// Events for the reader (the server's port) and for the writer (the client's).
     to_reader: Notify,
     to_writer: Notify,
+}
+
+/// What a half holds to reach the shared memory: the model's page or its ring cells, kept alive
+/// by the `Arc` (as an endpoint's halves hold the mapping they read).
+#[derive(Clone)]
+struct Memory {
+    shared: Arc<Shared>,
+    cells: bool,
+}
+
+impl AsSharedRegion for Memory {
+    fn region(&self) -> SharedRegion<'_> {
+        if self.cells {
+            self.shared.cells.region()
+        } else {
+            self.shared.page.region()
+        }
+    }
 }
 
 /// The client writes `total` bytes into a `ring`-byte left ring; the server reads them in reads
@@ -50,22 +67,24 @@ fn transfer(total: u8, ring: usize, chunk: usize) {
             to_reader: Notify::new(),
             to_writer: Notify::new(),
         });
-        // SAFETY: under `vchan_loom` a control page is a `loom_page::Page`; `shared` (an Arc each
-        // thread holds) keeps it and the cells alive for as long as the halves are used.
-        let page = unsafe { ControlPage::new(NonNull::from(&shared.page).cast()) };
+        let memory = |cells| Memory {
+            shared: Arc::clone(&shared),
+            cells,
+        };
+        let page = ControlPage::new(memory(false));
         let geometry = RingGeometry {
             side: Side::Left,
-            data: NonNull::from(&shared.cells).cast(),
+            offset: 0,
             size: ring as u32,
         };
+        let mut producer = Producer::new(page.clone(), memory(true), geometry, Role::Client, 0);
+        let mut consumer = Consumer::new(page, memory(true), geometry, Role::Server, 0);
         let data: Vec<u8> = (1..=total).collect();
 
         let writer_shared = Arc::clone(&shared);
         let sent = data.clone();
         let writer = thread::spawn(move || {
             let shared = writer_shared;
-            // SAFETY: as for `page`: the cells live in `shared`.
-            let mut producer = unsafe { Producer::new(page, geometry, Role::Client, 0) };
             let mut done = 0;
             while done < sent.len() {
                 let (n, notify) = producer.write(&sent[done..]).expect("an honest ring");
@@ -81,8 +100,6 @@ fn transfer(total: u8, ring: usize, chunk: usize) {
             }
         });
 
-        // SAFETY: as for the producer.
-        let mut consumer = unsafe { Consumer::new(page, geometry, Role::Server, 0) };
         let mut got = Vec::new();
         let mut buf = vec![0u8; chunk];
         while got.len() < data.len() {

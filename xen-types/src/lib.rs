@@ -3,6 +3,9 @@
 //! Xen names domains, event-channel ports and grant references with bare integers; mixing them up
 //! is a classic bug. These newtypes keep them apart in every public signature.
 //!
+//! [`memory`] is the one safe surface through which every crate reaches memory shared with
+//! another domain: bounds-checked atomics and raw copies, never a reference.
+//!
 //! ```
 //! use xen_types::{DomId, GrantRef, Port};
 //! let dom0 = DomId::DOM0;
@@ -12,11 +15,15 @@
 //! assert!(Port(0).is_reserved());
 //! ```
 #![no_std]
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 use core::fmt;
 use core::num::ParseIntError;
 use core::str::FromStr;
+
+// The one place with `unsafe`: shared memory's safe surface rests on its constructor's contract.
+#[allow(unsafe_code)]
+pub mod memory;
 
 /// A Xen domain id (`domid_t`, 16 bits).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

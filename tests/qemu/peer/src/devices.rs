@@ -4,7 +4,7 @@
 #![allow(unsafe_code)]
 
 use std::os::fd::{AsFd, AsRawFd};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use evtchn::linux::Evtchn;
@@ -17,20 +17,14 @@ use crate::{ensure, Res};
 
 const SELF: DomId = DomId::DOM0;
 
-/// The byte at `offset` of a live region, as an atomic (never a reference into shared memory).
-fn byte(mem: &impl SharedMemory, offset: usize) -> &AtomicU8 {
-    assert!(offset < mem.len());
-    // SAFETY: `offset` is inside the region (asserted), which stays mapped while `mem` is
-    // borrowed; the byte is only accessed atomically.
-    unsafe { AtomicU8::from_ptr(mem.as_ptr().as_ptr().add(offset)) }
-}
-
+/// The byte at `offset` of a live region (an atomic load through its bounds-checked view).
 fn get(mem: &impl SharedMemory, offset: usize) -> u8 {
-    byte(mem, offset).load(Ordering::SeqCst)
+    mem.region().load_u8(offset, Ordering::SeqCst)
 }
 
+/// Store the byte at `offset` of a live region (an atomic store through its view).
 fn set(mem: &impl SharedMemory, offset: usize, value: u8) {
-    byte(mem, offset).store(value, Ordering::SeqCst)
+    mem.region().store_u8(offset, value, Ordering::SeqCst)
 }
 
 /// Wait up to a second for `handle`'s fd to become readable, then take one event.
