@@ -1,9 +1,10 @@
 //! The service rendezvous against misbehaving and unlucky clients, on the in-process simulation:
 //! who is asking comes from the request's owner, never from what the client wrote; refused,
 //! abandoned and orphaned requests leave nothing behind; names resolve through the toolstack's
-//! keys.
+//! keys; a destroyed domain's requests and connections end at once, not at a timeout.
 
 use std::io::{Read, Write};
+use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -31,9 +32,14 @@ impl World {
     }
 
     fn bind(&self, name: &str, options: ListenOptions) -> Listener {
+        self.bind_in(LISTENER, name, options)
+    }
+
+    /// Bind `name` in domain `domid` (dom0, say, which may watch `@releaseDomain`).
+    fn bind_in(&self, domid: DomId, name: &str, options: ListenOptions) -> Listener {
         Listener::bind_with(
             &name.parse().unwrap(),
-            options.xen(Xen::Sim(self.listener.clone())),
+            options.xen(Xen::Sim(self.xen.domain(domid))),
         )
         .unwrap()
     }
@@ -61,8 +67,13 @@ impl World {
 
     /// Wait (bounded) until the service directory has no request left.
     fn wait_for_no_requests(&self, service: &str) {
+        self.wait_for_no_requests_in(LISTENER, service);
+    }
+
+    /// Wait (bounded) until the directory of `service` in domain `listener` has no request left.
+    fn wait_for_no_requests_in(&self, listener: DomId, service: &str) {
         let store = self.xen.store().connect(DomId::DOM0);
-        let dir = format!("/local/domain/{LISTENER}/data/conduit/{service}");
+        let dir = service_dir(listener, service);
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let children = store.directory(TxId::NONE, &dir).unwrap_or_default();
@@ -73,6 +84,28 @@ impl World {
             thread::sleep(Duration::from_millis(10));
         }
     }
+
+    /// Wait (bounded) until the listener in `listener` has answered each of these requests of
+    /// `service` (their vchan keys appear).
+    fn wait_until_answered(&self, listener: DomId, service: &str, ids: &[&str]) {
+        let store = self.xen.store().connect(DomId::DOM0);
+        let dir = service_dir(listener, service);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for id in ids {
+            while store
+                .read(TxId::NONE, &format!("{dir}/{id}/vchan/ring-ref"))
+                .is_err()
+            {
+                assert!(Instant::now() < deadline, "request {id} was not answered");
+                thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+/// The directory of `service` in domain `listener`'s home.
+fn service_dir(listener: DomId, service: &str) -> String {
+    format!("/local/domain/{listener}/data/conduit/{service}")
 }
 
 fn echo_once(listener: &Listener) -> Peer {
@@ -98,6 +131,12 @@ fn served(world: &World, listener: &Listener, guest: u16, name: &str) {
 
 /// Make a request by hand, as domain `owner` (who must be the caller of `store`).
 fn ask_by_hand<S: XenStore>(store: &S, node: &str, owner: DomId) {
+    ask_by_hand_of(store, node, owner, LISTENER);
+}
+
+/// Make a request by hand, as domain `owner` (who must be the caller of `store`), of a listener
+/// in domain `listener`.
+fn ask_by_hand_of<S: XenStore>(store: &S, node: &str, owner: DomId, listener: DomId) {
     store
         .transaction(|tx| {
             store.write(tx, node, b"")?;
@@ -106,7 +145,7 @@ fn ask_by_hand<S: XenStore>(store: &S, node: &str, owner: DomId) {
                 node,
                 &[
                     Perm::new(owner, Access::None),
-                    Perm::new(LISTENER, Access::Both),
+                    Perm::new(listener, Access::Both),
                 ],
             )
         })
@@ -310,6 +349,110 @@ fn a_listener_for_one_domain_refuses_the_others() {
         "{refused}"
     );
     served(&world, &listener, 7, "vchan://5/echo");
+    drop(listener);
+    world.assert_clean();
+}
+
+#[test]
+fn a_domain_destroyed_with_requests_pending_leaves_nothing_behind() {
+    let world = World::new(&[3]);
+    // A request timeout far beyond the test: only the domain's death can end these requests.
+    let listener = world.bind_in(
+        DomId::DOM0,
+        "vchan://*/svc",
+        ListenOptions::new().request_timeout(Duration::from_secs(600)),
+    );
+    let dir = service_dir(DomId::DOM0, "svc");
+    {
+        // Domain 3 asks twice and never connects.
+        let guest = world.xen.domain(DomId(3)).open_store().unwrap();
+        for id in ["a", "b"] {
+            ask_by_hand_of(&guest, &format!("{dir}/{id}"), DomId(3), DomId::DOM0);
+        }
+    }
+    world.wait_until_answered(DomId::DOM0, "svc", &["a", "b"]);
+    // The toolstack destroys the domain: its handles close, its home goes and @releaseDomain
+    // fires.
+    world.xen.destroy_domain(DomId(3)).unwrap();
+    world.wait_for_no_requests_in(DomId::DOM0, "svc");
+    // The listener dropped them, and is still serving.
+    let store = world.xen.store().connect(DomId::DOM0);
+    assert!(
+        store.read(TxId::NONE, &dir).is_ok(),
+        "the service went early"
+    );
+    drop(listener);
+    assert!(store.read(TxId::NONE, &dir).is_err(), "the service stayed");
+    world.assert_clean();
+}
+
+#[test]
+fn a_guest_destroyed_mid_transfer_ends_its_peers_stream_at_once() {
+    let world = World::new(&[3]);
+    let listener = world.bind_in(DomId::DOM0, "vchan://*/stream", ListenOptions::new());
+    let (server, mut client) = thread::scope(|s| {
+        let accepting = s.spawn(|| listener.accept().unwrap());
+        let client = world
+            .connector(3)
+            .connect(&"vchan://0/stream".parse().unwrap())
+            .unwrap();
+        let (server, peer) = accepting.join().unwrap();
+        assert_eq!(peer, Peer::Vchan(DomId(3)));
+        (Arc::new(server), client)
+    });
+    // The transfer is under way both ways: the guest's first bytes arrive...
+    client.write_all(b"hello").unwrap();
+    let mut hello = [0u8; 5];
+    (&*server).read_exact(&mut hello).unwrap();
+    assert_eq!(&hello, b"hello");
+    // ...and dom0 sends far more than a ring holds while it waits for the rest.
+    let (done, outcomes) = mpsc::channel();
+    let reader = {
+        let (server, done) = (Arc::clone(&server), done.clone());
+        thread::spawn(move || {
+            let mut rest = Vec::new();
+            let read = (&*server).read_to_end(&mut rest).map(|_| rest);
+            // The test may have given up waiting (and dropped the receiver).
+            let _ = done.send(("read", read.map(|rest| rest.len())));
+        })
+    };
+    let writer = {
+        let server = Arc::clone(&server);
+        thread::spawn(move || {
+            let big = vec![0x5a; 1 << 20];
+            let written = (&*server).write_all(&big).map(|()| big.len());
+            let _ = done.send(("write", written));
+        })
+    };
+    let mut first = vec![0u8; 4096];
+    client.read_exact(&mut first).unwrap();
+    assert!(first.iter().all(|&b| b == 0x5a));
+    // The guest dies with both directions open.
+    world.xen.destroy_domain(DomId(3)).unwrap();
+    // Both of dom0's calls end soon: a generous bound that only tells "ends" from "hangs".
+    let mut read = None;
+    let mut written = None;
+    for _ in 0..2 {
+        let (which, outcome) = outcomes
+            .recv_timeout(Duration::from_secs(10))
+            .expect("dom0's side still blocked after its peer was destroyed");
+        match which {
+            "read" => read = Some(outcome),
+            _ => written = Some(outcome),
+        }
+    }
+    // Nothing more came from the guest: end of stream or an error, never made-up data.
+    match read.unwrap() {
+        Ok(n) => assert_eq!(n, 0, "dom0 read {n} bytes the guest never wrote"),
+        Err(e) => eprintln!("the read ended with: {e}"),
+    }
+    // The guest took 4096 bytes at most of a megabyte: the write cannot have completed.
+    let written = written.unwrap();
+    assert!(written.is_err(), "the write completed: {written:?}");
+    reader.join().unwrap();
+    writer.join().unwrap();
+    drop(client);
+    drop(Arc::into_inner(server).expect("the threads let go of the connection"));
     drop(listener);
     world.assert_clean();
 }

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use crossbeam_utils::CachePadded;
 use evtchn::EventChannel;
 use gnttab::{GrantMap, GrantShare, SharedMemory, SharedPages, UnmapNotify};
 use xen_types::memory::{AsSharedRegion, SharedRegion};
@@ -122,8 +123,10 @@ impl<B: Backend> AsSharedRegion for Memory<B> {
 /// `shutdown`.
 struct Channel<B: Backend> {
     page: ControlPage<Memory<B>>,
-    reader: Mutex<Consumer<Memory<B>>>,
-    writer: Mutex<Producer<Memory<B>>>,
+    /// The two halves on cache lines of their own: a reading thread and a writing thread take
+    /// their locks and move their private indices without bouncing one line between CPUs.
+    reader: CachePadded<Mutex<Consumer<Memory<B>>>>,
+    writer: CachePadded<Mutex<Producer<Memory<B>>>>,
     resources: Resources<B>,
 }
 
@@ -540,8 +543,8 @@ impl<B: Backend> Vchan<B> {
             peer_gone: AtomicBool::new(false),
             channel: Some(Channel {
                 page,
-                reader: Mutex::new(reader),
-                writer: Mutex::new(writer),
+                reader: CachePadded::new(Mutex::new(reader)),
+                writer: CachePadded::new(Mutex::new(writer)),
                 resources,
             }),
         }

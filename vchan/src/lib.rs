@@ -60,7 +60,8 @@ pub mod sim;
 mod wait;
 #[cfg(all(feature = "xen", target_os = "linux"))]
 pub mod xen;
-#[cfg(feature = "xensim")]
+// The cross-process host passes memfds, which Miri does not have.
+#[cfg(all(feature = "xensim", not(miri)))]
 pub mod xensim;
 
 #[cfg(feature = "tokio")]

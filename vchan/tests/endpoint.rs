@@ -572,3 +572,61 @@ fn a_destroyed_peer_domain_is_noticed_by_a_sleeping_dom0_endpoint_within_a_secon
         drop((dom0_end, guest_end));
     }
 }
+
+/// The simulated hypervisor destroys the client's domain mid-transfer (as `xensim destroy`
+/// does, in process): the domain's handles close, their unmap notifications fire, and dom0's
+/// server reads what the ring held and then the end of the stream, at once. The destroyed
+/// domain's endpoint fails rather than hangs, and once both are dropped nothing is left.
+#[test]
+fn destroying_the_client_domain_mid_transfer_ends_the_stream_and_frees_everything() {
+    let host = Host::new();
+    let (server, client) = host.pair(RingSizes {
+        server_read: 4096,
+        server_write: 4096,
+    });
+    // Far past the bound: a missed death fails the test rather than hanging it.
+    client.set_write_timeout(Some(Duration::from_secs(20)));
+    server.set_read_timeout(Some(Duration::from_secs(20)));
+    let (received, noticed, sender) = thread::scope(|s| {
+        let sender = s.spawn(|| {
+            let chunk = pattern(64 * 1024, 3);
+            loop {
+                if let Err(e) = (&client).write_all(&chunk) {
+                    return e;
+                }
+            }
+        });
+        let mut first = [0u8; 1];
+        (&server).read_exact(&mut first).expect("data flows");
+        let destroyed = Instant::now();
+        host.xen
+            .destroy_domain(CLIENT)
+            .expect("destroy the client's domain");
+        // Read to the end; a stream that does not end within the bound fails (never hangs).
+        let mut buf = vec![0u8; 64 * 1024];
+        let end = loop {
+            match server.read(&mut buf) {
+                Ok(0) => break Ok(()),
+                Ok(_) if destroyed.elapsed() > BOUND => break Err("the stream did not end"),
+                Ok(_) => continue,
+                Err(_) => break Err("the read failed instead of ending"),
+            }
+        };
+        (end, destroyed.elapsed(), sender.join().unwrap())
+    });
+    received.expect("the server reads to the end of the stream");
+    assert!(noticed < BOUND, "noticed after {noticed:?}");
+    assert_eq!(server.state().unwrap(), State::PeerClosed);
+    println!("the destroyed client's end failed with: {sender}");
+    assert!(
+        host.xen.hypervisor().stats().handles > 0,
+        "dom0's handles stay"
+    );
+    drop((server, client));
+    host.assert_clean();
+    assert_eq!(host.xen.hypervisor().stats().handles, 0);
+    assert!(
+        host.xen.create_domain(CLIENT).is_ok(),
+        "the id is free again"
+    );
+}

@@ -421,7 +421,7 @@ impl Drop for SimMapping {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicU8, Ordering};
+    use std::sync::atomic::Ordering;
 
     use xen_types::PAGE_SIZE;
 
@@ -441,16 +441,11 @@ mod tests {
     }
 
     fn byte(mem: &impl SharedMemory, offset: usize) -> u8 {
-        assert!(offset < mem.len());
-        // SAFETY: in bounds of a live region; shared bytes are accessed atomically.
-        unsafe { AtomicU8::from_ptr(mem.as_ptr().as_ptr().add(offset)) }.load(Ordering::SeqCst)
+        mem.region().load_u8(offset, Ordering::SeqCst)
     }
 
     fn set_byte(mem: &impl SharedMemory, offset: usize, value: u8) {
-        assert!(offset < mem.len());
-        // SAFETY: as in `byte`, on a writable region.
-        unsafe { AtomicU8::from_ptr(mem.as_ptr().as_ptr().add(offset)) }
-            .store(value, Ordering::SeqCst)
+        mem.region().store_u8(offset, value, Ordering::SeqCst)
     }
 
     #[test]

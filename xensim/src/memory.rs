@@ -324,17 +324,21 @@ mod tests {
 
     use super::*;
 
+    use std::sync::atomic::Ordering;
+    use xen_types::memory::SharedRegion;
+
+    fn view(region: &Region) -> SharedRegion<'_> {
+        // SAFETY: the mapping is valid for its whole length while `region` lives, which the
+        // returned view borrows; it is only reached through the view's atomics.
+        unsafe { SharedRegion::from_raw_parts(region.ptr(), region.len()) }
+    }
+
     fn byte(region: &Region, offset: usize) -> u8 {
-        assert!(offset < region.len());
-        // SAFETY: in bounds of a live mapping; a plain volatile read of memory only this test
-        // writes.
-        unsafe { region.ptr().as_ptr().add(offset).read_volatile() }
+        view(region).load_u8(offset, Ordering::SeqCst)
     }
 
     fn set_byte(region: &Region, offset: usize, value: u8) {
-        assert!(offset < region.len());
-        // SAFETY: as in `byte`, for a writable mapping.
-        unsafe { region.ptr().as_ptr().add(offset).write_volatile(value) }
+        view(region).store_u8(offset, value, Ordering::SeqCst)
     }
 
     #[test]

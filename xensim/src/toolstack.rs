@@ -12,11 +12,12 @@ use std::fmt;
 use std::io;
 
 use xen_types::DomId;
-use xenstore::client::Client;
 use xenstore::local::{LocalConnection, LocalStore};
 use xenstore::{Access, Perm, TxId, XenStore, XenstoreError};
 
+#[cfg(not(miri))]
 use crate::client::HostControl;
+#[cfg(not(miri))]
 use crate::host::Host;
 use crate::inproc::SimHypervisor;
 
@@ -37,6 +38,7 @@ impl DomainControl for SimHypervisor {
     }
 }
 
+#[cfg(not(miri))]
 impl DomainControl for HostControl {
     fn create_domain(&self, domid: DomId) -> io::Result<()> {
         HostControl::create_domain(self, domid)
@@ -46,6 +48,7 @@ impl DomainControl for HostControl {
     }
 }
 
+#[cfg(not(miri))]
 impl DomainControl for Host {
     fn create_domain(&self, domid: DomId) -> io::Result<()> {
         Host::create_domain(self, domid)
@@ -66,15 +69,15 @@ pub trait DomainStore {
 }
 
 /// A xenstored (ours under `xensim serve`, or any other) reached as dom0.
-impl DomainStore for Client {
+impl DomainStore for xenstore::client::Client {
     fn dom0(&self) -> &impl XenStore {
         self
     }
     fn introduce(&self, domid: DomId) -> xenstore::Result<()> {
-        Client::introduce(self, domid, 0, 0)
+        xenstore::client::Client::introduce(self, domid, 0, 0)
     }
     fn release(&self, domid: DomId) -> xenstore::Result<()> {
-        Client::release(self, domid)
+        xenstore::client::Client::release(self, domid)
     }
 }
 

@@ -6,6 +6,7 @@
 //! stand-in `libxengnttab.so.1`/`libxenevtchn.so.1` (from `DIR/lib`) ahead on its library path.
 //! The host carries out a dead process's unmap notifications and reclaims its grants and ports
 //! as soon as its descriptors close, however it died.
+#![forbid(unsafe_code)]
 
 use std::ffi::OsString;
 use std::io::Write as _;
@@ -13,6 +14,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
+use nix::sys::signal::{SigSet, Signal};
 use tools::describe;
 use xen_types::DomId;
 use xensim::toolstack::{self, ToolstackError};
@@ -185,20 +187,14 @@ fn install_shims(dir: &Path) -> Result<PathBuf, Failure> {
 }
 
 /// Block the termination signals in every thread (call before spawning any) and return a waiter.
-fn block_signals() -> Result<libc::sigset_t, Failure> {
-    // SAFETY: sigset_t is plain data, initialised by sigemptyset before use; pthread_sigmask
-    // reads the set and writes nothing back (null old set).
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-            libc::sigaddset(&mut set, sig);
-        }
-        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
-            return Err(runtime("cannot block termination signals"));
-        }
-        Ok(set)
+fn block_signals() -> Result<SigSet, Failure> {
+    let mut set = SigSet::empty();
+    for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        set.add(sig);
     }
+    set.thread_block()
+        .map_err(|e| runtime(format!("cannot block termination signals: {e}")))?;
+    Ok(set)
 }
 
 fn serve(opts: &Options) -> Result<(), Failure> {
@@ -224,9 +220,8 @@ fn serve(opts: &Options) -> Result<(), Failure> {
         dir.display(),
         xenstored.socket_path(DomId::DOM0).display()
     );
-    let mut sig: libc::c_int = 0;
-    // SAFETY: `signals` is an initialised set and `sig` a valid place for the result.
-    while unsafe { libc::sigwait(&signals, &mut sig) } != 0 {}
+    // Blocked in every thread (the mask is inherited), so only this wait takes them.
+    while signals.wait().is_err() {}
     host.stop();
     let _ = thread.join();
     xenstored.stop();
