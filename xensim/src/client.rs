@@ -37,6 +37,21 @@ fn short_reply() -> io::Error {
     )
 }
 
+/// The errno a C caller of the stand-in libraries should see for `e`: its own, or the closest
+/// one for the errors the clients make up (no host, a malformed reply).
+pub fn errno_of(e: &io::Error) -> Errno {
+    match e.raw_os_error() {
+        Some(code) => Errno::from_raw(code),
+        None => match e.kind() {
+            io::ErrorKind::NotFound => Errno::ENOENT,
+            io::ErrorKind::InvalidInput => Errno::EINVAL,
+            io::ErrorKind::ConnectionAborted => Errno::ECONNABORTED,
+            io::ErrorKind::InvalidData => Errno::EPROTO,
+            _ => Errno::EIO,
+        },
+    }
+}
+
 fn gone_if_hung_up(e: io::Error) -> io::Error {
     match Errno::from_raw(e.raw_os_error().unwrap_or(0)) {
         Errno::EPIPE | Errno::ECONNRESET => host_gone(),

@@ -17,7 +17,10 @@ use std::io::Write as _;
 use std::os::fd::{AsFd, AsRawFd};
 
 use evtchn::EventChannel;
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 use xen_types::{DomId, Port};
+use xensim::client::errno_of;
 use xensim::XensimEvtchn;
 
 /// `XENEVTCHN_NO_CLOEXEC`: keep the handle's fd open across `exec`.
@@ -28,19 +31,8 @@ pub struct Handle {
     events: XensimEvtchn,
 }
 
-fn set_errno(code: c_int) {
-    // SAFETY: __errno_location returns a valid pointer to this thread's errno.
-    unsafe { *libc::__errno_location() = code };
-}
-
-fn errno_of(e: &io::Error) -> c_int {
-    e.raw_os_error().unwrap_or(match e.kind() {
-        io::ErrorKind::NotFound => libc::ENOENT,
-        io::ErrorKind::InvalidInput => libc::EINVAL,
-        io::ErrorKind::ConnectionAborted => libc::ECONNABORTED,
-        io::ErrorKind::InvalidData => libc::EPROTO,
-        _ => libc::EIO,
-    })
+fn set_errno(code: Errno) {
+    code.set();
 }
 
 fn fail(e: io::Error) -> c_int {
@@ -50,7 +42,7 @@ fn fail(e: io::Error) -> c_int {
 
 fn domid(raw: u32) -> Result<DomId, c_int> {
     u16::try_from(raw).map(DomId).map_err(|_| {
-        set_errno(libc::EINVAL);
+        set_errno(Errno::EINVAL);
         -1
     })
 }
@@ -63,7 +55,7 @@ fn domid(raw: u32) -> Result<DomId, c_int> {
 unsafe fn handle<'a>(xce: *mut Handle) -> Result<&'a Handle, c_int> {
     // SAFETY: per the contract, a non-null pointer is a live handle from `xenevtchn_open`.
     unsafe { xce.as_ref() }.ok_or_else(|| {
-        set_errno(libc::EINVAL);
+        set_errno(Errno::EINVAL);
         -1
     })
 }
@@ -75,13 +67,11 @@ pub extern "C" fn xenevtchn_open(_logger: *mut c_void, open_flags: c_uint) -> *m
     match XensimEvtchn::from_env() {
         Ok(events) => {
             if open_flags & NO_CLOEXEC != 0 {
-                let fd = events.as_fd().as_raw_fd();
-                // SAFETY: plain fcntl calls on a descriptor the handle owns.
-                unsafe {
-                    let flags = libc::fcntl(fd, libc::F_GETFD);
-                    if flags >= 0 {
-                        libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC);
-                    }
+                let fd = events.as_fd();
+                // The flag is a request the C library honours on a best-effort basis too.
+                if let Ok(flags) = fcntl(fd, FcntlArg::F_GETFD) {
+                    let flags = FdFlag::from_bits_retain(flags) - FdFlag::FD_CLOEXEC;
+                    let _ = fcntl(fd, FcntlArg::F_SETFD(flags));
                 }
             }
             Box::into_raw(Box::new(Handle { events }))
@@ -105,7 +95,7 @@ pub extern "C" fn xenevtchn_fdopen(
     _fd: c_int,
     _open_flags: c_uint,
 ) -> *mut Handle {
-    set_errno(libc::EOPNOTSUPP);
+    set_errno(Errno::EOPNOTSUPP);
     std::ptr::null_mut()
 }
 
@@ -208,7 +198,7 @@ pub unsafe extern "C" fn xenevtchn_bind_interdomain(
 /// Virtual IRQs do not exist on the simulated host: always `-1` with `ENOSYS`.
 #[no_mangle]
 pub extern "C" fn xenevtchn_bind_virq(_xce: *mut Handle, _virq: c_uint) -> c_int {
-    set_errno(libc::ENOSYS);
+    set_errno(Errno::ENOSYS);
     -1
 }
 
@@ -246,7 +236,7 @@ pub unsafe extern "C" fn xenevtchn_pending(xce: *mut Handle) -> c_int {
     match h.events.take_event(true) {
         Ok(Some(port)) => port.0 as c_int,
         Ok(None) => {
-            set_errno(libc::EAGAIN);
+            set_errno(Errno::EAGAIN);
             -1
         }
         Err(e) => fail(e),
@@ -274,6 +264,6 @@ pub unsafe extern "C" fn xenevtchn_unmask(xce: *mut Handle, port: u32) -> c_int 
 /// Restricting a handle to one domain is not simulated: always `-1` with `ENOSYS`.
 #[no_mangle]
 pub extern "C" fn xenevtchn_restrict(_xce: *mut Handle, _domid: u16) -> c_int {
-    set_errno(libc::ENOSYS);
+    set_errno(Errno::ENOSYS);
     -1
 }

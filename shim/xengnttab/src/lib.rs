@@ -14,13 +14,15 @@
 
 use std::collections::HashMap;
 use std::ffi::{c_int, c_uint, c_void};
-use std::io;
 use std::io::Write as _;
 use std::os::fd::{AsFd, AsRawFd};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use gnttab::{GrantMap, GrantShare, SharedMemory, SharedPages, UnmapNotify};
+use nix::errno::Errno;
+use nix::sys::mman::ProtFlags;
 use xen_types::{DomId, GrantRef, Port, PAGE_SIZE};
+use xensim::client::errno_of;
 use xensim::{XensimGnt, XensimMapping, XensimShared};
 
 /// The opaque `xengnttab_handle` (mapping side).
@@ -39,27 +41,16 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn set_errno(code: c_int) {
-    // SAFETY: __errno_location returns a valid pointer to this thread's errno.
-    unsafe { *libc::__errno_location() = code };
+fn set_errno(code: Errno) {
+    code.set();
 }
 
-fn errno_of(e: &io::Error) -> c_int {
-    e.raw_os_error().unwrap_or(match e.kind() {
-        io::ErrorKind::NotFound => libc::ENOENT,
-        io::ErrorKind::InvalidInput => libc::EINVAL,
-        io::ErrorKind::ConnectionAborted => libc::ECONNABORTED,
-        io::ErrorKind::InvalidData => libc::EPROTO,
-        _ => libc::EIO,
-    })
-}
-
-fn fail_int(code: c_int) -> c_int {
+fn fail_int(code: Errno) -> c_int {
     set_errno(code);
     -1
 }
 
-fn fail_ptr(code: c_int) -> *mut c_void {
+fn fail_ptr(code: Errno) -> *mut c_void {
     set_errno(code);
     std::ptr::null_mut()
 }
@@ -79,7 +70,7 @@ fn notify(offset: u32, port: u32) -> Option<UnmapNotify> {
 }
 
 fn writable(prot: c_int) -> bool {
-    prot & libc::PROT_WRITE != 0
+    prot & ProtFlags::PROT_WRITE.bits() != 0
 }
 
 // ----- mapping side -----
@@ -141,7 +132,7 @@ pub unsafe extern "C" fn xengnttab_fd(xgt: *mut MapHandle) -> c_int {
     // SAFETY: forwarded contract.
     match unsafe { borrow(xgt) } {
         Some(h) => h.gnt.as_fd().as_raw_fd(),
-        None => fail_int(libc::EINVAL),
+        None => fail_int(Errno::EINVAL),
     }
 }
 
@@ -159,7 +150,7 @@ fn map_refs(
     notify: Option<UnmapNotify>,
 ) -> *mut c_void {
     let Some(domid) = domid(domid_raw) else {
-        return fail_ptr(libc::EINVAL);
+        return fail_ptr(Errno::EINVAL);
     };
     let refs: Vec<GrantRef> = refs.iter().map(|&r| GrantRef(r)).collect();
     match handle
@@ -203,7 +194,7 @@ pub unsafe extern "C" fn xengnttab_map_grant_ref(
     // SAFETY: forwarded contract.
     match unsafe { borrow(xgt) } {
         Some(h) => map_refs(h, domid, &[gref], prot, None),
-        None => fail_ptr(libc::EINVAL),
+        None => fail_ptr(Errno::EINVAL),
     }
 }
 
@@ -228,10 +219,10 @@ pub unsafe extern "C" fn xengnttab_map_grant_refs(
         unsafe { read_refs(domids, count) },
         unsafe { read_refs(refs, count) },
     ) else {
-        return fail_ptr(libc::EINVAL);
+        return fail_ptr(Errno::EINVAL);
     };
     if domids.iter().any(|d| *d != domids[0]) {
-        return fail_ptr(libc::EINVAL);
+        return fail_ptr(Errno::EINVAL);
     }
     map_refs(h, domids[0], &refs, prot, None)
 }
@@ -252,7 +243,7 @@ pub unsafe extern "C" fn xengnttab_map_domain_grant_refs(
 ) -> *mut c_void {
     // SAFETY: forwarded contract.
     let (Some(h), Some(refs)) = (unsafe { borrow(xgt) }, unsafe { read_refs(refs, count) }) else {
-        return fail_ptr(libc::EINVAL);
+        return fail_ptr(Errno::EINVAL);
     };
     map_refs(h, domid, &refs, prot, None)
 }
@@ -275,7 +266,7 @@ pub unsafe extern "C" fn xengnttab_map_grant_ref_notify(
     // SAFETY: forwarded contract.
     match unsafe { borrow(xgt) } {
         Some(h) => map_refs(h, domid, &[gref], prot, notify(notify_offset, notify_port)),
-        None => fail_ptr(libc::EINVAL),
+        None => fail_ptr(Errno::EINVAL),
     }
 }
 
@@ -292,7 +283,7 @@ pub unsafe extern "C" fn xengnttab_unmap(
 ) -> c_int {
     // SAFETY: forwarded contract.
     let Some(h) = (unsafe { borrow(xgt) }) else {
-        return fail_int(libc::EINVAL);
+        return fail_int(Errno::EINVAL);
     };
     let mut regions = lock(&h.regions);
     match regions.get(&(start_address as usize)) {
@@ -302,7 +293,7 @@ pub unsafe extern "C" fn xengnttab_unmap(
             drop(mapping);
             0
         }
-        _ => fail_int(libc::EINVAL),
+        _ => fail_int(Errno::EINVAL),
     }
 }
 
@@ -313,7 +304,7 @@ pub extern "C" fn xengnttab_grant_copy(
     _count: u32,
     _segs: *mut c_void,
 ) -> c_int {
-    fail_int(libc::ENOSYS)
+    fail_int(Errno::ENOSYS)
 }
 
 /// dma-buf export is not simulated: always `-1` with `EOPNOTSUPP`.
@@ -326,7 +317,7 @@ pub extern "C" fn xengnttab_dmabuf_exp_from_refs(
     _refs: *const u32,
     _fd: *mut u32,
 ) -> c_int {
-    fail_int(libc::EOPNOTSUPP)
+    fail_int(Errno::EOPNOTSUPP)
 }
 
 /// dma-buf export is not simulated: always `-1` with `EOPNOTSUPP`.
@@ -336,7 +327,7 @@ pub extern "C" fn xengnttab_dmabuf_exp_wait_released(
     _fd: u32,
     _wait_to_ms: u32,
 ) -> c_int {
-    fail_int(libc::EOPNOTSUPP)
+    fail_int(Errno::EOPNOTSUPP)
 }
 
 /// dma-buf import is not simulated: always `-1` with `EOPNOTSUPP`.
@@ -348,13 +339,13 @@ pub extern "C" fn xengnttab_dmabuf_imp_to_refs(
     _count: u32,
     _refs: *mut u32,
 ) -> c_int {
-    fail_int(libc::EOPNOTSUPP)
+    fail_int(Errno::EOPNOTSUPP)
 }
 
 /// dma-buf import is not simulated: always `-1` with `EOPNOTSUPP`.
 #[no_mangle]
 pub extern "C" fn xengnttab_dmabuf_imp_release(_xgt: *mut MapHandle, _fd: u32) -> c_int {
-    fail_int(libc::EOPNOTSUPP)
+    fail_int(Errno::EOPNOTSUPP)
 }
 
 // ----- sharing side -----
@@ -407,7 +398,7 @@ pub unsafe extern "C" fn xengntshr_fd(xgs: *mut ShareHandle) -> c_int {
     // SAFETY: forwarded contract.
     match unsafe { borrow(xgs) } {
         Some(h) => h.gnt.as_fd().as_raw_fd(),
-        None => fail_int(libc::EINVAL),
+        None => fail_int(Errno::EINVAL),
     }
 }
 
@@ -420,10 +411,10 @@ fn share(
     notify: Option<UnmapNotify>,
 ) -> *mut c_void {
     let Some(domid) = domid(domid_raw) else {
-        return fail_ptr(libc::EINVAL);
+        return fail_ptr(Errno::EINVAL);
     };
     if refs_out.is_null() {
-        return fail_ptr(libc::EINVAL);
+        return fail_ptr(Errno::EINVAL);
     }
     match handle.gnt.share_pages(domid, count, writable, notify) {
         Ok(shared) => {
@@ -456,10 +447,10 @@ pub unsafe extern "C" fn xengntshr_share_pages(
 ) -> *mut c_void {
     // SAFETY: forwarded contract.
     let Some(h) = (unsafe { borrow(xgs) }) else {
-        return fail_ptr(libc::EINVAL);
+        return fail_ptr(Errno::EINVAL);
     };
     let Ok(count) = usize::try_from(count) else {
-        return fail_ptr(libc::EINVAL);
+        return fail_ptr(Errno::EINVAL);
     };
     share(h, domid, count, refs, writable != 0, None)
 }
@@ -481,7 +472,7 @@ pub unsafe extern "C" fn xengntshr_share_page_notify(
 ) -> *mut c_void {
     // SAFETY: forwarded contract.
     let Some(h) = (unsafe { borrow(xgs) }) else {
-        return fail_ptr(libc::EINVAL);
+        return fail_ptr(Errno::EINVAL);
     };
     share(
         h,
@@ -506,7 +497,7 @@ pub unsafe extern "C" fn xengntshr_unshare(
 ) -> c_int {
     // SAFETY: forwarded contract.
     let Some(h) = (unsafe { borrow(xgs) }) else {
-        return fail_int(libc::EINVAL);
+        return fail_int(Errno::EINVAL);
     };
     let mut regions = lock(&h.regions);
     match regions.get(&(start_address as usize)) {
@@ -516,6 +507,6 @@ pub unsafe extern "C" fn xengntshr_unshare(
             drop(shared);
             0
         }
-        _ => fail_int(libc::EINVAL),
+        _ => fail_int(Errno::EINVAL),
     }
 }
