@@ -35,8 +35,8 @@ pub struct UnmapNotify {
 ///
 /// # Safety
 ///
-/// Implementors guarantee that `as_ptr()` stays valid for reads (and for writes, when the region
-/// was made writable) of `len()` bytes, page-aligned, for as long as the value lives, and that
+/// Implementors guarantee that `as_ptr()` stays valid for reads (and for writes, unless
+/// [`is_writable`](Self::is_writable) says false) of `len()` bytes, page-aligned, for as long as the value lives, and that
 /// `len()` is a non-zero multiple of [`PAGE_SIZE`]. The memory may change at any time under the
 /// caller's feet: callers access it with atomics or raw copies only.
 #[allow(unsafe_code)]
@@ -55,11 +55,22 @@ pub unsafe trait SharedMemory: Send + Sync {
     /// reference into the memory. The view cannot outlive the region, which stays mapped while
     /// `self` lives.
     fn region(&self) -> SharedRegion<'_> {
-        // SAFETY: the trait's contract: `as_ptr()` is valid for `len()` bytes for as long as
-        // `self` lives (so for the borrow), mapped as one region, and its users reach it only
-        // with atomics or raw copies, which is all `SharedRegion` does. (A region made read-only
-        // is valid for the view's loads and copies out; storing into it faults.)
-        unsafe { SharedRegion::from_raw_parts(self.as_ptr(), self.len()) }
+        if self.is_writable() {
+            // SAFETY: the trait's contract: `as_ptr()` is valid for reads and writes of `len()`
+            // bytes for as long as `self` lives (so for the borrow), mapped as one region, and
+            // its users reach it only with atomics or raw copies, which is all `SharedRegion`
+            // does.
+            unsafe { SharedRegion::from_raw_parts(self.as_ptr(), self.len()) }
+        } else {
+            // SAFETY: as above, for reads only: the view refuses every store.
+            unsafe { SharedRegion::from_raw_parts_read_only(self.as_ptr(), self.len()) }
+        }
+    }
+
+    /// Whether the region was mapped writable (true unless the implementor says otherwise).
+    /// [`region`](Self::region) of a read-only one is a view that refuses stores.
+    fn is_writable(&self) -> bool {
+        true
     }
 }
 

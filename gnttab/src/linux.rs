@@ -406,7 +406,11 @@ impl Gnttab {
 
         // gntdev maps every grant here and fails the whole mmap if any one failed.
         let map = map_region(&self.fd, len, writable, reservation.index)?;
-        let mapping = GnttabMapping { map, reservation };
+        let mapping = GnttabMapping {
+            map,
+            reservation,
+            writable,
+        };
         if let Some(notify) = notify_arg(notify, len, mapping.reservation.index)? {
             ioctl_write(self.fd.as_fd(), abi::gntdev_set_unmap_notify, &notify)?;
         }
@@ -456,6 +460,7 @@ pub struct GnttabMapping {
     // may close.
     map: MmapRaw,
     reservation: Reservation,
+    writable: bool,
 }
 
 impl fmt::Debug for GnttabMapping {
@@ -478,6 +483,9 @@ unsafe impl SharedMemory for GnttabMapping {
     }
     fn len(&self) -> usize {
         self.map.len()
+    }
+    fn is_writable(&self) -> bool {
+        self.writable
     }
 }
 

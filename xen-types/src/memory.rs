@@ -58,6 +58,8 @@ use core::sync::atomic::{AtomicU16, AtomicU32, AtomicU8, Ordering};
 pub struct SharedRegion<'a> {
     base: NonNull<u8>,
     len: usize,
+    /// False for memory mapped read-only: every store through the view panics.
+    writable: bool,
     _memory: PhantomData<&'a [AtomicU8]>,
 }
 
@@ -72,6 +74,7 @@ impl fmt::Debug for SharedRegion<'_> {
         f.debug_struct("SharedRegion")
             .field("base", &self.base)
             .field("len", &self.len)
+            .field("writable", &self.writable)
             .finish()
     }
 }
@@ -94,8 +97,8 @@ impl<'a> SharedRegion<'a> {
     ///
     /// For all of `'a`:
     /// - `base` must be valid for reads and writes of `len` bytes, within one allocation or
-    ///   mapping (memory the operating system mapped read-only qualifies only if nothing stores
-    ///   through the view: a store there faults);
+    ///   mapping (for memory mapped read-only, use
+    ///   [`from_raw_parts_read_only`](Self::from_raw_parts_read_only));
     /// - the memory must stay mapped, and is not freed or reused for anything else;
     /// - nobody accesses it through Rust references (`&[u8]`, `&mut T`); other parties, in this
     ///   process or another domain, may read and write it at any moment with atomics or raw copies.
@@ -106,8 +109,35 @@ impl<'a> SharedRegion<'a> {
         SharedRegion {
             base,
             len,
+            writable: true,
             _memory: PhantomData,
         }
+    }
+
+    /// A view of the `len` bytes at `base`, which may be mapped read-only: every store,
+    /// read-modify-write, copy in or fill through it panics instead of faulting.
+    ///
+    /// # Safety
+    ///
+    /// As [`from_raw_parts`](Self::from_raw_parts), except that `base` need only be valid for
+    /// reads. (Atomic loads of at most a word are plain loads, which read-only memory serves.)
+    #[inline]
+    pub const unsafe fn from_raw_parts_read_only(
+        base: NonNull<u8>,
+        len: usize,
+    ) -> SharedRegion<'a> {
+        SharedRegion {
+            base,
+            len,
+            writable: false,
+            _memory: PhantomData,
+        }
+    }
+
+    /// Whether stores through the view are allowed.
+    #[inline]
+    pub const fn is_writable(&self) -> bool {
+        self.writable
     }
 
     /// The length in bytes.
@@ -139,7 +169,21 @@ impl<'a> SharedRegion<'a> {
         // SAFETY: `at` checked that the `len` bytes at `base` lie inside this region, so what
         // `from_raw_parts` asked of this region holds of them, for the same `'a`. `base` is
         // derived from the non-null `self.base` by an in-bounds offset, so it is not null.
-        unsafe { SharedRegion::from_raw_parts(NonNull::new_unchecked(base), len) }
+        let sub = unsafe { SharedRegion::from_raw_parts(NonNull::new_unchecked(base), len) };
+        SharedRegion {
+            writable: self.writable,
+            ..sub
+        }
+    }
+
+    /// As [`at`](Self::at), for a store: panics on a read-only view.
+    #[inline(always)]
+    #[track_caller]
+    fn at_mut(&self, offset: usize, size: usize, align: usize) -> *mut u8 {
+        if !self.writable {
+            read_only(offset, size);
+        }
+        self.at(offset, size, align)
     }
 
     /// The address of the `size` bytes at `offset`, checked: inside the region, and aligned to
@@ -201,7 +245,7 @@ impl<'a> SharedRegion<'a> {
     #[inline]
     #[track_caller]
     pub fn store_u8(&self, offset: usize, value: u8, order: Ordering) {
-        let ptr = self.at(offset, 1, 1);
+        let ptr = self.at_mut(offset, 1, 1);
         // SAFETY: as in `load_u8`; the region is valid for writes (`from_raw_parts`).
         unsafe { AtomicU8::from_ptr(ptr) }.store(value, order);
     }
@@ -213,7 +257,7 @@ impl<'a> SharedRegion<'a> {
     #[inline]
     #[track_caller]
     pub fn store_u16(&self, offset: usize, value: u16, order: Ordering) {
-        let ptr = self.at(offset, 2, 2);
+        let ptr = self.at_mut(offset, 2, 2);
         // SAFETY: as in `load_u16`; the region is valid for writes.
         unsafe { AtomicU16::from_ptr(ptr.cast()) }.store(value, order);
     }
@@ -225,7 +269,7 @@ impl<'a> SharedRegion<'a> {
     #[inline]
     #[track_caller]
     pub fn store_u32(&self, offset: usize, value: u32, order: Ordering) {
-        let ptr = self.at(offset, 4, 4);
+        let ptr = self.at_mut(offset, 4, 4);
         // SAFETY: as in `load_u32`; the region is valid for writes.
         unsafe { AtomicU32::from_ptr(ptr.cast()) }.store(value, order);
     }
@@ -236,7 +280,7 @@ impl<'a> SharedRegion<'a> {
     #[inline]
     #[track_caller]
     pub fn fetch_or_u8(&self, offset: usize, bits: u8, order: Ordering) -> u8 {
-        let ptr = self.at(offset, 1, 1);
+        let ptr = self.at_mut(offset, 1, 1);
         // SAFETY: as in `store_u8`.
         unsafe { AtomicU8::from_ptr(ptr) }.fetch_or(bits, order)
     }
@@ -248,7 +292,7 @@ impl<'a> SharedRegion<'a> {
     #[inline]
     #[track_caller]
     pub fn fetch_and_u8(&self, offset: usize, bits: u8, order: Ordering) -> u8 {
-        let ptr = self.at(offset, 1, 1);
+        let ptr = self.at_mut(offset, 1, 1);
         // SAFETY: as in `store_u8`.
         unsafe { AtomicU8::from_ptr(ptr) }.fetch_and(bits, order)
     }
@@ -259,7 +303,7 @@ impl<'a> SharedRegion<'a> {
     #[inline]
     #[track_caller]
     pub fn swap_u8(&self, offset: usize, value: u8, order: Ordering) -> u8 {
-        let ptr = self.at(offset, 1, 1);
+        let ptr = self.at_mut(offset, 1, 1);
         // SAFETY: as in `store_u8`.
         unsafe { AtomicU8::from_ptr(ptr) }.swap(value, order)
     }
@@ -283,7 +327,7 @@ impl<'a> SharedRegion<'a> {
     #[inline]
     #[track_caller]
     pub fn copy_in(&self, offset: usize, bytes: &[u8]) {
-        let dst = self.at(offset, bytes.len(), 1);
+        let dst = self.at_mut(offset, bytes.len(), 1);
         // SAFETY: the destination is inside the region (checked), valid for writes for `'a`;
         // `bytes` cannot point into the region, as in `copy_out`.
         unsafe { ptr::copy_nonoverlapping(bytes.as_ptr(), dst, bytes.len()) }
@@ -295,7 +339,7 @@ impl<'a> SharedRegion<'a> {
     #[inline]
     #[track_caller]
     pub fn fill(&self, offset: usize, len: usize, value: u8) {
-        let dst = self.at(offset, len, 1);
+        let dst = self.at_mut(offset, len, 1);
         // SAFETY: the range is inside the region (checked), valid for writes for `'a`.
         unsafe { ptr::write_bytes(dst, value, len) }
     }
@@ -305,6 +349,13 @@ impl<'a> SharedRegion<'a> {
     pub fn zero(&self) {
         self.fill(0, self.len, 0);
     }
+}
+
+#[cold]
+#[inline(never)]
+#[track_caller]
+fn read_only(offset: usize, size: usize) -> ! {
+    panic!("a store of {size} bytes at offset {offset} into a read-only shared region")
 }
 
 #[cold]
@@ -414,6 +465,17 @@ mod tests {
     fn a_misaligned_word_panics() {
         let mut buf = Buf([0; 64]);
         SharedRegion::from(&mut buf.0[..]).store_u32(2, 1, Ordering::Relaxed);
+    }
+
+    #[test]
+    #[should_panic(expected = "read-only shared region")]
+    fn a_store_into_a_read_only_view_panics() {
+        let mut buf = Buf([0; 64]);
+        let writable = SharedRegion::from(&mut buf.0[..]);
+        // SAFETY: the bytes are valid for reads (and writes) while `buf` lives.
+        let read_only = unsafe { SharedRegion::from_raw_parts_read_only(writable.as_ptr(), 64) };
+        assert_eq!(read_only.subregion(8, 8).load_u8(0, Ordering::Relaxed), 0);
+        read_only.subregion(8, 8).store_u8(0, 1, Ordering::Relaxed);
     }
 
     #[test]

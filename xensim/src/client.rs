@@ -41,7 +41,11 @@ fn short_reply() -> io::Error {
 /// one for the errors the clients make up (no host, a malformed reply).
 pub fn errno_of(e: &io::Error) -> Errno {
     match e.raw_os_error() {
-        Some(code) => Errno::from_raw(code),
+        // An errno nix does not know is still a failure: never 0.
+        Some(code) => match Errno::from_raw(code) {
+            Errno::UnknownErrno => Errno::EIO,
+            known => known,
+        },
         None => match e.kind() {
             io::ErrorKind::NotFound => Errno::ENOENT,
             io::ErrorKind::InvalidInput => Errno::EINVAL,
@@ -241,8 +245,11 @@ impl EventChannel for XensimEvtchn {
     }
 
     fn unmask(&self, port: Port) -> io::Result<()> {
-        let port = self.bound(port)?;
-        self.conn.send_one_way(&[op::EV_UNMASK, port.0])
+        // The Linux driver ignores an unmask of a port the handle has not bound.
+        match self.bound(port) {
+            Ok(port) => self.conn.send_one_way(&[op::EV_UNMASK, port.0]),
+            Err(_) => Ok(()),
+        }
     }
 
     fn unbind(&self, port: Port) -> io::Result<()> {
@@ -336,8 +343,14 @@ impl XensimShared {
 
 impl Drop for XensimShared {
     fn drop(&mut self) {
+        // A share whose pages we never mapped is cancelled: its notification never took effect.
         // The host forgets the share when the connection closes anyway; nothing to report.
-        let _ = self.conn.call(&[op::GNT_UNSHARE, self.id]);
+        let op = if self.region.is_some() {
+            op::GNT_UNSHARE
+        } else {
+            op::GNT_CANCEL
+        };
+        let _ = self.conn.call(&[op, self.id]);
     }
 }
 
@@ -367,6 +380,7 @@ pub struct XensimMapping {
     conn: Arc<HostConn>,
     id: u32,
     region: Option<Region>,
+    writable: bool,
 }
 
 impl XensimMapping {
@@ -381,11 +395,16 @@ impl XensimMapping {
 
 impl Drop for XensimMapping {
     fn drop(&mut self) {
-        // Unmap first, then tell the host: its notification must come after our last access.
-        if let Some(region) = self.region.as_mut() {
-            region.unmap();
-        }
-        let _ = self.conn.call(&[op::GNT_UNMAP, self.id]);
+        // Unmap first, then tell the host: its notification must come after our last access. A
+        // mapping that never got its memory is cancelled, without its notification.
+        let op = match self.region.as_mut() {
+            Some(region) => {
+                region.unmap();
+                op::GNT_UNMAP
+            }
+            None => op::GNT_CANCEL,
+        };
+        let _ = self.conn.call(&[op, self.id]);
     }
 }
 
@@ -399,6 +418,9 @@ unsafe impl SharedMemory for XensimMapping {
     }
     fn len(&self) -> usize {
         self.region.as_ref().map_or(0, |r| r.len())
+    }
+    fn is_writable(&self) -> bool {
+        self.writable
     }
 }
 
@@ -474,6 +496,7 @@ impl GrantMap for XensimGnt {
             conn: Arc::clone(&self.conn),
             id,
             region: None,
+            writable,
         };
         if placement.len() != 2 * refs.len() {
             return Err(short_reply());

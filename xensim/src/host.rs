@@ -96,6 +96,14 @@ impl std::fmt::Debug for Host {
     }
 }
 
+/// The reply status for an error: never 0, which says success.
+fn status(code: Errno) -> u32 {
+    match code {
+        Errno::UnknownErrno => Errno::EIO as u32,
+        code => code as u32,
+    }
+}
+
 fn domid_word(raw: u32) -> Result<DomId, Errno> {
     u16::try_from(raw).map(DomId).map_err(|_| Errno::EINVAL)
 }
@@ -227,7 +235,7 @@ impl Host {
         let handle = match self.register(&sock, &hello, &mut fds) {
             Ok(handle) => handle,
             Err(code) => {
-                let _ = wire::send_msg(sock.as_fd(), &[code as u32], &[]);
+                let _ = wire::send_msg(sock.as_fd(), &[status(code)], &[]);
                 return;
             }
         };
@@ -252,7 +260,7 @@ impl Host {
                             memories.iter().map(|m| m.file(writable)).collect();
                         wire::send_msg(sock.as_fd(), &values, &fds)
                     }
-                    Err(code) => wire::send_msg(sock.as_fd(), &[code as u32], &[]),
+                    Err(code) => wire::send_msg(sock.as_fd(), &[status(code)], &[]),
                 };
                 if sent.is_err() {
                     break;
@@ -344,6 +352,11 @@ impl Host {
             op::EV_UNMASK => Request::Unmask(Port(arg(1)?)),
             op::EV_UNBIND => Request::Unbind(Port(arg(1)?)),
             op::GNT_SHARE => {
+                // Checked before any memory is made for it.
+                let kind = lock(&self.inner.state).hypervisor.handle(handle);
+                if !matches!(kind, Some((_, HandleKind::Share))) {
+                    return Err(Errno::EBADF);
+                }
                 let pages = arg(2)? as usize;
                 if pages == 0 || pages > crate::model::MAX_PAGES_PER_CALL {
                     return Err(Errno::EINVAL);
@@ -376,6 +389,16 @@ impl Host {
                 );
             }
             op::GNT_UNMAP => Request::Unmap(arg(1)?),
+            op::GNT_CANCEL => {
+                let id = arg(1)?;
+                let mut state = lock(&self.inner.state);
+                let cancelled = match state.hypervisor.handle(handle) {
+                    Some((_, HandleKind::Share)) => state.hypervisor.cancel_share(handle, id),
+                    Some((_, HandleKind::Map)) => state.hypervisor.cancel_mapping(handle, id),
+                    _ => Err(Errno::EBADF),
+                };
+                return cancelled.and_then(|()| done(vec![]));
+            }
             _ => return Err(Errno::ENOSYS),
         };
         let shared_memory = match &request {
@@ -434,7 +457,7 @@ impl Host {
         }
         if memories.len() > wire::MAX_FDS {
             // Too many files for one message: the mapping never happened.
-            state.hypervisor.cancel_mapping(id);
+            let _ = state.hypervisor.cancel_mapping(handle, id);
             return Err(Errno::E2BIG);
         }
         Ok((values, memories, writable))

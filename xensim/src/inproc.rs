@@ -243,7 +243,9 @@ impl EventChannel for SimEvtchn {
     }
 
     fn unbind(&self, port: Port) -> io::Result<()> {
-        self.handle.request(Request::Unbind(port))?;
+        // Under the model's lock, so that no event of a new binding of the number is lost.
+        let mut state = lock(&self.handle.hypervisor.state);
+        state.request(self.handle.id, Request::Unbind(port))?;
         lock(&self.queue.ports).retain(|p| *p != port);
         Ok(())
     }
@@ -294,6 +296,7 @@ pub struct SimMapping {
     handle: Arc<Handle>,
     id: u32,
     region: Region,
+    writable: bool,
 }
 
 impl GrantShare for SimGnt {
@@ -331,9 +334,8 @@ impl GrantShare for SimGnt {
                 refs,
             }),
             Err(e) => {
-                lock(&self.handle.hypervisor.state)
-                    .hypervisor
-                    .cancel_share(id);
+                let mut state = lock(&self.handle.hypervisor.state);
+                let _ = state.hypervisor.cancel_share(self.handle.id, id);
                 Err(e)
             }
         }
@@ -364,11 +366,11 @@ impl GrantMap for SimGnt {
                 handle: Arc::clone(&self.handle),
                 id,
                 region,
+                writable,
             }),
             Err(e) => {
-                lock(&self.handle.hypervisor.state)
-                    .hypervisor
-                    .cancel_mapping(id);
+                let mut state = lock(&self.handle.hypervisor.state);
+                let _ = state.hypervisor.cancel_mapping(self.handle.id, id);
                 Err(e)
             }
         }
@@ -399,6 +401,9 @@ unsafe impl SharedMemory for SimMapping {
     }
     fn len(&self) -> usize {
         self.region.len()
+    }
+    fn is_writable(&self) -> bool {
+        self.writable
     }
 }
 
@@ -520,6 +525,7 @@ mod tests {
             .unwrap();
         set_byte(&shared, 0, 5);
         assert_eq!(byte(&mapping, 0), 5);
+        assert!(!mapping.region().is_writable(), "its view refuses stores");
         // SAFETY: changes only the protection of the mapping this test owns; on success the test
         // fails before anything writes through it.
         let made_writable = unsafe {

@@ -30,7 +30,7 @@ mod imp {
     use std::fs::File;
     use std::num::NonZeroUsize;
     use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
-    use std::os::unix::fs::FileExt;
+    use std::os::unix::fs::{FileExt, PermissionsExt};
     use std::ptr::NonNull;
 
     use nix::sys::memfd::{memfd_create, MFdFlags};
@@ -55,6 +55,9 @@ mod imp {
             // A second open of the same file, read-only: mappings made from it cannot be made
             // writable (mprotect refuses PROT_WRITE on a read-only description).
             let ro = File::open(format!("/proc/self/fd/{}", rw.as_raw_fd()))?;
+            // Then nobody opens it for writing again through /proc (nobody but root, who
+            // ignores file modes): a process given the read-only description cannot upgrade it.
+            rw.set_permissions(std::fs::Permissions::from_mode(0o400))?;
             Ok(GrantedMemory { rw, ro, pages })
         }
 
@@ -155,13 +158,21 @@ mod imp {
             Ok(region)
         }
 
-        /// Map `pages` (of memory this process holds) contiguously.
+        /// Map `pages` (of memory this process holds) contiguously; consecutive pages of one
+        /// memory become one `mmap`. `EINVAL` for a page beyond its memory.
         pub fn map(pages: Pages<'_>, writable: bool) -> io::Result<Region> {
-            let placement: Vec<(usize, usize)> = pages
-                .iter()
-                .enumerate()
-                .map(|(i, (_, page))| (i, *page))
-                .collect();
+            let mut placement = Vec::with_capacity(pages.len());
+            for (i, (memory, page)) in pages.iter().enumerate() {
+                if *page >= memory.pages() {
+                    return Err(einval());
+                }
+                // Name each memory by its first position, so that runs of it coalesce.
+                let first = pages[..i]
+                    .iter()
+                    .position(|(m, _)| std::sync::Arc::ptr_eq(m, memory))
+                    .unwrap_or(i);
+                placement.push((first, *page));
+            }
             Region::map_files(&placement, |i| Ok(pages[i].0.file(writable)), writable)
         }
 
@@ -279,6 +290,9 @@ mod imp {
         /// Map `pages` contiguously: under Miri they must be consecutive pages of one memory.
         pub fn map(pages: Pages<'_>, _writable: bool) -> io::Result<Region> {
             let (memory, first) = pages.first().ok_or_else(einval)?;
+            if first + pages.len() > memory.pages() {
+                return Err(einval());
+            }
             let consecutive = pages
                 .iter()
                 .enumerate()
@@ -350,6 +364,13 @@ mod tests {
         assert_eq!(byte(&b, 5), 42);
         memory.clear_byte(PAGE_SIZE + 5);
         assert_eq!(byte(&a, PAGE_SIZE + 5), 0);
+    }
+
+    #[test]
+    fn a_page_beyond_its_memory_is_refused() {
+        let memory = Arc::new(GrantedMemory::new(1).unwrap());
+        let err = Region::map(&[(Arc::clone(&memory), 1)], true).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(nix::libc::EINVAL));
     }
 
     #[cfg(not(miri))]

@@ -360,7 +360,10 @@ impl<M> Hypervisor<M> {
 
     /// Forget share `id` without its notification: the front-end could not complete it (the
     /// sharer never saw its pages).
-    pub fn cancel_share(&mut self, id: u32) {
+    pub fn cancel_share(&mut self, handle: HandleId, id: u32) -> Result<()> {
+        if self.shares.get(&id).is_none_or(|s| s.handle != handle) {
+            return Err(Errno::EINVAL);
+        }
         if let Some(share) = self.shares.remove(&id) {
             for r in &share.refs {
                 self.grants.remove(&(share.domid, *r));
@@ -369,16 +372,21 @@ impl<M> Hypervisor<M> {
                 self.release_hold(domid, port);
             }
         }
+        Ok(())
     }
 
     /// Forget mapping `id` without its notification: the front-end could not complete it (the
     /// mapper never saw the memory).
-    pub fn cancel_mapping(&mut self, id: u32) {
+    pub fn cancel_mapping(&mut self, handle: HandleId, id: u32) -> Result<()> {
+        if self.mappings.get(&id).is_none_or(|m| m.handle != handle) {
+            return Err(Errno::EINVAL);
+        }
         if let Some(mapping) = self.mappings.remove(&id) {
             if let Some((domid, port)) = mapping.notify.event {
                 self.release_hold(domid, port);
             }
         }
+        Ok(())
     }
 
     /// What the hypervisor holds now.
@@ -393,8 +401,9 @@ impl<M> Hypervisor<M> {
     }
 
     /// Carry out `request` for `handle`. Errors are what the drivers answer: `EBADF` for a
-    /// closed handle or a request of another kind, `EINVAL` for a port or id the handle does
-    /// not hold or a malformed request, `ENOENT` for
+    /// closed handle or a request of another kind, `ENOTCONN` for a port the handle has not bound
+    /// (an unmask of one is ignored, as by the Linux driver), `EINVAL` for a share or mapping id
+    /// the handle does not hold or a malformed request, `ENOENT` for
     /// a ref not granted to the caller, `EACCES` for a writable map of a read-only grant,
     /// `ENOSPC` when ports or grants run out.
     pub fn request(
@@ -461,7 +470,10 @@ impl<M> Hypervisor<M> {
                 Ok(Reply::Done)
             }
             Request::Unmask(port) => {
-                let entry = self.owned_port(handle, domid, port)?;
+                // The Linux driver ignores an unmask of a port the handle has not bound.
+                let Ok(entry) = self.owned_port(handle, domid, port) else {
+                    return Ok(Reply::Done);
+                };
                 entry.masked = false;
                 if std::mem::take(&mut entry.pending) {
                     self.raise(domid, port, effects);
@@ -644,7 +656,8 @@ impl<M> Hypervisor<M> {
     fn owned_port(&mut self, handle: HandleId, domid: DomId, port: Port) -> Result<&mut PortEntry> {
         match self.ports.get_mut(&(domid, port)) {
             Some(entry) if entry.owner == Some(handle) => Ok(entry),
-            _ => Err(Errno::EINVAL),
+            // What the Linux driver answers for a port this handle has not bound.
+            _ => Err(Errno::ENOTCONN),
         }
     }
 
@@ -823,8 +836,13 @@ mod tests {
         let not_its_own = hv.request(a2, Request::Notify(pa), &mut fx).unwrap_err();
         assert_eq!(
             not_its_own,
-            Errno::EINVAL,
+            Errno::ENOTCONN,
             "a port of another handle of the same domain"
+        );
+        let unmask = hv.request(a2, Request::Unmask(pa), &mut fx).unwrap();
+        assert!(
+            matches!(unmask, Reply::Done),
+            "ignored, as by the Linux driver"
         );
         hv.create_domain(DomId(4)).unwrap();
         let c = hv.open(DomId(4), HandleKind::Events).unwrap();

@@ -31,7 +31,7 @@ pub fn peer_process(sock: BorrowedFd<'_>) -> io::Result<(OwnedFd, libc::pid_t)> 
     Ok((pidfd, pid))
 }
 
-/// `pidfd_open(2)`. Hand-written: nix 0.30 has no wrapper for it.
+/// `pidfd_open(2)`. Hand-written: nix 0.32 has no wrapper for it.
 fn pidfd_open(pid: libc::pid_t) -> io::Result<OwnedFd> {
     // SAFETY: pidfd_open takes no pointers.
     let rc = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
@@ -51,7 +51,7 @@ fn still_connected(sock: BorrowedFd<'_>) -> io::Result<bool> {
     Ok(!fds[0].revents().is_some_and(|r| r.intersects(gone)))
 }
 
-/// Send SIGKILL to the process a pidfd names (a no-op if it has exited). Hand-written: nix 0.30
+/// Send SIGKILL to the process a pidfd names (a no-op if it has exited). Hand-written: nix 0.32
 /// has no `pidfd_send_signal`.
 pub fn kill_process(pidfd: BorrowedFd<'_>) -> io::Result<()> {
     // SAFETY: pidfd_send_signal with a null siginfo takes no other pointer.

@@ -38,6 +38,8 @@ pub const HOST_SOCKET: &str = "xen.sock";
 pub const MAX_MESSAGE: usize = 64 * 1024;
 /// The most descriptors one message carries (the kernel's `SCM_MAX_FD` is 253).
 pub const MAX_FDS: usize = 250;
+/// The most descriptors the kernel passes in one message.
+const SCM_MAX_FD: usize = 253;
 
 /// Operation codes of the host protocol.
 pub mod op {
@@ -69,10 +71,14 @@ pub mod op {
     pub const DOMAIN_CREATE: u32 = 11;
     /// `[DOMAIN_DESTROY, domid]` -> `[0]` (dom0 only).
     pub const DOMAIN_DESTROY: u32 = 12;
-    /// `[STATS]` -> `[0, domains, handles, ports, grants, mappings]`.
+    /// `[STATS]` -> `[0, domains, handles, ports, grants, mappings]` (dom0's control handle
+    /// only).
     pub const STATS: u32 = 13;
-    /// `[DOMAIN_EXISTS, domid]` -> `[0, 0 or 1]`.
+    /// `[DOMAIN_EXISTS, domid]` -> `[0, 0 or 1]` (dom0's control handle only).
     pub const DOMAIN_EXISTS: u32 = 14;
+    /// `[GNT_CANCEL, id]` -> `[0]`: forget a share or mapping this handle could not complete
+    /// (its mmap failed), without its unmap notification, which was never in force.
+    pub const GNT_CANCEL: u32 = 15;
 
     /// Whether the host answers `op` (all but the one-way [`EV_NOTIFY`] and [`EV_UNMASK`]).
     pub fn has_reply(op: u32) -> bool {
@@ -218,7 +224,9 @@ impl MsgBuf {
     pub fn new() -> MsgBuf {
         MsgBuf {
             bytes: vec![0u8; MAX_MESSAGE],
-            control: nix::cmsg_space!([RawFd; MAX_FDS]),
+            // Room for the kernel's most (SCM_MAX_FD), not just the most we send: a truncated
+            // control message would leave received descriptors that nobody closes.
+            control: nix::cmsg_space!([RawFd; SCM_MAX_FD]),
             words: Vec::with_capacity(MAX_MESSAGE / 4),
         }
     }
