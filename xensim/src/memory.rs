@@ -8,6 +8,9 @@
 //! the descriptors to the process that maps; in process they are mapped directly. An unmap
 //! notification's clear is a one-byte `pwrite` into the file, coherent with every shared mapping.
 //!
+//! The stitched range is mapped with nix's `mmap` by hand: `memmap2` cannot place a mapping at a
+//! fixed address inside a reservation.
+//!
 //! Under Miri (which has neither memfd nor `mmap` of files) the memory is a page-aligned heap
 //! block and a mapping points into it: it must then name consecutive pages of one share, and a
 //! read-only mapping is not write-protected. Everything else is the same.
