@@ -27,8 +27,10 @@ use xen_types::DomId;
 #[cfg(feature = "vchan")]
 pub enum AsyncVchanStream {
     /// On the in-process simulation.
+    #[cfg(feature = "sim")]
     Sim(AsyncVchan<vchan::sim::SimDomain>),
     /// On the simulated host.
+    #[cfg(feature = "xensim")]
     Xensim(AsyncVchan<vchan::xensim::XensimDomain>),
     /// On real Xen.
     #[cfg(target_os = "linux")]
@@ -40,7 +42,9 @@ impl AsyncVchanStream {
     /// Register a connected vchan with the runtime (call inside one).
     pub fn new(stream: VchanStream) -> io::Result<AsyncVchanStream> {
         Ok(match stream {
+            #[cfg(feature = "sim")]
             VchanStream::Sim(v) => AsyncVchanStream::Sim(AsyncVchan::new(v)?),
+            #[cfg(feature = "xensim")]
             VchanStream::Xensim(v) => AsyncVchanStream::Xensim(AsyncVchan::new(v)?),
             #[cfg(target_os = "linux")]
             VchanStream::Real(v) => AsyncVchanStream::Real(AsyncVchan::new(v)?),
@@ -52,7 +56,9 @@ impl AsyncVchanStream {
 macro_rules! each_async {
     ($stream:expr, $v:ident => $body:expr) => {
         match $stream {
+            #[cfg(feature = "sim")]
             AsyncVchanStream::Sim($v) => $body,
+            #[cfg(feature = "xensim")]
             AsyncVchanStream::Xensim($v) => $body,
             #[cfg(target_os = "linux")]
             AsyncVchanStream::Real($v) => $body,

@@ -5,9 +5,11 @@
 use std::fmt;
 use std::io::{self, Read, Write};
 
+#[cfg(feature = "sim")]
 use vchan::sim::SimDomain;
 #[cfg(target_os = "linux")]
 use vchan::xen::XenDomain;
+#[cfg(feature = "xensim")]
 use vchan::xensim::XensimDomain;
 use vchan::{Backend, Vchan, VchanError};
 use xen_types::DomId;
@@ -16,8 +18,10 @@ use xen_types::DomId;
 #[derive(Clone)]
 pub enum Xen {
     /// A domain of the in-process simulation ([`vchan::sim::SimXen`]): tests and examples.
+    #[cfg(feature = "sim")]
     Sim(SimDomain),
     /// A domain of the cross-process simulated host (`xensim serve`).
+    #[cfg(feature = "xensim")]
     Xensim(XensimDomain),
     /// Real Xen, through `/dev/xen` and xenstored.
     #[cfg(target_os = "linux")]
@@ -28,6 +32,7 @@ impl Xen {
     /// The platform this process runs on, as the tools choose it: the simulated host when
     /// `XENSIM_DIR` is set (as under `xensim run`), else real Xen when its devices open.
     pub fn from_env() -> io::Result<Xen> {
+        #[cfg(feature = "xensim")]
         if std::env::var_os(evtchn_env::DIR).is_some() {
             return XensimDomain::from_env().map(Xen::Xensim);
         }
@@ -53,6 +58,7 @@ impl Xen {
 }
 
 /// The environment variable that selects the simulated host (from `xensim`).
+#[cfg(feature = "xensim")]
 mod evtchn_env {
     pub const DIR: &str = "XENSIM_DIR";
 }
@@ -60,7 +66,9 @@ mod evtchn_env {
 impl fmt::Debug for Xen {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            #[cfg(feature = "sim")]
             Xen::Sim(d) => write!(f, "Xen::Sim(domain {})", d.domid()),
+            #[cfg(feature = "xensim")]
             Xen::Xensim(d) => write!(f, "Xen::Xensim({:?})", d),
             #[cfg(target_os = "linux")]
             Xen::Real(_) => f.write_str("Xen::Real"),
@@ -72,7 +80,9 @@ impl fmt::Debug for Xen {
 macro_rules! with_backend {
     ($xen:expr, $b:ident => $body:expr) => {
         match $xen {
+            #[cfg(feature = "sim")]
             $crate::xen::Xen::Sim($b) => $body,
+            #[cfg(feature = "xensim")]
             $crate::xen::Xen::Xensim($b) => $body,
             #[cfg(target_os = "linux")]
             $crate::xen::Xen::Real($b) => $body,
@@ -93,8 +103,10 @@ pub(crate) fn own_domid(xen: &Xen) -> Option<DomId> {
 /// A connected vchan on any platform.
 pub enum VchanStream {
     /// On the in-process simulation.
+    #[cfg(feature = "sim")]
     Sim(Vchan<SimDomain>),
     /// On the simulated host.
+    #[cfg(feature = "xensim")]
     Xensim(Vchan<XensimDomain>),
     /// On real Xen.
     #[cfg(target_os = "linux")]
@@ -107,12 +119,14 @@ pub trait IntoVchanStream: Backend + Sized {
     fn wrap(vchan: Vchan<Self>) -> VchanStream;
 }
 
+#[cfg(feature = "sim")]
 impl IntoVchanStream for SimDomain {
     fn wrap(vchan: Vchan<Self>) -> VchanStream {
         VchanStream::Sim(vchan)
     }
 }
 
+#[cfg(feature = "xensim")]
 impl IntoVchanStream for XensimDomain {
     fn wrap(vchan: Vchan<Self>) -> VchanStream {
         VchanStream::Xensim(vchan)
@@ -129,7 +143,9 @@ impl IntoVchanStream for XenDomain {
 macro_rules! each {
     ($stream:expr, $v:ident => $body:expr) => {
         match $stream {
+            #[cfg(feature = "sim")]
             VchanStream::Sim($v) => $body,
+            #[cfg(feature = "xensim")]
             VchanStream::Xensim($v) => $body,
             #[cfg(target_os = "linux")]
             VchanStream::Real($v) => $body,
