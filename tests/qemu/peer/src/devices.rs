@@ -1,9 +1,8 @@
 //! The `/dev/xen` backends on their own, in dom0 against itself: event channels (bind, notify,
 //! pending, unmask, unbind), grant sharing and mapping (many refs into one region, in any order,
 //! read-only grants, bogus refs) and both kinds of unmap notification.
-#![allow(unsafe_code)]
 
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -11,6 +10,7 @@ use evtchn::linux::Evtchn;
 use evtchn::EventChannel;
 use gnttab::linux::{Gntshr, Gnttab};
 use gnttab::{SharedMemory, SharedPages, UnmapNotify, PAGE_SIZE};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use xen_types::{DomId, GrantRef, Port};
 
 use crate::{ensure, Res};
@@ -29,16 +29,8 @@ fn set(mem: &impl SharedMemory, offset: usize, value: u8) {
 
 /// Wait up to a second for `handle`'s fd to become readable, then take one event.
 fn next_event(handle: &Evtchn) -> Res<Option<Port>> {
-    let mut pfd = libc::pollfd {
-        fd: handle.as_fd().as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: `pfd` is one valid pollfd for the duration of the call.
-    let n = unsafe { libc::poll(&mut pfd, 1, 1000) };
-    if n < 0 {
-        return Err(std::io::Error::last_os_error().into());
-    }
+    let mut fds = [PollFd::new(handle.as_fd(), PollFlags::POLLIN)];
+    poll(&mut fds, PollTimeout::from(1000u16))?;
     Ok(handle.pending()?)
 }
 
