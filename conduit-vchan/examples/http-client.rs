@@ -15,7 +15,7 @@ use std::io::Write;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use conduit_vchan::{Connector, Endpoint, HyperConnector};
+use conduit_vchan::{describe, Connector, Endpoint, HyperConnector};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Bytes;
 use hyper_util::client::legacy::Client;
@@ -63,17 +63,6 @@ fn parse_args() -> Result<Args, String> {
     })
 }
 
-/// An error and its sources on one line (hyper's own words first, then ours).
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text = format!("{text}: {s}");
-        source = s.source();
-    }
-    text
-}
-
 async fn run(args: &Args) -> Result<String, String> {
     let connector = HyperConnector::new(Connector::new(), args.endpoint.clone());
     let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
@@ -86,13 +75,13 @@ async fn run(args: &Args) -> Result<String, String> {
     for _ in 0..args.parallel {
         let (client, uri) = (client.clone(), uri.clone());
         requests.spawn(async move {
-            let response = client.get(uri).await.map_err(|e| chain(&e))?;
+            let response = client.get(uri).await.map_err(|e| describe(&e))?;
             let status = response.status();
             let body = response
                 .into_body()
                 .collect()
                 .await
-                .map_err(|e| chain(&e))?
+                .map_err(|e| describe(&e))?
                 .to_bytes();
             if status != hyper::StatusCode::OK {
                 let text = String::from_utf8_lossy(&body);

@@ -25,7 +25,7 @@ use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
-use conduit_vchan::{AsyncListener, Endpoint, Peer};
+use conduit_vchan::{describe, AsyncListener, Endpoint, Peer};
 
 const USAGE: &str = "usage: http-server ENDPOINT [--file PATH]";
 
@@ -109,7 +109,7 @@ async fn run(args: Args) -> Result<(), String> {
     };
     let listener = AsyncListener::bind(&args.endpoint)
         .await
-        .map_err(|e| chain(&e))?;
+        .map_err(|e| describe(&e))?;
     let endpoint = listener.local_endpoint().to_string();
     let closed = listener.closed();
     let app = Router::new()
@@ -127,17 +127,6 @@ async fn run(args: Args) -> Result<(), String> {
     // Withdraw a vchan service before the process ends.
     closed.await;
     Ok(())
-}
-
-/// An error and its sources on one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text = format!("{text}: {s}");
-        source = s.source();
-    }
-    text
 }
 
 fn main() -> ExitCode {

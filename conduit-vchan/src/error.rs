@@ -149,3 +149,16 @@ impl From<ConduitError> for io::Error {
 
 /// Result alias for this crate.
 pub type Result<T, E = ConduitError> = std::result::Result<T, E>;
+
+/// An error and its sources on one line, `outer: inner: ...`: how the tools and the examples
+/// report a failure (each layer says its own part, once).
+pub fn describe(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}

@@ -109,7 +109,7 @@ pub use blocking::{
     connect, Connection, Connector, ListenOptions, Listener, Peer, DEFAULT_CONNECT_TIMEOUT,
 };
 pub use endpoint::{Domain, Endpoint, ParseError, Transport, VchanPort};
-pub use error::{ConduitError, Result};
+pub use error::{describe, ConduitError, Result};
 #[cfg(feature = "hyper")]
 pub use hyper_connector::{Connecting, HyperConnector};
 #[cfg(feature = "vchan")]

@@ -9,13 +9,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use conduit_vchan::describe;
 use conduit_vchan::{AsyncListener, ConduitError, Endpoint, HyperConnector, Peer};
 use http_body_util::{BodyExt, Full};
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use support::{chain, pattern, runtime, Sim, SERVER};
+use support::{pattern, runtime, Sim, SERVER};
 
 /// Far larger than the 64 KiB rings a listener makes by default.
 const BIG: usize = 1 << 20;
@@ -197,16 +198,20 @@ fn a_resolver_names_the_endpoint_from_the_uri_and_its_error_fails_the_request() 
             .await
             .unwrap_err();
         assert!(
-            chain(&err).contains("only NAME.xen hosts here"),
+            describe(&err).contains("only NAME.xen hosts here"),
             "{}",
-            chain(&err)
+            describe(&err)
         );
         // A domain that serves nothing: the connect's own error, within the connector's timeout.
         let err = client
             .get("http://7.xen/".parse().unwrap())
             .await
             .unwrap_err();
-        assert!(chain(&err).contains("vchan://7/http"), "{}", chain(&err));
+        assert!(
+            describe(&err).contains("vchan://7/http"),
+            "{}",
+            describe(&err)
+        );
         drop(client);
         server.abort();
         let _ = server.await;

@@ -8,9 +8,10 @@ use std::io::{Read, Write};
 use std::thread;
 use std::time::Duration;
 
+use conduit_vchan::describe;
 use conduit_vchan::{AsyncListener, ConduitError, Connector, Endpoint, Listener, Peer};
 use support::pki::{server_name, Pki};
-use support::{chain, pattern, runtime, Sim, CLIENT, SERVER};
+use support::{pattern, runtime, Sim, CLIENT, SERVER};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn parse(name: &str) -> Endpoint {
@@ -175,7 +176,7 @@ fn refused(pki_server: &Pki, server_names: &[&str], pki_client: &Pki, asked: &st
             .connect(&parse("tls+vchan://5/strict"))
             .unwrap_err();
         assert!(matches!(err, ConduitError::Tls { .. }), "{err:?}");
-        let text = chain(&err);
+        let text = describe(&err);
         assert!(text.contains(says), "{text}");
         assert!(
             text.starts_with("TLS with tls+vchan://5/strict failed"),
@@ -183,7 +184,7 @@ fn refused(pki_server: &Pki, server_names: &[&str], pki_client: &Pki, asked: &st
         );
         let server_err = serving.join().unwrap();
         assert!(
-            chain(&server_err).contains("received fatal alert"),
+            describe(&server_err).contains("received fatal alert"),
             "{server_err}"
         );
     });
@@ -345,9 +346,13 @@ fn async_tls_refuses_an_unknown_authority_and_the_server_sees_the_alert() {
             .expect("a refused handshake hung");
         let err = client.unwrap_err();
         assert!(matches!(err, ConduitError::Tls { .. }), "{err:?}");
-        assert!(chain(&err).contains("UnknownIssuer"), "{}", chain(&err));
         assert!(
-            chain(&server_err).contains("received fatal alert"),
+            describe(&err).contains("UnknownIssuer"),
+            "{}",
+            describe(&err)
+        );
+        assert!(
+            describe(&server_err).contains("received fatal alert"),
             "{server_err}"
         );
         listener.close().await;

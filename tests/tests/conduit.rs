@@ -12,7 +12,7 @@ use std::thread;
 use std::time::Duration;
 
 use conduit_vchan::{
-    AsyncListener, Connection, Connector, Endpoint, ListenOptions, Listener, Peer, Xen,
+    describe, AsyncListener, Connection, Connector, Endpoint, ListenOptions, Listener, Peer, Xen,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use vchan::sim::SimXen;
@@ -58,20 +58,8 @@ impl Rig {
     fn connect(&self, target: &Endpoint) -> Connection {
         self.connector
             .connect(target)
-            .unwrap_or_else(|e| panic!("{}: connect: {}", self.name, chain(&e)))
+            .unwrap_or_else(|e| panic!("{}: connect: {}", self.name, describe(&e)))
     }
-}
-
-/// An error and its causes, `outer: inner: ...`.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 fn sim_rig(name: &'static str, listen: &str, connect: &str, concurrent: bool) -> Rig {

@@ -1,6 +1,7 @@
 //! Pieces shared by the command-line tools.
 #![forbid(unsafe_code)]
 
+pub use conduit_vchan::describe;
 use vchan::xen::XenDomain;
 use vchan::xensim::XensimDomain;
 
@@ -94,18 +95,6 @@ fn missing_command(top: &clap::Command) -> String {
     } else {
         format!("{} needs a command: {list}", path.join(" "))
     }
-}
-
-/// An error and its causes on one line, `outer: inner: ...`.
-pub fn describe(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 /// Parse a number of seconds (`10`, `0.5`): finite, not negative.

@@ -222,8 +222,10 @@ mod imp {
 mod imp {
     use std::alloc::{self, Layout};
     use std::ptr::NonNull;
-    use std::sync::atomic::{AtomicU8, Ordering};
+    use std::sync::atomic::Ordering;
     use std::sync::Arc;
+
+    use xen_types::memory::SharedRegion;
 
     use super::{einval, io, Pages, PAGE_SIZE};
 
@@ -263,11 +265,12 @@ mod imp {
         /// Carry out an unmap notification: byte `offset` becomes 0.
         pub fn clear_byte(&self, offset: usize) {
             if offset < self.pages * PAGE_SIZE {
-                // SAFETY: in the allocation, which lives as long as `self`; shared bytes are only
-                // accessed atomically or by raw copies.
-                let byte = unsafe { AtomicU8::from_ptr(self.ptr.as_ptr().add(offset)) };
+                // SAFETY: the whole allocation, which lives as long as `self` (so for the view's
+                // borrow); shared bytes are only accessed atomically or by raw copies.
+                let region =
+                    unsafe { SharedRegion::from_raw_parts(self.ptr, self.pages * PAGE_SIZE) };
                 // ORDERING: SeqCst, as the kernel's clear is followed by the event.
-                byte.store(0, Ordering::SeqCst);
+                region.store_u8(offset, 0, Ordering::SeqCst);
             }
         }
     }

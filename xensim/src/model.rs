@@ -533,7 +533,7 @@ impl<M> Hypervisor<M> {
         if notify.clear_byte.is_some_and(|b| b >= pages * PAGE_SIZE) {
             return Err(Errno::EINVAL);
         }
-        let event = self.hold_port(handle, domid, notify.event)?;
+        let event = self.hold_port(domid, notify.event)?;
         // Grant 0 is reserved: hand out the lowest free refs from 1, as gntalloc's free list does.
         let mut refs = Vec::with_capacity(pages);
         let mut candidate = 1u32;
@@ -611,7 +611,7 @@ impl<M> Hypervisor<M> {
             }
             pages.push((Arc::clone(&grant.memory), grant.page));
         }
-        let event = self.hold_port(handle, domid, notify.event)?;
+        let event = self.hold_port(domid, notify.event)?;
         let id = self.new_id();
         self.mappings.insert(
             id,
@@ -713,12 +713,7 @@ impl<M> Hypervisor<M> {
 
     /// A notify's port must be bound by an event-channel handle of the same domain (the Linux
     /// drivers take any port of the caller's domain).
-    fn hold_port(
-        &mut self,
-        _handle: HandleId,
-        domid: DomId,
-        port: Option<Port>,
-    ) -> Result<Option<(DomId, Port)>> {
+    fn hold_port(&mut self, domid: DomId, port: Option<Port>) -> Result<Option<(DomId, Port)>> {
         let Some(port) = port else { return Ok(None) };
         match self.ports.get_mut(&(domid, port)) {
             Some(entry) if entry.owner.is_some() => {

@@ -7,6 +7,7 @@ use std::io::Write;
 use std::os::unix::fs::FileTypeExt;
 use std::process::ExitCode;
 use std::time::Duration;
+use tools::describe;
 use xenstore::client::{daemon_socket_path, Client};
 use xenstore::{Errno, Perm, TxId, XenStore, XenstoreError};
 
@@ -39,18 +40,6 @@ impl Failure {
             status: 1,
         }
     }
-}
-
-/// An error and everything under it, on one line.
-fn describe(e: &XenstoreError) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
 }
 
 fn failed(what: &str, path: &str, e: &XenstoreError) -> Failure {
