@@ -535,9 +535,7 @@ fn connect_port<B: vchan::Backend>(
 fn taken_by_another(e: &vchan::VchanError) -> bool {
     match e {
         vchan::VchanError::NotWaiting { .. } | vchan::VchanError::Layout(_) => true,
-        vchan::VchanError::Backend { op, .. } => {
-            op.starts_with("bind") || op.starts_with("map") || op.starts_with("unmask")
-        }
+        vchan::VchanError::Backend { op, .. } => op.joins_the_server(),
         _ => false,
     }
 }

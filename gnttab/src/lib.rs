@@ -16,20 +16,10 @@ use std::io;
 use std::ptr::NonNull;
 
 pub use xen_types::memory::SharedRegion;
-pub use xen_types::{DomId, GrantRef, Port, PAGE_SIZE};
+pub use xen_types::{DomId, GrantRef, Port, UnmapNotify, PAGE_SIZE};
 
 #[cfg(target_os = "linux")]
 pub mod linux;
-
-/// What the kernel does for us when a shared or mapped region goes away, whether by an orderly
-/// unmap or because the process died: clear one byte of the region, send one event, or both.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct UnmapNotify {
-    /// Byte offset within the region to set to 0.
-    pub clear_byte: Option<usize>,
-    /// A port of the calling domain to send an event on.
-    pub event: Option<Port>,
-}
 
 /// A region of memory shared with another domain. Dropping it ends the sharing or mapping.
 ///

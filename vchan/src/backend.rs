@@ -17,7 +17,7 @@ pub trait Backend {
     /// Grant-mapping handle (used by clients).
     type Mapper: GrantMap;
     /// Xenstore connection.
-    type Store: XenStore + Send + Sync;
+    type Store: XenStore + Send + Sync + 'static;
 
     /// Open an event-channel handle.
     fn open_events(&self) -> io::Result<Self::Events>;

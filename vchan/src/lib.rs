@@ -39,8 +39,14 @@
 #![cfg_attr(not(feature = "std"), no_std)]
 #![deny(unsafe_code)]
 
+extern crate alloc;
+
 pub mod abi;
+pub mod bare;
+pub mod channel;
+pub mod error;
 pub mod layout;
+pub mod platform;
 // Shared memory only through `xen_types::memory`: no `unsafe` here, but in the model checker's
 // stand-in for it (`ring::loom_page`).
 #[cfg_attr(vchan_loom, allow(unsafe_code))]
@@ -52,8 +58,6 @@ mod async_vchan;
 mod backend;
 #[cfg(feature = "std")]
 mod endpoint;
-#[cfg(feature = "std")]
-mod error;
 #[cfg(feature = "sim")]
 pub mod sim;
 #[cfg(feature = "std")]
@@ -68,7 +72,9 @@ pub mod xensim;
 pub use async_vchan::AsyncVchan;
 #[cfg(feature = "std")]
 pub use backend::Backend;
+pub use channel::{Address, RingSizes, State};
 #[cfg(feature = "std")]
-pub use endpoint::{Address, RingSizes, State, Vchan};
+pub use endpoint::Vchan;
+pub use error::{ChannelError, Error, Op};
 #[cfg(feature = "std")]
 pub use error::{Result, VchanError};

@@ -211,10 +211,37 @@ fn store_index(page: Region<'_>, offset: usize, value: u32) {
     page.store_u32(offset, value, Ordering::Release);
 }
 
+/// An event owed to the peer: an operation published an index and found the peer's request for
+/// news of it. Whoever holds it must send the event (on the channel's port), or the peer may
+/// sleep on news it will never hear of; it is a value so that it cannot be forgotten silently
+/// (virtio-queue's `needs_notification` is the model).
+#[must_use = "the peer asked to be told: send the event (or it may sleep for ever)"]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Notify(bool);
+
+impl Notify {
+    /// Nothing owed.
+    pub const NONE: Notify = Notify(false);
+    /// An event owed (a half-close or a close is always announced).
+    pub const OWED: Notify = Notify(true);
+
+    /// Whether an event is owed.
+    #[inline]
+    pub fn is_owed(self) -> bool {
+        self.0
+    }
+
+    /// Owed if either is.
+    #[inline]
+    pub fn or(self, other: Notify) -> Notify {
+        Notify(self.0 | other.0)
+    }
+}
+
 /// After publishing an index: a full fence, then fetch-and-clear `bit` in our own notify byte.
 /// Returns whether the peer asked for an event.
 #[inline(always)]
-fn take_notify_request(page: Region<'_>, own_notify: usize, bit: u8) -> bool {
+fn take_notify_request(page: Region<'_>, own_notify: usize, bit: u8) -> Notify {
     // ORDERING: the SeqCst fence orders our index store (just made) before the load of the
     // request bit; it pairs with the fence in the peer's `request_notify`. Either the peer
     // re-reads our index after our store, or we see its request and send the event.
@@ -225,9 +252,9 @@ fn take_notify_request(page: Region<'_>, own_notify: usize, bit: u8) -> bool {
     // fetch-and-clear below (a hostile peer that clears it only loses its own event).
     // ORDERING: Relaxed; the fence above already ordered this load after our index store.
     if page.load_u8(own_notify, Ordering::Relaxed) & bit == 0 {
-        return false;
+        return Notify::NONE;
     }
-    page.fetch_and_u8(own_notify, !bit, Ordering::Relaxed) & bit != 0
+    Notify(page.fetch_and_u8(own_notify, !bit, Ordering::Relaxed) & bit != 0)
 }
 
 /// A peer broke the ring's invariants: its index claims more bytes than the ring holds.
@@ -466,26 +493,26 @@ impl<M: AsSharedRegion> Consumer<M> {
         Ok(ready)
     }
 
-    /// Copy up to `buf.len()` bytes out. Returns the count and whether the writer asked to be
-    /// told that space was freed (the caller sends the event).
-    pub fn read(&mut self, buf: &mut [u8]) -> Result<(usize, bool), RingCorrupted> {
+    /// Copy up to `buf.len()` bytes out. Returns the count and the event owed to the writer, if
+    /// it asked to be told that space was freed.
+    pub fn read(&mut self, buf: &mut [u8]) -> Result<(usize, Notify), RingCorrupted> {
         let n = self.ready_for(buf.len())?.min(buf.len());
         if n == 0 {
-            return Ok((0, false));
+            return Ok((0, Notify::NONE));
         }
-        Ok((n, self.consume(&mut buf[..n])))
+        Ok((n, self.take(&mut buf[..n])))
     }
 
     /// Copy exactly `buf.len()` bytes out, or nothing if fewer are ready.
-    pub fn read_exact(&mut self, buf: &mut [u8]) -> Result<Option<bool>, RingCorrupted> {
+    pub fn read_exact(&mut self, buf: &mut [u8]) -> Result<Option<Notify>, RingCorrupted> {
         if self.ready_for(buf.len())? < buf.len() {
             return Ok(None);
         }
-        Ok(Some(self.consume(buf)))
+        Ok(Some(self.take(buf)))
     }
 
     /// Copy `buf.len()` bytes (known to be ready) out and publish the new index.
-    fn consume(&mut self, buf: &mut [u8]) -> bool {
+    fn take(&mut self, buf: &mut [u8]) -> Notify {
         let mask = self.end.ring.size - 1;
         let start = (self.cons & mask) as usize;
         let first = buf.len().min(self.end.ring.size as usize - start);
@@ -502,11 +529,76 @@ impl<M: AsSharedRegion> Consumer<M> {
         if !tail.is_empty() {
             bytes.copy_out(0, tail);
         }
-        // Ring sizes are at most 1 MiB and `buf.len()` is at most the ready count.
-        self.cons = self.cons.wrapping_add(buf.len() as u32);
+        self.advance(buf.len())
+    }
+
+    /// Move our index past `n` bytes (known to be ready: at most the ring's size) and publish it.
+    fn advance(&mut self, n: usize) -> Notify {
+        // Ring sizes are at most 1 MiB and `n` is at most the ready count.
+        self.cons = self.cons.wrapping_add(n as u32);
         let page = self.end.page.region();
         store_index(page, self.end.cons_offset, self.cons);
         take_notify_request(page, self.end.own_notify, abi::NOTIFY_READ)
+    }
+
+    /// The bytes ready to read, up to `max`, as the ring's own memory: for a caller that moves
+    /// them somewhere without a copy of ours in between (a `write(2)` to a socket straight from
+    /// the ring). Read a prefix of the chunks, then [`consume`](Self::consume) that many bytes.
+    /// Empty chunks mean nothing is ready.
+    #[cfg(not(vchan_loom))]
+    pub fn readable(&mut self, max: usize) -> Result<Chunks<'_>, RingCorrupted> {
+        let n = self.ready_for(max.max(1))?.min(max);
+        let start = (self.cons & (self.end.ring.size - 1)) as usize;
+        Ok(self.end.chunks(start, n))
+    }
+
+    /// Give the first `n` bytes of the last [`readable`](Self::readable) chunks back to the
+    /// writer. Panics if `n` is more than they held (a bug of the caller's).
+    #[cfg(not(vchan_loom))]
+    pub fn consume(&mut self, n: usize) -> Notify {
+        let ready = self.seen_prod.wrapping_sub(self.cons) as usize;
+        assert!(n <= ready, "consumed {n} bytes of the {ready} offered");
+        if n == 0 {
+            return Notify::NONE;
+        }
+        self.advance(n)
+    }
+}
+
+/// Up to two runs of a ring's bytes, in ring order (the second is where the first wraps to): the
+/// ring's own memory, for zero-copy I/O. Borrowed from the half that made them.
+#[cfg(not(vchan_loom))]
+#[derive(Debug, Clone, Copy)]
+pub struct Chunks<'a> {
+    /// The run from the current position up to the end of the ring (or fewer bytes).
+    pub first: xen_types::memory::SharedRegion<'a>,
+    /// The run from the ring's start, after the wrap (often empty).
+    pub second: xen_types::memory::SharedRegion<'a>,
+}
+
+#[cfg(not(vchan_loom))]
+impl Chunks<'_> {
+    /// The bytes in both runs.
+    pub fn len(&self) -> usize {
+        self.first.len() + self.second.len()
+    }
+
+    /// Whether both runs are empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(not(vchan_loom))]
+impl<M: AsSharedRegion> RingEnd<M> {
+    /// `len` bytes of the ring from position `start`, split at the wrap.
+    fn chunks(&self, start: usize, len: usize) -> Chunks<'_> {
+        let bytes = self.bytes();
+        let first = len.min(self.ring.size as usize - start);
+        Chunks {
+            first: bytes.subregion(start, first),
+            second: bytes.subregion(0, len - first),
+        }
     }
 }
 
@@ -595,30 +687,30 @@ impl<M: AsSharedRegion> Producer<M> {
         Ok(free)
     }
 
-    /// Copy up to `buf.len()` bytes in. Returns the count and whether the reader asked to be told
-    /// about new data (the caller sends the event).
-    pub fn write(&mut self, buf: &[u8]) -> Result<(usize, bool), RingCorrupted> {
+    /// Copy up to `buf.len()` bytes in. Returns the count and the event owed to the reader, if it
+    /// asked to be told about new data.
+    pub fn write(&mut self, buf: &[u8]) -> Result<(usize, Notify), RingCorrupted> {
         let n = self.room_for(buf.len())?.min(buf.len());
         if n == 0 {
-            return Ok((0, false));
+            return Ok((0, Notify::NONE));
         }
-        Ok((n, self.produce(&buf[..n])))
+        Ok((n, self.put(&buf[..n])))
     }
 
     /// Copy all of `buf` in, or nothing if there is not room for all of it.
-    pub fn write_all_or_nothing(&mut self, buf: &[u8]) -> Result<Option<bool>, RingCorrupted> {
+    pub fn write_all_or_nothing(&mut self, buf: &[u8]) -> Result<Option<Notify>, RingCorrupted> {
         if self.room_for(buf.len())? < buf.len() {
             return Ok(None);
         }
-        Ok(Some(self.produce(buf)))
+        Ok(Some(self.put(buf)))
     }
 
     /// Copy `buf` (known to fit) in and publish the new index.
-    fn produce(&mut self, buf: &[u8]) -> bool {
+    fn put(&mut self, buf: &[u8]) -> Notify {
         let mask = self.end.ring.size - 1;
         let start = (self.prod & mask) as usize;
         let first = buf.len().min(self.end.ring.size as usize - start);
-        // Both copies stay inside the ring (as in `consume`; the region checks it again) and
+        // Both copies stay inside the ring (as in `take`; the region checks it again) and
         // read from a private buffer. The bytes are free: the peer's Release store of `cons`
         // (loaded with Acquire in `space`) says it has finished reading them.
         let bytes = self.end.bytes();
@@ -627,11 +719,39 @@ impl<M: AsSharedRegion> Producer<M> {
         if !tail.is_empty() {
             bytes.copy_in(0, tail);
         }
-        // Ring sizes are at most 1 MiB and `buf.len()` is at most the free space.
-        self.prod = self.prod.wrapping_add(buf.len() as u32);
+        self.advance(buf.len())
+    }
+
+    /// Move our index past `n` bytes (known to fit: at most the ring's size) and publish it.
+    fn advance(&mut self, n: usize) -> Notify {
+        // Ring sizes are at most 1 MiB and `n` is at most the free space.
+        self.prod = self.prod.wrapping_add(n as u32);
         let page = self.end.page.region();
         store_index(page, self.end.prod_offset, self.prod);
         take_notify_request(page, self.end.own_notify, abi::NOTIFY_WRITE)
+    }
+
+    /// The free space, up to `max` bytes, as the ring's own memory: for a caller that fills it
+    /// without a copy of ours in between (a `read(2)` from a socket straight into the ring).
+    /// Fill a prefix of the chunks, then [`commit`](Self::commit) that many bytes. Empty chunks
+    /// mean the ring is full.
+    #[cfg(not(vchan_loom))]
+    pub fn writable(&mut self, max: usize) -> Result<Chunks<'_>, RingCorrupted> {
+        let n = self.room_for(max.max(1))?.min(max);
+        let start = (self.prod & (self.end.ring.size - 1)) as usize;
+        Ok(self.end.chunks(start, n))
+    }
+
+    /// Publish the first `n` bytes of the last [`writable`](Self::writable) chunks. Panics if
+    /// `n` is more than they held (a bug of the caller's).
+    #[cfg(not(vchan_loom))]
+    pub fn commit(&mut self, n: usize) -> Notify {
+        let room = self.known_room();
+        assert!(n <= room, "committed {n} bytes of the {room} offered");
+        if n == 0 {
+            return Notify::NONE;
+        }
+        self.advance(n)
     }
 }
 
@@ -909,7 +1029,7 @@ mod tests {
                     next
                 })
                 .collect();
-            let (n, _) = tx.write(&chunk).unwrap();
+            let (n, _notify) = tx.write(&chunk).unwrap();
             assert_eq!(n, chunk.len());
             let mut out = vec![0u8; 1024];
             let (m, _) = rx.read(&mut out).unwrap();
@@ -939,10 +1059,13 @@ mod tests {
     fn notify_is_requested_only_when_asked_and_consumed_once() {
         let mut page = Page::new();
         let (mut tx, rx) = pair(page.region(), 10);
-        assert!(!tx.write(b"a").unwrap().1, "no request, no event");
+        assert!(!tx.write(b"a").unwrap().1.is_owed(), "no request, no event");
         assert_eq!(rx.request_and_recheck().unwrap(), 1);
-        assert!(tx.write(b"b").unwrap().1, "the reader asked");
-        assert!(!tx.write(b"c").unwrap().1, "the request was consumed");
+        assert!(tx.write(b"b").unwrap().1.is_owed(), "the reader asked");
+        assert!(
+            !tx.write(b"c").unwrap().1.is_owed(),
+            "the request was consumed"
+        );
     }
 
     #[test]
@@ -1009,7 +1132,7 @@ mod tests {
         let data: Vec<u8> = (0..100).collect();
         assert_eq!(tx.write(&data).unwrap().0, 100);
         let mut out = [0u8; 100];
-        assert_eq!(rx.read_exact(&mut out).unwrap(), Some(false));
+        assert_eq!(rx.read_exact(&mut out).unwrap(), Some(Notify::NONE));
         assert_eq!(&out[..], &data[..]);
         assert_eq!(view.index_relaxed(abi::LEFT_CONS), start.wrapping_add(100));
     }

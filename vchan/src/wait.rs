@@ -36,17 +36,13 @@ pub(crate) trait EventSource {
 
 impl<E: EventChannel> EventSource for E {
     fn wait_pending(&self, timeout: Option<Duration>) -> Result<bool> {
-        poll_readable(self, timeout)
+        poll_readable(self, timeout).map_err(VchanError::backend(Op::WaitForEvent))
     }
 
     fn take_one(&self) -> Result<bool> {
-        match self
-            .pending()
-            .map_err(VchanError::backend("take an event"))?
-        {
+        match self.pending().map_err(VchanError::backend(Op::TakeEvent))? {
             Some(port) => {
-                self.unmask(port)
-                    .map_err(VchanError::backend("unmask the event channel"))?;
+                self.unmask(port).map_err(VchanError::backend(Op::Unmask))?;
                 Ok(true)
             }
             None => Ok(false),
@@ -54,7 +50,7 @@ impl<E: EventChannel> EventSource for E {
     }
 }
 
-use crate::error::{Result, VchanError};
+use crate::error::{Op, Result, VchanError};
 
 /// At most this many deliveries are taken per wake, so a peer that notifies in a tight loop cannot
 /// keep a waiter from returning to its ring.
@@ -175,7 +171,7 @@ fn take_events<E: EventSource>(events: &E) -> Result<usize> {
 }
 
 /// Wait for the event fd to become readable. `Ok(false)` on timeout or interruption.
-fn poll_readable(fd: &impl AsFd, timeout: Option<Duration>) -> Result<bool> {
+pub(crate) fn poll_readable(fd: &impl AsFd, timeout: Option<Duration>) -> std::io::Result<bool> {
     use nix::errno::Errno;
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
@@ -191,10 +187,7 @@ fn poll_readable(fd: &impl AsFd, timeout: Option<Duration>) -> Result<bool> {
     match poll(&mut fds, timeout) {
         Ok(ready) => Ok(ready > 0),
         Err(Errno::EINTR) => Ok(false),
-        Err(e) => Err(VchanError::Backend {
-            op: "wait for an event",
-            source: e.into(),
-        }),
+        Err(e) => Err(e.into()),
     }
 }
 

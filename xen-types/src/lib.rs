@@ -17,6 +17,9 @@
 #![no_std]
 #![deny(unsafe_code)]
 
+#[cfg(feature = "std")]
+extern crate std;
+
 use core::fmt;
 use core::num::ParseIntError;
 use core::str::FromStr;
@@ -89,3 +92,15 @@ id_impls!(DomId(u16), Port(u32), GrantRef(u32));
 
 /// The size of a Xen page, and of every granted page.
 pub const PAGE_SIZE: usize = 4096;
+
+/// What the kernel does for us when a shared or mapped region goes away, whether by an orderly
+/// unmap or because the process died: clear one byte of the region, send one event, or both
+/// (gntalloc's and gntdev's `SET_UNMAP_NOTIFY`). A platform with no such thing (a guest with no
+/// OS) has nothing to do for it: vchan's close clears its live byte and notifies by hand anyway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct UnmapNotify {
+    /// Byte offset within the region to set to 0.
+    pub clear_byte: Option<usize>,
+    /// A port of the calling domain to send an event on.
+    pub event: Option<Port>,
+}

@@ -351,6 +351,139 @@ impl<'a> SharedRegion<'a> {
     }
 }
 
+/// Zero-copy I/O between shared memory and a file descriptor (feature `std`): the kernel copies
+/// straight between the region and the socket, pipe or file, with no private buffer in between
+/// (vm-memory's `ReadVolatile`/`WriteVolatile`). As with a raw copy, no reference to the memory
+/// is formed: the kernel is given its address and length.
+#[cfg(feature = "std")]
+pub mod fd {
+    use std::io;
+    use std::os::fd::{AsRawFd, BorrowedFd};
+
+    use super::SharedRegion;
+
+    /// The most regions one call takes (a ring's two runs, before and after its wrap).
+    pub const MAX_REGIONS: usize = 2;
+
+    fn iovecs(regions: &[SharedRegion<'_>]) -> ([libc::iovec; MAX_REGIONS], usize) {
+        assert!(
+            regions.len() <= MAX_REGIONS,
+            "at most {MAX_REGIONS} regions per call, {} given",
+            regions.len()
+        );
+        let mut iov = [libc::iovec {
+            iov_base: core::ptr::null_mut(),
+            iov_len: 0,
+        }; MAX_REGIONS];
+        let mut count = 0;
+        for region in regions.iter().filter(|r| !r.is_empty()) {
+            iov[count] = libc::iovec {
+                iov_base: region.as_ptr().as_ptr().cast(),
+                iov_len: region.len(),
+            };
+            count += 1;
+        }
+        (iov, count)
+    }
+
+    /// One `readv(2)` from `fd` into `regions`, filling them in order: the bytes read, 0 at the
+    /// end of the input (or when the regions are empty). Retries on `EINTR`.
+    ///
+    /// Panics if a region is read-only, or more than [`MAX_REGIONS`] are given.
+    pub fn read_into(fd: BorrowedFd<'_>, regions: &[SharedRegion<'_>]) -> io::Result<usize> {
+        if let Some(r) = regions.iter().find(|r| !r.is_writable() && !r.is_empty()) {
+            super::read_only(0, r.len());
+        }
+        let (iov, count) = iovecs(regions);
+        if count == 0 {
+            return Ok(0);
+        }
+        loop {
+            // SAFETY: each iovec is a region's address and length: valid for writes for the
+            // regions' lifetime, which covers the call (`from_raw_parts`' contract; read-only
+            // regions were refused above), and not reachable through any Rust reference. The
+            // kernel writes into them as a raw copy would; `iov` holds `count` initialised
+            // entries.
+            let n = unsafe { libc::readv(fd.as_raw_fd(), iov.as_ptr(), count as libc::c_int) };
+            match usize::try_from(n) {
+                Ok(n) => return Ok(n),
+                Err(_) => {
+                    let e = io::Error::last_os_error();
+                    if e.kind() != io::ErrorKind::Interrupted {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+    }
+
+    /// One `writev(2)` to `fd` from `regions`, in order: the bytes written. Retries on `EINTR`.
+    ///
+    /// Panics if more than [`MAX_REGIONS`] are given.
+    pub fn write_from(fd: BorrowedFd<'_>, regions: &[SharedRegion<'_>]) -> io::Result<usize> {
+        let (iov, count) = iovecs(regions);
+        if count == 0 {
+            return Ok(0);
+        }
+        loop {
+            // SAFETY: each iovec is a region's address and length, valid for reads for the
+            // regions' lifetime, which covers the call; the kernel only reads them.
+            let n = unsafe { libc::writev(fd.as_raw_fd(), iov.as_ptr(), count as libc::c_int) };
+            match usize::try_from(n) {
+                Ok(n) => return Ok(n),
+                Err(_) => {
+                    let e = io::Error::last_os_error();
+                    if e.kind() != io::ErrorKind::Interrupted {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+        use std::io::{Read, Write};
+        use std::os::fd::AsFd;
+        use std::os::unix::net::UnixStream;
+
+        #[test]
+        fn bytes_move_between_a_socket_and_two_regions_with_no_buffer() {
+            let (mut a, b) = UnixStream::pair().unwrap();
+            let mut page = [0u8; 64];
+            let region = SharedRegion::from(&mut page[..]);
+            let runs = [region.subregion(60, 4), region.subregion(0, 6)];
+            a.write_all(b"0123456789").unwrap();
+            assert_eq!(read_into(b.as_fd(), &runs).unwrap(), 10);
+            let mut out = [0u8; 4];
+            runs[0].copy_out(0, &mut out);
+            assert_eq!(&out, b"0123");
+            let mut out = [0u8; 6];
+            runs[1].copy_out(0, &mut out);
+            assert_eq!(&out, b"456789");
+            assert_eq!(write_from(b.as_fd(), &runs).unwrap(), 10);
+            let mut back = [0u8; 10];
+            a.read_exact(&mut back).unwrap();
+            assert_eq!(&back, b"0123456789");
+            drop(a);
+            assert_eq!(read_into(b.as_fd(), &runs).unwrap(), 0, "end of input");
+            assert_eq!(read_into(b.as_fd(), &[]).unwrap(), 0, "no room");
+        }
+
+        #[test]
+        #[should_panic(expected = "read-only shared region")]
+        fn a_read_into_a_read_only_region_panics() {
+            let (_a, b) = UnixStream::pair().unwrap();
+            let mut page = [0u8; 8];
+            let writable = SharedRegion::from(&mut page[..]);
+            // SAFETY: the bytes are valid for reads (and writes) while `page` lives.
+            let read_only = unsafe { SharedRegion::from_raw_parts_read_only(writable.as_ptr(), 8) };
+            let _ = read_into(b.as_fd(), &[read_only]);
+        }
+    }
+}
+
 #[cold]
 #[inline(never)]
 #[track_caller]

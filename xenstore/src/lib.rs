@@ -30,18 +30,23 @@
 //!
 //! # Features
 //!
-//! [`wire`] and [`client`] are always built, so a dom0 tool that only talks to a real xenstored
-//! (`default-features = false`) links nothing else.
-//!
+//! - `std`: [`wire`], [`client`] and the [`XenStore`] trait, so a dom0 tool that only talks to a
+//!   real xenstored (`default-features = false, features = ["std"]`) links nothing else. Without
+//!   it the crate is `no_std` and holds only the protocol's plain types ([`TxId`], [`Errno`],
+//!   [`Perm`], [`Access`]), which vchan's channel core names.
 //! - `store`: the in-memory store with xenstored's semantics ([`store`]) and the in-process store
 //!   ([`local`]).
-//! - `daemon` (default): the socket daemon ([`daemon`]); implies `store`.
+//! - `daemon` (default): the socket daemon ([`daemon`]); implies `store`, which implies `std`.
+#![cfg_attr(not(feature = "std"), no_std)]
 #![forbid(unsafe_code)]
 
-use std::fmt;
-use std::str::FromStr;
+use core::fmt;
+#[cfg(feature = "std")]
+use core::str::FromStr;
+#[cfg(feature = "std")]
 use std::time::Duration;
 
+#[cfg(feature = "std")]
 pub mod client;
 #[cfg(feature = "daemon")]
 pub mod daemon;
@@ -49,6 +54,7 @@ pub mod daemon;
 pub mod local;
 #[cfg(feature = "store")]
 pub mod store;
+#[cfg(feature = "std")]
 pub mod wire;
 
 pub use xen_types::DomId;
@@ -127,26 +133,26 @@ impl Errno {
         }
     }
 
-    /// The matching Linux errno value (for `io::Error` conversion and C shims).
+    /// The matching Linux errno value (for `io::Error` conversion and C shims). Linux's
+    /// numbers on every architecture Xen runs on (a test compares them with the system's).
     pub const fn raw_os_error(self) -> i32 {
-        use nix::errno::Errno as Sys;
         match self {
-            Errno::EINVAL => Sys::EINVAL as i32,
-            Errno::EACCES => Sys::EACCES as i32,
-            Errno::EEXIST => Sys::EEXIST as i32,
-            Errno::EISDIR => Sys::EISDIR as i32,
-            Errno::ENOENT => Sys::ENOENT as i32,
-            Errno::ENOMEM => Sys::ENOMEM as i32,
-            Errno::ENOSPC => Sys::ENOSPC as i32,
-            Errno::EIO => Sys::EIO as i32,
-            Errno::ENOTEMPTY => Sys::ENOTEMPTY as i32,
-            Errno::ENOSYS => Sys::ENOSYS as i32,
-            Errno::EROFS => Sys::EROFS as i32,
-            Errno::EBUSY => Sys::EBUSY as i32,
-            Errno::EAGAIN => Sys::EAGAIN as i32,
-            Errno::EISCONN => Sys::EISCONN as i32,
-            Errno::E2BIG => Sys::E2BIG as i32,
-            Errno::EPERM => Sys::EPERM as i32,
+            Errno::EPERM => 1,
+            Errno::ENOENT => 2,
+            Errno::EIO => 5,
+            Errno::E2BIG => 7,
+            Errno::EAGAIN => 11,
+            Errno::ENOMEM => 12,
+            Errno::EACCES => 13,
+            Errno::EBUSY => 16,
+            Errno::EEXIST => 17,
+            Errno::EISDIR => 21,
+            Errno::EINVAL => 22,
+            Errno::ENOSPC => 28,
+            Errno::EROFS => 30,
+            Errno::ENOSYS => 38,
+            Errno::ENOTEMPTY => 39,
+            Errno::EISCONN => 106,
         }
     }
 }
@@ -157,7 +163,7 @@ impl fmt::Display for Errno {
     }
 }
 
-impl FromStr for Errno {
+impl core::str::FromStr for Errno {
     type Err = ();
     fn from_str(s: &str) -> Result<Self, ()> {
         Errno::ALL.into_iter().find(|e| e.name() == s).ok_or(())
@@ -206,6 +212,7 @@ impl fmt::Display for Perm {
     }
 }
 
+#[cfg(feature = "std")]
 impl FromStr for Perm {
     type Err = XenstoreError;
     fn from_str(s: &str) -> Result<Self> {
@@ -223,6 +230,7 @@ impl FromStr for Perm {
     }
 }
 
+#[cfg(feature = "std")]
 /// A watch firing: the path that changed (or the watched special path) and the watch's token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WatchEvent {
@@ -232,6 +240,7 @@ pub struct WatchEvent {
     pub token: String,
 }
 
+#[cfg(feature = "std")]
 /// Everything that can go wrong talking to a xenstore.
 #[derive(Debug, thiserror::Error)]
 pub enum XenstoreError {
@@ -246,6 +255,7 @@ pub enum XenstoreError {
     Protocol(String),
 }
 
+#[cfg(feature = "std")]
 impl XenstoreError {
     /// The wire error name, if the daemon sent one.
     pub fn errno(&self) -> Option<Errno> {
@@ -256,12 +266,14 @@ impl XenstoreError {
     }
 }
 
+#[cfg(feature = "std")]
 impl From<Errno> for XenstoreError {
     fn from(e: Errno) -> Self {
         XenstoreError::Errno(e)
     }
 }
 
+#[cfg(feature = "std")]
 impl From<XenstoreError> for std::io::Error {
     fn from(e: XenstoreError) -> Self {
         match e {
@@ -272,9 +284,11 @@ impl From<XenstoreError> for std::io::Error {
     }
 }
 
+#[cfg(feature = "std")]
 /// Result alias for this crate.
 pub type Result<T, E = XenstoreError> = std::result::Result<T, E>;
 
+#[cfg(feature = "std")]
 /// The operations of a xenstore connection, as one domain sees the store.
 ///
 /// Relative paths resolve under `/local/domain/<the connection's domid>/`.
@@ -331,6 +345,7 @@ pub trait XenStore {
     }
 }
 
+#[cfg(feature = "std")]
 macro_rules! forward_xenstore {
     ($($ty:ty),*) => {$(
         /// Forwards every call to the store behind the reference.
@@ -378,9 +393,10 @@ macro_rules! forward_xenstore {
     )*};
 }
 
+#[cfg(feature = "std")]
 forward_xenstore!(&S, Box<S>, std::sync::Arc<S>);
 
-#[cfg(test)]
+#[cfg(all(test, feature = "std"))]
 mod tests {
     use super::*;
     use std::io::ErrorKind;
@@ -400,5 +416,10 @@ mod tests {
         raw.sort_unstable();
         raw.dedup();
         assert_eq!(raw.len(), Errno::ALL.len(), "distinct values");
+        // The table is written out (the no_std build has no libc); it must be the system's.
+        for e in Errno::ALL {
+            let sys = nix::errno::Errno::from_raw(e.raw_os_error());
+            assert_eq!(sys.to_string().split(':').next(), Some(e.name()), "{e}");
+        }
     }
 }
