@@ -5,8 +5,14 @@
 //! connection's requests ([`crate::wire`]), lets the model decide, and carries out its effects
 //! (an event is one message on the handle's event socket, a cleared byte a `pwrite` into the
 //! memfd). When a connection ends, however its process ended, the model closes the handle.
+//!
+//! An event socket holds a few hundred messages. An event that finds it full waits in the
+//! handle's set of waiting ports, each port at most once (Xen's pending bit: the model masks a
+//! delivered port, so a port waits once however often it fires), and the host's main loop
+//! ([`Host::run`]) sends the waiting ports, lowest first, as soon as the socket has room again.
+//! No event is lost, however many ports a handle has pending.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -15,6 +21,8 @@ use std::sync::{Arc, Mutex};
 
 use nix::errno::Errno;
 use nix::libc;
+use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::socket::MsgFlags;
 use xen_types::{DomId, GrantRef, Port};
 
@@ -33,42 +41,107 @@ struct Connection {
     process: Option<(OwnedFd, libc::pid_t)>,
     sock: Arc<OwnedFd>,
     /// Where an event-channel handle's events go.
-    events: Option<OwnedFd>,
+    events: Option<EventSocket>,
 }
 
-#[derive(Debug, Default)]
+/// An event-channel handle's event socket, and the events waiting for room in it.
+#[derive(Debug)]
+struct EventSocket {
+    sock: Arc<OwnedFd>,
+    /// Ports delivered while the socket was full, each once, sent lowest first.
+    waiting: BTreeSet<Port>,
+}
+
+/// What became of an event sent to a handle's event socket.
+enum Sent {
+    /// It is in the socket (or its reader has gone, and nobody is left to tell).
+    Done,
+    /// The socket is full.
+    Full,
+}
+
+impl EventSocket {
+    fn send(&self, port: Port) -> Sent {
+        match wire::send_small(self.sock.as_fd(), &[port.0], MsgFlags::MSG_DONTWAIT) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Sent::Full,
+            // A reader that has gone is a handle being reclaimed.
+            Ok(()) | Err(_) => Sent::Done,
+        }
+    }
+
+    /// Send the waiting ports while the socket has room.
+    fn send_waiting(&mut self) {
+        while let Some(&port) = self.waiting.first() {
+            match self.send(port) {
+                Sent::Done => {
+                    self.waiting.remove(&port);
+                }
+                Sent::Full => return,
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
 struct State {
     hypervisor: Hypervisor<GrantedMemory>,
     connections: HashMap<HandleId, Connection>,
+    /// Made readable when an event socket starts having waiting events (or the host stops), so
+    /// the main loop looks again at what it waits for.
+    wake: Arc<EventFd>,
 }
 
 impl State {
     /// Carry out the model's effects, in order.
-    fn apply(&self, effects: &mut Vec<Effect<GrantedMemory>>) {
+    fn apply(&mut self, effects: &mut Vec<Effect<GrantedMemory>>) {
         for effect in effects.drain(..) {
             match effect {
                 Effect::ClearByte { memory, offset } => memory.clear_byte(offset),
-                Effect::Deliver { handle, port } => {
-                    let events = self
-                        .connections
-                        .get(&handle)
-                        .and_then(|c| c.events.as_ref());
-                    if let Some(events) = events {
-                        // A full queue cannot happen (a port is masked until taken), and a
-                        // vanished reader is being reclaimed: either way there is nobody to tell.
-                        let _ = wire::send_small(events.as_fd(), &[port.0], MsgFlags::MSG_DONTWAIT);
-                    }
-                }
+                Effect::Deliver { handle, port } => self.deliver(handle, port),
             }
         }
+    }
+
+    /// Send `port`'s event to `handle`, or keep it waiting until its socket has room.
+    fn deliver(&mut self, handle: HandleId, port: Port) {
+        let Some(events) = self
+            .connections
+            .get_mut(&handle)
+            .and_then(|c| c.events.as_mut())
+        else {
+            return;
+        };
+        if events.waiting.is_empty() {
+            match events.send(port) {
+                Sent::Done => return,
+                // The first waiting event of this socket: the main loop must watch it.
+                Sent::Full => wake(&self.wake),
+            }
+        }
+        events.waiting.insert(port);
     }
 
     fn close(&mut self, handle: HandleId) -> Option<Connection> {
         let mut effects = Vec::new();
         self.hypervisor.close(handle, &mut effects);
         self.apply(&mut effects);
-        self.connections.remove(&handle)
+        let connection = self.connections.remove(&handle);
+        if connection
+            .as_ref()
+            .and_then(|c| c.events.as_ref())
+            .is_some_and(|e| !e.waiting.is_empty())
+        {
+            // The main loop stops watching (and holding) the socket.
+            wake(&self.wake);
+        }
+        connection
     }
+}
+
+/// Make the main loop look again.
+fn wake(eventfd: &EventFd) {
+    // Fails only when the counter would overflow, when it is readable anyway.
+    let _ = eventfd.write(1);
 }
 
 /// A reply to send: values after the status, and the memory files with the access to pass.
@@ -76,8 +149,11 @@ type Answer = Result<(Vec<u32>, Vec<Arc<GrantedMemory>>, bool), Errno>;
 
 struct HostInner {
     dir: PathBuf,
+    /// Non-blocking: the main loop accepts only when `poll` says a connection waits.
     listener: OwnedFd,
     state: Mutex<State>,
+    /// The main loop's wake-up, shared with the state.
+    wake: Arc<EventFd>,
     stopping: AtomicBool,
 }
 
@@ -133,11 +209,19 @@ impl Host {
             Err(e) => return Err(e),
         }
         let listener = wire::seqpacket_listen(&path)?;
+        let wake = Arc::new(EventFd::from_flags(
+            EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK,
+        )?);
         Ok(Host {
             inner: Arc::new(HostInner {
                 dir: dir.to_path_buf(),
                 listener,
-                state: Mutex::new(State::default()),
+                state: Mutex::new(State {
+                    hypervisor: Hypervisor::new(),
+                    connections: HashMap::new(),
+                    wake: Arc::clone(&wake),
+                }),
+                wake,
                 stopping: AtomicBool::new(false),
             }),
         })
@@ -148,38 +232,103 @@ impl Host {
         &self.inner.dir
     }
 
-    /// Accept and serve connections until [`stop`](Self::stop); each connection gets a thread.
+    /// Serve until [`stop`](Self::stop): accept connections, each served on a thread of its
+    /// own, and send the events that waited for room in a full event socket as soon as it has
+    /// some.
     pub fn run(&self) {
+        // The event sockets with waiting events, as last seen.
+        let mut watched: Vec<(HandleId, Arc<OwnedFd>)> = Vec::new();
         loop {
-            let sock = match wire::seqpacket_accept(self.inner.listener.as_fd()) {
-                Ok(sock) => sock,
-                // ORDERING: SeqCst pairs with the store in `stop`, before the listener shutdown
-                // that made accept fail.
-                Err(_) if self.inner.stopping.load(Ordering::SeqCst) => return,
-                Err(e)
-                    if matches!(
-                        Errno::from_raw(e.raw_os_error().unwrap_or(0)),
-                        Errno::EMFILE | Errno::ENFILE
-                    ) =>
-                {
-                    std::thread::sleep(std::time::Duration::from_millis(50));
-                    continue;
+            watched.clear();
+            watched.extend(
+                lock(&self.inner.state)
+                    .connections
+                    .iter()
+                    .filter_map(|(&handle, c)| Some((handle, c.events.as_ref()?)))
+                    .filter(|(_, events)| !events.waiting.is_empty())
+                    .map(|(handle, events)| (handle, Arc::clone(&events.sock))),
+            );
+            let mut fds = vec![
+                PollFd::new(self.inner.listener.as_fd(), PollFlags::POLLIN),
+                PollFd::new(self.inner.wake.as_fd(), PollFlags::POLLIN),
+            ];
+            fds.extend(
+                watched
+                    .iter()
+                    .map(|(_, sock)| PollFd::new(sock.as_fd(), PollFlags::POLLOUT)),
+            );
+            match nix::poll::poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) | Err(Errno::EINTR) => {}
+                // Only a kernel out of memory: try again shortly rather than spin.
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(50)),
+            }
+            // ORDERING: SeqCst pairs with the store in `stop`, before the wake-up and the
+            // listener shutdown that ended the poll.
+            if self.inner.stopping.load(Ordering::SeqCst) {
+                return;
+            }
+            let ready = |fd: &PollFd<'_>| fd.revents().is_some_and(|r| !r.is_empty());
+            if ready(&fds[1]) {
+                // Reset the wake-up; the next round looks at every socket afresh.
+                let _ = self.inner.wake.read();
+            }
+            let room: Vec<HandleId> = fds[2..]
+                .iter()
+                .zip(&watched)
+                .filter(|(fd, _)| ready(fd))
+                .map(|(_, (handle, _))| *handle)
+                .collect();
+            let accept = ready(&fds[0]);
+            drop(fds);
+            if !room.is_empty() {
+                let mut state = lock(&self.inner.state);
+                for handle in room {
+                    // A socket that hung up has room too: its events go nowhere.
+                    if let Some(events) = state
+                        .connections
+                        .get_mut(&handle)
+                        .and_then(|c| c.events.as_mut())
+                    {
+                        events.send_waiting();
+                    }
                 }
-                Err(_) => continue,
-            };
-            let host = self.clone();
-            let spawned = std::thread::Builder::new()
-                .name("xensim-conn".into())
-                .spawn(move || host.serve_connection(Arc::new(sock)));
-            // Without a thread the connection is dropped (closed): the client sees the host gone.
-            drop(spawned);
+            }
+            if accept {
+                self.accept();
+            }
         }
     }
 
-    /// Stop accepting, hang up every handle and remove the socket.
+    /// Accept a connection that `poll` announced and serve it on a thread of its own.
+    fn accept(&self) {
+        let sock = match wire::seqpacket_accept(self.inner.listener.as_fd()) {
+            Ok(sock) => sock,
+            Err(e)
+                if matches!(
+                    Errno::from_raw(e.raw_os_error().unwrap_or(0)),
+                    Errno::EMFILE | Errno::ENFILE
+                ) =>
+            {
+                // The connection stays queued; the listener stays readable. Wait for a file.
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                return;
+            }
+            // Gone before it was accepted (or accepted by nobody: `WouldBlock`).
+            Err(_) => return,
+        };
+        let host = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("xensim-conn".into())
+            .spawn(move || host.serve_connection(Arc::new(sock)));
+        // Without a thread the connection is dropped (closed): the client sees the host gone.
+        drop(spawned);
+    }
+
+    /// Stop serving, hang up every handle and remove the socket.
     pub fn stop(&self) {
         // ORDERING: SeqCst pairs with the load in `run`.
         self.inner.stopping.store(true, Ordering::SeqCst);
+        wake(&self.inner.wake);
         wire::hang_up(self.inner.listener.as_fd());
         let state = lock(&self.inner.state);
         for c in state.connections.values() {
@@ -298,7 +447,10 @@ impl Host {
             Connection {
                 process,
                 sock: Arc::clone(sock),
-                events,
+                events: events.map(|sock| EventSocket {
+                    sock: Arc::new(sock),
+                    waiting: BTreeSet::new(),
+                }),
             },
         );
         Ok(handle)

@@ -139,11 +139,11 @@ pub(crate) fn retry<T>(mut call: impl FnMut() -> nix::Result<T>) -> io::Result<T
     }
 }
 
-fn seqpacket_socket() -> io::Result<OwnedFd> {
+fn seqpacket_socket(flags: SockFlag) -> io::Result<OwnedFd> {
     Ok(socket::socket(
         AddressFamily::Unix,
         SockType::SeqPacket,
-        SockFlag::SOCK_CLOEXEC,
+        SockFlag::SOCK_CLOEXEC | flags,
         None,
     )?)
 }
@@ -162,15 +162,16 @@ fn unix_addr(path: &Path) -> io::Result<UnixAddr> {
 
 /// Connect a `SOCK_SEQPACKET` socket to `path`.
 pub fn seqpacket_connect(path: &Path) -> io::Result<OwnedFd> {
-    let fd = seqpacket_socket()?;
+    let fd = seqpacket_socket(SockFlag::empty())?;
     let addr = unix_addr(path)?;
     socket::connect(fd.as_raw_fd(), &addr)?;
     Ok(fd)
 }
 
-/// Bind and listen on a `SOCK_SEQPACKET` socket at `path`.
+/// Bind and listen on a non-blocking `SOCK_SEQPACKET` socket at `path` (the connections it
+/// accepts block).
 pub fn seqpacket_listen(path: &Path) -> io::Result<OwnedFd> {
-    let fd = seqpacket_socket()?;
+    let fd = seqpacket_socket(SockFlag::SOCK_NONBLOCK)?;
     socket::bind(fd.as_raw_fd(), &unix_addr(path)?)?;
     socket::listen(&fd, Backlog::new(128)?)?;
     Ok(fd)
