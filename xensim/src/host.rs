@@ -2,9 +2,10 @@
 //! runs for the processes of every simulated domain, on `<dir>/xen.sock`.
 //!
 //! Each connection is one device handle of the [`Hypervisor`] model: the host decodes the
-//! connection's requests ([`crate::wire`]), lets the model decide, and carries out its effects
-//! (an event is one message on the handle's event socket, a cleared byte a `pwrite` into the
-//! memfd). When a connection ends, however its process ended, the model closes the handle.
+//! connection's messages into typed requests (the crate's private `wire` module), lets the model
+//! decide, and carries out its effects (an event is one message on the handle's event socket, a
+//! cleared byte a `pwrite` into the memfd). When a connection ends, however its process ended,
+//! the model closes the handle.
 //!
 //! An event socket holds a few hundred messages. An event that finds it full waits in the
 //! handle's set of waiting ports, each port at most once (Xen's pending bit: the model masks a
@@ -23,16 +24,13 @@ use nix::errno::Errno;
 use nix::libc;
 use nix::poll::{PollFd, PollFlags, PollTimeout};
 use nix::sys::eventfd::{EfdFlags, EventFd};
-use nix::sys::socket::MsgFlags;
 use xen_types::{DomId, GrantRef, Port};
 
 use crate::lock;
 use crate::memory::GrantedMemory;
-use crate::model::{
-    Effect, HandleId, HandleKind, Hypervisor, NotifyRequest, Reply, Request, Stats,
-};
+use crate::model::{self, Effect, HandleId, HandleKind, Hypervisor, NotifyRequest, Stats};
 use crate::process;
-use crate::wire::{self, op};
+use crate::wire::{self, FilePage, Hello, Reply, Request};
 
 /// What the host keeps of a connection beyond the model's handle.
 #[derive(Debug)]
@@ -62,7 +60,7 @@ enum Sent {
 
 impl EventSocket {
     fn send(&self, port: Port) -> Sent {
-        match wire::send_small(self.sock.as_fd(), &[port.0], MsgFlags::MSG_DONTWAIT) {
+        match wire::send_event(self.sock.as_fd(), port) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Sent::Full,
             // A reader that has gone is a handle being reclaimed.
             Ok(()) | Err(_) => Sent::Done,
@@ -121,6 +119,18 @@ impl State {
         events.waiting.insert(port);
     }
 
+    /// Let the model decide `request` of `handle` and carry out its effects.
+    fn request(
+        &mut self,
+        handle: HandleId,
+        request: model::Request<'_, GrantedMemory>,
+    ) -> Result<model::Reply<GrantedMemory>, Errno> {
+        let mut effects = Vec::new();
+        let reply = self.hypervisor.request(handle, request, &mut effects);
+        self.apply(&mut effects);
+        reply
+    }
+
     fn close(&mut self, handle: HandleId) -> Option<Connection> {
         let mut effects = Vec::new();
         self.hypervisor.close(handle, &mut effects);
@@ -144,8 +154,21 @@ fn wake(eventfd: &EventFd) {
     let _ = eventfd.write(1);
 }
 
-/// A reply to send: values after the status, and the memory files with the access to pass.
-type Answer = Result<(Vec<u32>, Vec<Arc<GrantedMemory>>, bool), Errno>;
+/// An answer to send: a reply, whose files are the memory it passes, or an errno.
+type Answer = Result<Reply<PassedFile>, Errno>;
+
+/// A memory file a reply passes, with the access it gives.
+#[derive(Debug)]
+struct PassedFile {
+    memory: Arc<GrantedMemory>,
+    writable: bool,
+}
+
+impl AsFd for PassedFile {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.memory.file(self.writable)
+    }
+}
 
 struct HostInner {
     dir: PathBuf,
@@ -169,25 +192,6 @@ impl std::fmt::Debug for Host {
         f.debug_struct("Host")
             .field("dir", &self.inner.dir)
             .finish_non_exhaustive()
-    }
-}
-
-/// The reply status for an error: never 0, which says success.
-fn status(code: Errno) -> u32 {
-    match code {
-        Errno::UnknownErrno => Errno::EIO as u32,
-        code => code as u32,
-    }
-}
-
-fn domid_word(raw: u32) -> Result<DomId, Errno> {
-    u16::try_from(raw).map(DomId).map_err(|_| Errno::EINVAL)
-}
-
-fn decode_notify(offset: u32, port: u32) -> NotifyRequest {
-    NotifyRequest {
-        clear_byte: (offset != op::NO_OFFSET).then_some(offset as usize),
-        event: (port != 0).then_some(Port(port)),
     }
 }
 
@@ -378,76 +382,59 @@ impl Host {
     }
 
     fn serve_connection(&self, sock: Arc<OwnedFd>) {
-        let Ok(Some((hello, mut fds))) = wire::recv_msg(sock.as_fd()) else {
-            return;
+        // One receive buffer for the connection's life: a message costs no allocation.
+        let mut buf = wire::MsgBuf::new();
+        let hello = match wire::recv(sock.as_fd(), &mut buf) {
+            Ok(Some(msg)) => Hello::decode(msg.bytes, msg.truncated, msg.fds),
+            Ok(None) | Err(_) => return,
         };
-        let handle = match self.register(&sock, &hello, &mut fds) {
-            Ok(handle) => handle,
-            Err(code) => {
-                let _ = wire::send_msg(sock.as_fd(), &[status(code)], &[]);
+        let registered = hello
+            .map_err(|e| e.errno())
+            .and_then(|hello| self.register(&sock, hello));
+        let answer = registered.map(|_| Reply::<PassedFile>::Done);
+        let handle = match (wire::send_answer(sock.as_fd(), &answer), registered) {
+            (Ok(()), Ok(handle)) => handle,
+            (Err(_), Ok(handle)) => {
+                lock(&self.inner.state).close(handle);
                 return;
             }
+            (_, Err(_)) => return,
         };
-        if wire::send_msg(sock.as_fd(), &[0], &[]).is_ok() {
-            // One receive buffer for the connection's life: a message costs no allocation.
-            let mut buf = wire::MsgBuf::new();
-            loop {
-                let words = match wire::recv_msg_with(sock.as_fd(), &mut buf) {
-                    // Descriptors sent with requests are not expected; dropping closes them.
-                    Ok(Some((words, _fds))) => words,
-                    Ok(None) | Err(_) => break,
-                };
-                let answer = self.dispatch(handle, words);
-                if !words.first().copied().is_some_and(op::has_reply) {
-                    // One-way (notify, unmask): the client checked the port; nothing to say.
+        loop {
+            let msg = match wire::recv(sock.as_fd(), &mut buf) {
+                Ok(Some(msg)) => msg,
+                Ok(None) | Err(_) => break,
+            };
+            // Descriptors sent with a request are an error; dropping them closes them.
+            let answer = match Request::decode(msg.bytes, msg.truncated, &msg.fds) {
+                Ok(request) if request.reply_kind().is_none() => {
+                    // One way (notify, unmask): the client checked the port; nothing to say.
+                    let _ = self.dispatch(handle, request);
                     continue;
                 }
-                let sent = match answer {
-                    Ok((mut values, memories, writable)) => {
-                        values.insert(0, 0);
-                        let fds: Vec<BorrowedFd<'_>> =
-                            memories.iter().map(|m| m.file(writable)).collect();
-                        wire::send_msg(sock.as_fd(), &values, &fds)
-                    }
-                    Err(code) => wire::send_msg(sock.as_fd(), &[status(code)], &[]),
-                };
-                if sent.is_err() {
-                    break;
-                }
+                Ok(request) => self.dispatch(handle, request),
+                Err(malformed) if malformed.wants_answer() => Err(malformed.errno()),
+                Err(_) => continue,
+            };
+            if wire::send_answer(sock.as_fd(), &answer).is_err() {
+                break;
             }
         }
         // The handle is gone (closed, or its process died): reclaim what it held.
         lock(&self.inner.state).close(handle);
     }
 
-    fn register(
-        &self,
-        sock: &Arc<OwnedFd>,
-        hello: &[u32],
-        fds: &mut Vec<OwnedFd>,
-    ) -> Result<HandleId, Errno> {
-        let (kind, raw) = match hello {
-            [op::HELLO, kind, domid] => (*kind, *domid),
-            _ => return Err(Errno::EPROTO),
-        };
-        let domid = domid_word(raw)?;
-        let (kind, events) = match kind {
-            op::KIND_EVENTS => (HandleKind::Events, Some(fds.pop().ok_or(Errno::EINVAL)?)),
-            op::KIND_SHARE => (HandleKind::Share, None),
-            op::KIND_MAP => (HandleKind::Map, None),
-            op::KIND_CONTROL => (HandleKind::Control, None),
-            _ => return Err(Errno::EINVAL),
-        };
+    fn register(&self, sock: &Arc<OwnedFd>, hello: Hello<OwnedFd>) -> Result<HandleId, Errno> {
         // Gone already (or unknowable): nothing to kill later, and nothing wrong with the handle.
         let process = process::peer_process(sock.as_fd()).ok();
         let mut state = lock(&self.inner.state);
-        let handle = state.hypervisor.open(domid, kind)?;
+        let handle = state.hypervisor.open(hello.domid, hello.kind)?;
         state.connections.insert(
             handle,
             Connection {
                 process,
                 sock: Arc::clone(sock),
-                events: events.map(|sock| EventSocket {
+                events: hello.events.map(|sock| EventSocket {
                     sock: Arc::new(sock),
                     waiting: BTreeSet::new(),
                 }),
@@ -456,121 +443,127 @@ impl Host {
         Ok(handle)
     }
 
-    fn dispatch(&self, handle: HandleId, words: &[u32]) -> Answer {
-        let arg = |i: usize| words.get(i).copied().ok_or(Errno::EINVAL);
-        let dom_arg = |i: usize| arg(i).and_then(domid_word);
-        let done = |values: Vec<u32>| Ok((values, Vec::new(), false));
-        let is_control = || {
-            lock(&self.inner.state)
-                .hypervisor
-                .handle(handle)
-                .is_some_and(|(_, kind)| kind == HandleKind::Control)
+    /// Carry out one request of `handle`.
+    fn dispatch(&self, handle: HandleId, request: Request) -> Answer {
+        let kind = lock(&self.inner.state)
+            .hypervisor
+            .handle(handle)
+            .map(|(_, kind)| kind);
+        let control = || match kind {
+            Some(HandleKind::Control) => Ok(()),
+            _ => Err(Errno::EPERM),
         };
-        let request = match arg(0)? {
-            op::DOMAIN_CREATE | op::DOMAIN_DESTROY | op::STATS | op::DOMAIN_EXISTS
-                if !is_control() =>
-            {
-                return Err(Errno::EPERM)
-            }
-            op::DOMAIN_CREATE => {
-                let domid = dom_arg(1)?;
+        match request {
+            Request::CreateDomain(domid) => {
+                control()?;
                 lock(&self.inner.state).hypervisor.create_domain(domid)?;
-                return done(vec![]);
+                Ok(Reply::Done)
             }
-            op::DOMAIN_DESTROY => {
-                let domid = dom_arg(1)?;
-                return match self.destroy_domain(domid) {
-                    Ok(()) => done(vec![]),
-                    Err(e) => Err(Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))),
-                };
+            Request::DestroyDomain(domid) => {
+                control()?;
+                self.destroy_domain(domid)
+                    .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
+                Ok(Reply::Done)
             }
-            op::STATS => {
-                let s = self.stats();
-                return done(vec![s.domains, s.handles, s.ports, s.grants, s.mappings]);
+            Request::Stats => {
+                control()?;
+                Ok(Reply::Stats(self.stats()))
             }
-            op::DOMAIN_EXISTS => {
-                let domid = dom_arg(1)?;
+            Request::DomainExists(domid) => {
+                control()?;
                 let exists = lock(&self.inner.state).hypervisor.domain_exists(domid);
-                return done(vec![u32::from(exists)]);
+                Ok(Reply::Exists(exists))
             }
-            op::EV_BIND_UNBOUND => Request::BindUnbound {
-                remote: dom_arg(1)?,
-            },
-            op::EV_BIND_INTERDOMAIN => Request::BindInterdomain {
-                remote: dom_arg(1)?,
-                remote_port: Port(arg(2)?),
-            },
-            op::EV_NOTIFY => Request::Notify(Port(arg(1)?)),
-            op::EV_UNMASK => Request::Unmask(Port(arg(1)?)),
-            op::EV_UNBIND => Request::Unbind(Port(arg(1)?)),
-            op::GNT_SHARE => {
+            Request::BindUnbound { remote } => {
+                self.model(handle, model::Request::BindUnbound { remote })
+            }
+            Request::BindInterdomain {
+                remote,
+                remote_port,
+            } => self.model(
+                handle,
+                model::Request::BindInterdomain {
+                    remote,
+                    remote_port,
+                },
+            ),
+            Request::Notify(port) => self.model(handle, model::Request::Notify(port)),
+            Request::Unmask(port) => self.model(handle, model::Request::Unmask(port)),
+            Request::Unbind(port) => {
+                let mut state = lock(&self.inner.state);
+                let done = state.request(handle, model::Request::Unbind(port))?;
+                // No event of the closed port is sent after this, as in process.
+                if let Some(events) = state
+                    .connections
+                    .get_mut(&handle)
+                    .and_then(|c| c.events.as_mut())
+                {
+                    events.waiting.remove(&port);
+                }
+                Ok(reply(done))
+            }
+            Request::Share {
+                grantee,
+                pages,
+                writable,
+                notify,
+            } => {
                 // Checked before any memory is made for it.
-                let kind = lock(&self.inner.state).hypervisor.handle(handle);
-                if !matches!(kind, Some((_, HandleKind::Share))) {
+                if kind != Some(HandleKind::Share) {
                     return Err(Errno::EBADF);
                 }
-                let pages = arg(2)? as usize;
-                if pages == 0 || pages > crate::model::MAX_PAGES_PER_CALL {
+                let pages = pages as usize;
+                if pages == 0 || pages > model::MAX_PAGES_PER_CALL {
                     return Err(Errno::EINVAL);
                 }
                 // The memory is made before the model decides; if it refuses, it is dropped.
-                let memory = GrantedMemory::new(pages)
-                    .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::ENOMEM)))?;
-                Request::Share {
-                    grantee: dom_arg(1)?,
-                    memory: Arc::new(memory),
+                let memory = Arc::new(
+                    GrantedMemory::new(pages)
+                        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::ENOMEM)))?,
+                );
+                let request = model::Request::Share {
+                    grantee,
+                    memory: Arc::clone(&memory),
                     pages,
-                    writable: arg(3)? != 0,
-                    notify: decode_notify(arg(4)?, arg(5)?),
+                    writable,
+                    notify: notify.into(),
+                };
+                match lock(&self.inner.state).request(handle, request)? {
+                    model::Reply::Shared { id, refs } => Ok(Reply::Shared {
+                        id,
+                        refs,
+                        // The sharer maps its pages writable: it fills them.
+                        memory: PassedFile {
+                            memory,
+                            writable: true,
+                        },
+                    }),
+                    _ => Err(Errno::EPROTO),
                 }
             }
-            op::GNT_UNSHARE => Request::Unshare(arg(1)?),
-            op::GNT_MAP => {
-                let refs: Vec<GrantRef> = words
-                    .get(5..)
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|&r| GrantRef(r))
-                    .collect();
-                return self.map(
-                    handle,
-                    dom_arg(1)?,
-                    &refs,
-                    arg(2)? != 0,
-                    decode_notify(arg(3)?, arg(4)?),
-                );
-            }
-            op::GNT_UNMAP => Request::Unmap(arg(1)?),
-            op::GNT_CANCEL => {
-                let id = arg(1)?;
+            Request::Unshare(id) => self.model(handle, model::Request::Unshare(id)),
+            Request::Map {
+                granter,
+                writable,
+                notify,
+                refs,
+            } => self.map(handle, granter, &refs, writable, notify.into()),
+            Request::Unmap(id) => self.model(handle, model::Request::Unmap(id)),
+            Request::Cancel(id) => {
                 let mut state = lock(&self.inner.state);
-                let cancelled = match state.hypervisor.handle(handle) {
-                    Some((_, HandleKind::Share)) => state.hypervisor.cancel_share(handle, id),
-                    Some((_, HandleKind::Map)) => state.hypervisor.cancel_mapping(handle, id),
-                    _ => Err(Errno::EBADF),
-                };
-                return cancelled.and_then(|()| done(vec![]));
+                match kind {
+                    Some(HandleKind::Share) => state.hypervisor.cancel_share(handle, id)?,
+                    Some(HandleKind::Map) => state.hypervisor.cancel_mapping(handle, id)?,
+                    _ => return Err(Errno::EBADF),
+                }
+                Ok(Reply::Done)
             }
-            _ => return Err(Errno::ENOSYS),
-        };
-        let shared_memory = match &request {
-            Request::Share { memory, .. } => Some(Arc::clone(memory)),
-            _ => None,
-        };
-        let mut state = lock(&self.inner.state);
-        let mut effects = Vec::new();
-        let reply = state.hypervisor.request(handle, request, &mut effects);
-        state.apply(&mut effects);
-        match reply? {
-            Reply::Done => done(vec![]),
-            Reply::Port(port) => done(vec![port.0]),
-            Reply::Shared { id, refs } => {
-                let mut values = vec![id];
-                values.extend(refs.iter().map(|r| r.0));
-                Ok((values, shared_memory.into_iter().collect(), true))
-            }
-            Reply::Mapped { .. } => Err(Errno::EPROTO),
         }
+    }
+
+    /// A request the model answers with `Done` or a port.
+    fn model(&self, handle: HandleId, request: model::Request<'_, GrantedMemory>) -> Answer {
+        Ok(reply(lock(&self.inner.state).request(handle, request)?))
     }
 
     fn map(
@@ -581,37 +574,152 @@ impl Host {
         writable: bool,
         notify: NotifyRequest,
     ) -> Answer {
-        let request = Request::Map {
+        let request = model::Request::Map {
             granter,
             refs,
             writable,
             notify,
         };
         let mut state = lock(&self.inner.state);
-        let mut effects = Vec::new();
-        let reply = state.hypervisor.request(handle, request, &mut effects);
-        state.apply(&mut effects);
-        let Reply::Mapped { id, pages } = reply? else {
+        let model::Reply::Mapped { id, pages } = state.request(handle, request)? else {
             return Err(Errno::EPROTO);
         };
-        // One descriptor per distinct memory, and (descriptor index, page) per page.
-        let mut memories: Vec<Arc<GrantedMemory>> = Vec::new();
-        let mut values = vec![id];
+        // One file per distinct memory, and (file index, page) per page.
+        let mut files: Vec<PassedFile> = Vec::new();
+        let mut placed = Vec::with_capacity(pages.len());
         for (memory, page) in pages {
-            let index = match memories.iter().position(|m| Arc::ptr_eq(m, &memory)) {
+            let file = match files.iter().position(|f| Arc::ptr_eq(&f.memory, &memory)) {
                 Some(index) => index,
                 None => {
-                    memories.push(memory);
-                    memories.len() - 1
+                    files.push(PassedFile { memory, writable });
+                    files.len() - 1
                 }
             };
-            values.extend([index as u32, page as u32]);
+            placed.push(FilePage {
+                file: file as u32,
+                page: page as u32,
+            });
         }
-        if memories.len() > wire::MAX_FDS {
+        if files.len() > wire::MAX_FDS {
             // Too many files for one message: the mapping never happened.
             let _ = state.hypervisor.cancel_mapping(handle, id);
             return Err(Errno::E2BIG);
         }
-        Ok((values, memories, writable))
+        Ok(Reply::Mapped {
+            id,
+            pages: placed,
+            files,
+        })
+    }
+}
+
+/// The wire's reply for the model's `Done` or port.
+fn reply(done: model::Reply<GrantedMemory>) -> Reply<PassedFile> {
+    match done {
+        model::Reply::Port(port) => Reply::Port(port),
+        _ => Reply::Done,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use nix::sys::socket::{self, MsgFlags};
+
+    use super::*;
+    use crate::wire::ReplyKind;
+
+    /// Send raw bytes as one message.
+    fn send_raw(sock: &OwnedFd, bytes: &[u8]) {
+        socket::send(
+            std::os::fd::AsRawFd::as_raw_fd(sock),
+            bytes,
+            MsgFlags::MSG_NOSIGNAL,
+        )
+        .expect("send");
+    }
+
+    fn words(words: &[u32]) -> Vec<u8> {
+        words.iter().flat_map(|w| w.to_le_bytes()).collect()
+    }
+
+    /// The host's answer, decoded as a reply of `kind`.
+    fn answer(sock: &OwnedFd, kind: ReplyKind) -> Result<Reply<OwnedFd>, Errno> {
+        let mut buf = wire::MsgBuf::new();
+        let msg = wire::recv(sock.as_fd(), &mut buf)
+            .expect("recv")
+            .expect("an answer, not a hang-up");
+        wire::decode_answer(kind, msg.bytes, msg.truncated, msg.fds).expect("a well-formed answer")
+    }
+
+    #[test]
+    fn malformed_messages_are_answered_as_the_drivers_answer_and_the_handle_serves_on() {
+        let dir = std::env::temp_dir().join(format!("xensim-host-unit-{}", std::process::id()));
+        let host = Host::bind(&dir).expect("bind");
+        let runner = host.clone();
+        let thread = std::thread::spawn(move || runner.run());
+        let path = dir.join(wire::HOST_SOCKET);
+
+        // Anything but a greeting first: EPROTO, and the host hangs up.
+        let sock = wire::seqpacket_connect(&path).unwrap();
+        send_raw(&sock, &words(&[13]));
+        assert_eq!(answer(&sock, ReplyKind::Done).unwrap_err(), Errno::EPROTO);
+        let mut buf = wire::MsgBuf::new();
+        assert!(wire::recv(sock.as_fd(), &mut buf).unwrap().is_none());
+        // An event handle's greeting without its socket: EINVAL.
+        let sock = wire::seqpacket_connect(&path).unwrap();
+        send_raw(&sock, &words(&[1, 1, 0]));
+        assert_eq!(answer(&sock, ReplyKind::Done).unwrap_err(), Errno::EINVAL);
+
+        // A grant-sharing handle (it needs no event socket).
+        let sock = wire::seqpacket_connect(&path).unwrap();
+        send_raw(&sock, &words(&[1, 2, 0]));
+        assert!(matches!(answer(&sock, ReplyKind::Done), Ok(Reply::Done)));
+        let einval = [
+            vec![8, 0, 0],                 // not a whole number of words
+            words(&[8]),                   // unshare without its id
+            words(&[8, 1, 2]),             // and with one word too many
+            words(&[2, 70_000]),           // a domain id past 16 bits
+            words(&[7, 1, 1, 5, 0, 0, 0]), // share, writable neither 0 nor 1
+            vec![0; 64 * 1024 + 4],        // longer than any message
+        ];
+        for message in &einval {
+            send_raw(&sock, message);
+            assert_eq!(
+                answer(&sock, ReplyKind::Done).unwrap_err(),
+                Errno::EINVAL,
+                "{message:?}"
+            );
+        }
+        send_raw(&sock, &words(&[99]));
+        assert_eq!(answer(&sock, ReplyKind::Done).unwrap_err(), Errno::ENOSYS);
+        send_raw(&sock, &words(&[1, 2, 0]));
+        assert_eq!(
+            answer(&sock, ReplyKind::Done).unwrap_err(),
+            Errno::EPROTO,
+            "a second greeting"
+        );
+        // A malformed one-way request gets no answer: the next answer is the next request's.
+        send_raw(&sock, &words(&[4]));
+        send_raw(&sock, &words(&[5, 1, 1]));
+        send_raw(&sock, &words(&[8, 12345]));
+        assert_eq!(
+            answer(&sock, ReplyKind::Done).unwrap_err(),
+            Errno::EINVAL,
+            "no share 12345"
+        );
+        // The handle serves on.
+        let share = words(&[7, 0, 1, 1, 0, 0, 0]);
+        send_raw(&sock, &share);
+        let Ok(Reply::Shared { id, refs, .. }) = answer(&sock, ReplyKind::Shared) else {
+            panic!("a share")
+        };
+        assert_eq!(refs.len(), 1);
+        send_raw(&sock, &words(&[8, id]));
+        assert!(matches!(answer(&sock, ReplyKind::Done), Ok(Reply::Done)));
+        drop(sock);
+
+        host.stop();
+        thread.join().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
