@@ -320,9 +320,6 @@ mod imp {
             self.len
         }
 
-        /// Nothing to keep: the heap block lives while it is referenced.
-        pub fn keep_mapped(&mut self) {}
-
         /// Nothing to unmap.
         pub fn unmap(&mut self) {}
     }
