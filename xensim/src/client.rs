@@ -383,6 +383,10 @@ unsafe impl SharedMemory for XensimShared {
     fn len(&self) -> usize {
         self.region.as_ref().map_or(0, |r| r.len())
     }
+    fn is_writable(&self) -> bool {
+        // The sharer's own mapping: it fills the pages, whatever the grantee may do.
+        true
+    }
 }
 
 impl SharedPages for XensimShared {

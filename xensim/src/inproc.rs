@@ -386,6 +386,10 @@ unsafe impl SharedMemory for SimShared {
     fn len(&self) -> usize {
         self.region.len()
     }
+    fn is_writable(&self) -> bool {
+        // The sharer's own mapping: it fills the pages, whatever the grantee may do.
+        true
+    }
 }
 
 impl SharedPages for SimShared {
