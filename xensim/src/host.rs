@@ -445,11 +445,14 @@ impl Host {
 
     /// Carry out one request of `handle`.
     fn dispatch(&self, handle: HandleId, request: Request) -> Answer {
-        let kind = lock(&self.inner.state)
-            .hypervisor
-            .handle(handle)
-            .map(|(_, kind)| kind);
-        let control = || match kind {
+        // Looked up only by the requests that depend on it (not by a notify).
+        let kind = || {
+            lock(&self.inner.state)
+                .hypervisor
+                .handle(handle)
+                .map(|(_, kind)| kind)
+        };
+        let control = || match kind() {
             Some(HandleKind::Control) => Ok(()),
             _ => Err(Errno::EPERM),
         };
@@ -492,7 +495,9 @@ impl Host {
             Request::Unbind(port) => {
                 let mut state = lock(&self.inner.state);
                 let done = state.request(handle, model::Request::Unbind(port))?;
-                // No event of the closed port is sent after this, as in process.
+                // A waiting event of the closed port is never sent (in process, unbinding drops
+                // the port's queued events); one already in the socket stays, as in the Linux
+                // driver's ring.
                 if let Some(events) = state
                     .connections
                     .get_mut(&handle)
@@ -500,7 +505,7 @@ impl Host {
                 {
                     events.waiting.remove(&port);
                 }
-                Ok(reply(done))
+                reply(done)
             }
             Request::Share {
                 grantee,
@@ -509,7 +514,7 @@ impl Host {
                 notify,
             } => {
                 // Checked before any memory is made for it.
-                if kind != Some(HandleKind::Share) {
+                if kind() != Some(HandleKind::Share) {
                     return Err(Errno::EBADF);
                 }
                 let pages = pages as usize;
@@ -551,7 +556,7 @@ impl Host {
             Request::Unmap(id) => self.model(handle, model::Request::Unmap(id)),
             Request::Cancel(id) => {
                 let mut state = lock(&self.inner.state);
-                match kind {
+                match state.hypervisor.handle(handle).map(|(_, kind)| kind) {
                     Some(HandleKind::Share) => state.hypervisor.cancel_share(handle, id)?,
                     Some(HandleKind::Map) => state.hypervisor.cancel_mapping(handle, id)?,
                     _ => return Err(Errno::EBADF),
@@ -563,7 +568,7 @@ impl Host {
 
     /// A request the model answers with `Done` or a port.
     fn model(&self, handle: HandleId, request: model::Request<'_, GrantedMemory>) -> Answer {
-        Ok(reply(lock(&self.inner.state).request(handle, request)?))
+        reply(lock(&self.inner.state).request(handle, request)?)
     }
 
     fn map(
@@ -614,10 +619,12 @@ impl Host {
 }
 
 /// The wire's reply for the model's `Done` or port.
-fn reply(done: model::Reply<GrantedMemory>) -> Reply<PassedFile> {
-    match done {
-        model::Reply::Port(port) => Reply::Port(port),
-        _ => Reply::Done,
+fn reply(reply: model::Reply<GrantedMemory>) -> Answer {
+    match reply {
+        model::Reply::Done => Ok(Reply::Done),
+        model::Reply::Port(port) => Ok(Reply::Port(port)),
+        // Shares and mappings take their own paths, which pass their files.
+        model::Reply::Shared { .. } | model::Reply::Mapped { .. } => Err(Errno::EPROTO),
     }
 }
 
