@@ -10,6 +10,7 @@
 //! `http-client unix:///run/http.sock`, or, in another Xen domain (or under `xensim run`),
 //! `http-client vchan://5/http /file --parallel 8`. The Xen platform comes from the environment
 //! (`Xen::from_env`). Errors: one line on stderr, exit status 1.
+#![forbid(unsafe_code)]
 
 use std::io::Write;
 use std::process::ExitCode;

@@ -15,6 +15,7 @@
 //! It prints one line to stderr once it listens (`http-server: listening on ENDPOINT`, with the
 //! port a `tcp://...:0` endpoint was given) and runs until SIGINT or SIGTERM, then withdraws
 //! what it published and exits 0. Errors: one line on stderr, exit status 1.
+#![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 use std::sync::Arc;

@@ -46,7 +46,7 @@ impl std::error::Error for OpenError {}
 /// Open a Xen device node read-write and close-on-exec, with `extra_flags` (such as
 /// `O_NONBLOCK`). A missing device or driver is an `io::Error` of kind `NotFound` whose message
 /// names the path.
-pub fn open_device(path: &Path, extra_flags: c_int) -> io::Result<OwnedFd> {
+fn open_device(path: &Path, extra_flags: c_int) -> io::Result<OwnedFd> {
     std::fs::OpenOptions::new()
         .read(true)
         .write(true)

@@ -57,11 +57,10 @@ pub unsafe trait SharedMemory: Send + Sync {
         }
     }
 
-    /// Whether the region was mapped writable (true unless the implementor says otherwise).
-    /// [`region`](Self::region) of a read-only one is a view that refuses stores.
-    fn is_writable(&self) -> bool {
-        true
-    }
+    /// Whether the region was mapped writable: part of the contract above, so each implementor
+    /// says it (there is no default). [`region`](Self::region) of a read-only one is a view that
+    /// refuses stores.
+    fn is_writable(&self) -> bool;
 }
 
 /// Pages this domain shares with another; exposes the grant refs the peer needs to map them.

@@ -334,6 +334,10 @@ unsafe impl SharedMemory for GntshrPages {
     fn len(&self) -> usize {
         self.map.len()
     }
+    fn is_writable(&self) -> bool {
+        // The sharer's own mapping: it fills the pages, whatever the grantee may do.
+        true
+    }
 }
 
 impl SharedPages for GntshrPages {

@@ -1,1 +1,2 @@
 //! Cross-crate and interop tests live in `tests/`.
+#![forbid(unsafe_code)]

@@ -1,10 +1,10 @@
 //! The cross-process front-end's client side: device handles of a simulated domain, each one
-//! connection to the host (`xensim serve`; see [`crate::wire`] for the protocol).
+//! connection to the host (`xensim serve`; the crate's private `wire` module is the protocol).
 //!
 //! [`XensimEvtchn`] plays `/dev/xen/evtchn`, [`XensimGnt`] gntalloc (sharing) or gntdev
 //! (mapping), [`HostControl`] the toolstack's privileged interface. Granted memory arrives as
 //! memfds the host passes over the socket; a mapping is stitched from them page by page, and a
-//! read-only one is made from a read-only description (see [`crate::memory`]).
+//! read-only one is made from a read-only description of the memfd.
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -15,13 +15,12 @@ use std::sync::{Arc, Mutex};
 use evtchn::EventChannel;
 use gnttab::{GrantMap, GrantShare, SharedMemory, SharedPages, UnmapNotify};
 use nix::errno::Errno;
-use nix::sys::socket::MsgFlags;
 use xen_types::{DomId, GrantRef, Port, PAGE_SIZE};
 
 use crate::lock;
 use crate::memory::Region;
-use crate::model::{Stats, MAX_PAGES_PER_CALL};
-use crate::wire::{self, env_config, op};
+use crate::model::{HandleKind, Stats, MAX_PAGES_PER_CALL};
+use crate::wire::{self, env_config, FilePage, Hello, Notify, Reply, Request};
 
 fn host_gone() -> io::Error {
     io::Error::new(
@@ -30,10 +29,10 @@ fn host_gone() -> io::Error {
     )
 }
 
-fn short_reply() -> io::Error {
+fn bad_reply(what: impl std::fmt::Display) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidData,
-        "short reply from the xensim host",
+        format!("malformed reply from the xensim host: {what}"),
     )
 }
 
@@ -65,7 +64,7 @@ fn gone_if_hung_up(e: io::Error) -> io::Error {
 
 /// One connection to the simulated hypervisor: a device handle's life line.
 #[derive(Debug)]
-pub struct HostConn {
+pub(crate) struct HostConn {
     sock: OwnedFd,
     /// Serialises request/reply pairs from several threads.
     calls: Mutex<()>,
@@ -73,13 +72,13 @@ pub struct HostConn {
 }
 
 impl HostConn {
-    /// Connect to the host in `dir` as `domid`, opening a handle of `kind` (see [`op`]), with
-    /// `fds` attached to the greeting.
-    pub fn connect(
+    /// Connect to the host in `dir` as `domid`, opening a handle of `kind` (an event-channel
+    /// handle gives the host the other end of its event socket, `events`).
+    fn connect(
         dir: &Path,
         domid: DomId,
-        kind: u32,
-        fds: &[BorrowedFd<'_>],
+        kind: HandleKind,
+        events: Option<BorrowedFd<'_>>,
     ) -> io::Result<HostConn> {
         let path = dir.join(wire::HOST_SOCKET);
         let sock = wire::seqpacket_connect(&path).map_err(|e| {
@@ -96,7 +95,15 @@ impl HostConn {
             calls: Mutex::new(()),
             domid,
         };
-        match conn.call_with_fds(&[op::HELLO, kind, u32::from(domid.0)], fds) {
+        let hello = Hello {
+            domid,
+            kind,
+            events,
+        };
+        let greeted = wire::send_hello(conn.sock.as_fd(), &hello)
+            .map_err(gone_if_hung_up)
+            .and_then(|()| conn.answer(wire::ReplyKind::Done));
+        match greeted {
             Ok(_) => Ok(conn),
             Err(e) if e.raw_os_error() == Some(Errno::ESRCH as i32) => Err(io::Error::new(
                 io::ErrorKind::NotFound,
@@ -110,40 +117,37 @@ impl HostConn {
     }
 
     /// The domain this connection speaks for.
-    pub fn domid(&self) -> DomId {
+    fn domid(&self) -> DomId {
         self.domid
     }
 
-    /// Send a request that has no reply ([`op::has_reply`] is false for it), allocating nothing.
-    pub fn send_one_way(&self, request: &[u32]) -> io::Result<()> {
-        debug_assert!(request.first().is_some_and(|&op| !op::has_reply(op)));
-        wire::send_small(self.sock.as_fd(), request, MsgFlags::empty()).map_err(gone_if_hung_up)
+    /// Send a request that has no reply (notify, unmask), allocating nothing.
+    fn send_one_way(&self, request: &Request) -> io::Result<()> {
+        debug_assert!(request.reply_kind().is_none());
+        wire::send_one_way(self.sock.as_fd(), request).map_err(gone_if_hung_up)
     }
 
-    /// Send a request and wait for its reply; returns the reply's values (after the status).
-    pub fn call(&self, request: &[u32]) -> io::Result<Vec<u32>> {
-        Ok(self.call_with_fds(request, &[])?.0)
-    }
-
-    /// Send a request with descriptors attached; returns the reply's values and descriptors.
-    pub fn call_with_fds(
-        &self,
-        request: &[u32],
-        fds: &[BorrowedFd<'_>],
-    ) -> io::Result<(Vec<u32>, Vec<OwnedFd>)> {
+    /// Send a request and wait for its reply; an errno answer is the error.
+    fn call(&self, request: &Request) -> io::Result<Reply<OwnedFd>> {
+        let kind = request.reply_kind().ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "a one-way request has no reply",
+            )
+        })?;
         let _serial = lock(&self.calls);
-        wire::send_msg(self.sock.as_fd(), request, fds).map_err(gone_if_hung_up)?;
-        let (mut words, fds) = wire::recv_msg(self.sock.as_fd())?.ok_or_else(host_gone)?;
-        match words.first() {
-            Some(0) => {
-                words.remove(0);
-                Ok((words, fds))
-            }
-            Some(&errno) => Err(io::Error::from_raw_os_error(errno as i32)),
-            None => Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "empty reply from the xensim host",
-            )),
+        wire::send_request(self.sock.as_fd(), request).map_err(gone_if_hung_up)?;
+        self.answer(kind)
+    }
+
+    /// Receive and decode the answer to a request whose reply is of `kind`.
+    fn answer(&self, kind: wire::ReplyKind) -> io::Result<Reply<OwnedFd>> {
+        let mut buf = wire::MsgBuf::new();
+        let msg = wire::recv(self.sock.as_fd(), &mut buf)?.ok_or_else(host_gone)?;
+        match wire::decode_answer(kind, msg.bytes, msg.truncated, msg.fds) {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(code)) => Err(code.into()),
+            Err(malformed) => Err(bad_reply(malformed)),
         }
     }
 }
@@ -154,8 +158,16 @@ impl AsFd for HostConn {
     }
 }
 
-fn one(values: Vec<u32>) -> io::Result<u32> {
-    values.first().copied().ok_or_else(short_reply)
+/// The error for a reply of another kind than the request's: the decoder never makes one.
+fn mismatched() -> io::Error {
+    bad_reply("a reply of another kind")
+}
+
+fn port(reply: Reply<OwnedFd>) -> io::Result<Port> {
+    match reply {
+        Reply::Port(port) => Ok(port),
+        _ => Err(mismatched()),
+    }
 }
 
 /// An event-channel handle on the simulated host (`/dev/xen/evtchn` for one process).
@@ -173,7 +185,7 @@ impl XensimEvtchn {
     /// Open a handle as `domid` on the host in `dir`.
     pub fn open(dir: &Path, domid: DomId) -> io::Result<XensimEvtchn> {
         let (mine, theirs) = wire::seqpacket_pair()?;
-        let conn = HostConn::connect(dir, domid, op::KIND_EVENTS, &[theirs.as_fd()])?;
+        let conn = HostConn::connect(dir, domid, HandleKind::Events, Some(theirs.as_fd()))?;
         drop(theirs);
         Ok(XensimEvtchn {
             conn,
@@ -212,7 +224,7 @@ impl XensimEvtchn {
     /// non-blocking, when this fails with `WouldBlock` as `read` on `/dev/xen/evtchn` does);
     /// without, `Ok(None)` when nothing is pending.
     pub fn take_event(&self, block: bool) -> io::Result<Option<Port>> {
-        Ok(wire::recv_word(self.events.as_fd(), block)?.map(Port))
+        wire::recv_event(self.events.as_fd(), block)
     }
 }
 
@@ -220,24 +232,25 @@ impl EventChannel for XensimEvtchn {
     fn bind_unbound_port(&self, remote: DomId) -> io::Result<Port> {
         self.remember(
             self.conn
-                .call(&[op::EV_BIND_UNBOUND, u32::from(remote.0)])
-                .and_then(one)
-                .map(Port),
+                .call(&Request::BindUnbound { remote })
+                .and_then(port),
         )
     }
 
     fn bind_interdomain(&self, remote: DomId, remote_port: Port) -> io::Result<Port> {
         self.remember(
             self.conn
-                .call(&[op::EV_BIND_INTERDOMAIN, u32::from(remote.0), remote_port.0])
-                .and_then(one)
-                .map(Port),
+                .call(&Request::BindInterdomain {
+                    remote,
+                    remote_port,
+                })
+                .and_then(port),
         )
     }
 
     fn notify(&self, port: Port) -> io::Result<()> {
         let port = self.bound(port)?;
-        self.conn.send_one_way(&[op::EV_NOTIFY, port.0])
+        self.conn.send_one_way(&Request::Notify(port))
     }
 
     fn pending(&self) -> io::Result<Option<Port>> {
@@ -247,14 +260,14 @@ impl EventChannel for XensimEvtchn {
     fn unmask(&self, port: Port) -> io::Result<()> {
         // The Linux driver ignores an unmask of a port the handle has not bound.
         match self.bound(port) {
-            Ok(port) => self.conn.send_one_way(&[op::EV_UNMASK, port.0]),
+            Ok(port) => self.conn.send_one_way(&Request::Unmask(port)),
             Err(_) => Ok(()),
         }
     }
 
     fn unbind(&self, port: Port) -> io::Result<()> {
         let port = self.bound(port)?;
-        self.conn.call(&[op::EV_UNBIND, port.0])?;
+        self.conn.call(&Request::Unbind(port))?;
         lock(&self.bound).retain(|&p| p != port);
         Ok(())
     }
@@ -266,14 +279,18 @@ impl AsFd for XensimEvtchn {
     }
 }
 
-fn encode_notify(notify: Option<UnmapNotify>, len: usize) -> io::Result<[u32; 2]> {
+/// The wire's notification for a region of `len` bytes: `EINVAL` for a byte outside it.
+fn wire_notify(notify: Option<UnmapNotify>, len: usize) -> io::Result<Notify> {
     let notify = notify.unwrap_or_default();
-    let offset = match notify.clear_byte {
-        None => op::NO_OFFSET,
-        Some(b) if b < len => b as u32,
+    let clear_byte = match notify.clear_byte {
+        None => None,
+        Some(b) if b < len => Some(u32::try_from(b).map_err(|_| Errno::EINVAL)?),
         Some(_) => return Err(Errno::EINVAL.into()),
     };
-    Ok([offset, notify.event.map_or(0, |p| p.0)])
+    Ok(Notify {
+        clear_byte,
+        event: notify.event,
+    })
 }
 
 /// A grant handle on the simulated host: `xengntshr` (sharing) or `xengnttab` (mapping).
@@ -286,14 +303,14 @@ impl XensimGnt {
     /// Open a grant-sharing handle (gntalloc) as `domid` on the host in `dir`.
     pub fn open_sharer(dir: &Path, domid: DomId) -> io::Result<XensimGnt> {
         Ok(XensimGnt {
-            conn: Arc::new(HostConn::connect(dir, domid, op::KIND_SHARE, &[])?),
+            conn: Arc::new(HostConn::connect(dir, domid, HandleKind::Share, None)?),
         })
     }
 
     /// Open a grant-mapping handle (gntdev) as `domid` on the host in `dir`.
     pub fn open_mapper(dir: &Path, domid: DomId) -> io::Result<XensimGnt> {
         Ok(XensimGnt {
-            conn: Arc::new(HostConn::connect(dir, domid, op::KIND_MAP, &[])?),
+            conn: Arc::new(HostConn::connect(dir, domid, HandleKind::Map, None)?),
         })
     }
 
@@ -345,17 +362,18 @@ impl Drop for XensimShared {
     fn drop(&mut self) {
         // A share whose pages we never mapped is cancelled: its notification never took effect.
         // The host forgets the share when the connection closes anyway; nothing to report.
-        let op = if self.region.is_some() {
-            op::GNT_UNSHARE
+        let request = if self.region.is_some() {
+            Request::Unshare(self.id)
         } else {
-            op::GNT_CANCEL
+            Request::Cancel(self.id)
         };
-        let _ = self.conn.call(&[op, self.id]);
+        let _ = self.conn.call(&request);
     }
 }
 
-// SAFETY: the region is mapped read-write for `len` bytes, page-aligned, until `self` is dropped
-// (a share is only handed out with its region).
+#[allow(unsafe_code)] // The trait's contract is the implementor's promise.
+                      // SAFETY: the region is mapped read-write for `len` bytes, page-aligned, until `self` is dropped
+                      // (a share is only handed out with its region).
 unsafe impl SharedMemory for XensimShared {
     fn as_ptr(&self) -> NonNull<u8> {
         self.region
@@ -364,6 +382,10 @@ unsafe impl SharedMemory for XensimShared {
     }
     fn len(&self) -> usize {
         self.region.as_ref().map_or(0, |r| r.len())
+    }
+    fn is_writable(&self) -> bool {
+        // The sharer's own mapping: it fills the pages, whatever the grantee may do.
+        true
     }
 }
 
@@ -397,19 +419,20 @@ impl Drop for XensimMapping {
     fn drop(&mut self) {
         // Unmap first, then tell the host: its notification must come after our last access. A
         // mapping that never got its memory is cancelled, without its notification.
-        let op = match self.region.as_mut() {
+        let request = match self.region.as_mut() {
             Some(region) => {
                 region.unmap();
-                op::GNT_UNMAP
+                Request::Unmap(self.id)
             }
-            None => op::GNT_CANCEL,
+            None => Request::Cancel(self.id),
         };
-        let _ = self.conn.call(&[op, self.id]);
+        let _ = self.conn.call(&request);
     }
 }
 
-// SAFETY: the region is mapped (read-only unless writable was asked) for `len` bytes,
-// page-aligned, until `self` is dropped (a mapping is only handed out with its region).
+#[allow(unsafe_code)] // The trait's contract is the implementor's promise.
+                      // SAFETY: the region is mapped (read-only unless writable was asked) for `len` bytes,
+                      // page-aligned, until `self` is dropped (a mapping is only handed out with its region).
 unsafe impl SharedMemory for XensimMapping {
     fn as_ptr(&self) -> NonNull<u8> {
         self.region
@@ -437,33 +460,31 @@ impl GrantShare for XensimGnt {
         if count == 0 || count > MAX_PAGES_PER_CALL {
             return Err(Errno::EINVAL.into());
         }
-        let [offset, port] = encode_notify(notify, count * PAGE_SIZE)?;
-        let (values, fds) = self.conn.call_with_fds(
-            &[
-                op::GNT_SHARE,
-                u32::from(domid.0),
-                count as u32,
-                u32::from(writable),
-                offset,
-                port,
-            ],
-            &[],
-        )?;
-        let (&id, refs) = values.split_first().ok_or_else(short_reply)?;
+        let request = Request::Share {
+            grantee: domid,
+            pages: count as u32,
+            writable,
+            notify: wire_notify(notify, count * PAGE_SIZE)?,
+        };
+        let Reply::Shared { id, refs, memory } = self.conn.call(&request)? else {
+            return Err(mismatched());
+        };
         // From here on dropping `share` ends the grants at the host.
         let mut share = XensimShared {
             conn: Arc::clone(&self.conn),
             id,
             region: None,
-            refs: refs.iter().map(|&r| GrantRef(r)).collect(),
+            refs,
         };
-        let file = fds.first().ok_or_else(short_reply)?;
         if share.refs.len() != count {
-            return Err(short_reply());
+            return Err(bad_reply(format!(
+                "{} refs for {count} pages",
+                share.refs.len()
+            )));
         }
         // The sharer's own mapping is always writable: it fills the pages.
         let pages: Vec<(usize, usize)> = (0..count).map(|page| (0, page)).collect();
-        share.region = Some(Region::map_files(&pages, |_| Ok(file.as_fd()), true)?);
+        share.region = Some(Region::map_files(&pages, |_| Ok(memory.as_fd()), true)?);
         Ok(share)
     }
 }
@@ -481,31 +502,39 @@ impl GrantMap for XensimGnt {
         if refs.is_empty() || refs.len() > MAX_PAGES_PER_CALL {
             return Err(Errno::EINVAL.into());
         }
-        let [offset, port] = encode_notify(notify, refs.len() * PAGE_SIZE)?;
-        let mut request = vec![
-            op::GNT_MAP,
-            u32::from(domid.0),
-            u32::from(writable),
-            offset,
-            port,
-        ];
-        request.extend(refs.iter().map(|r| r.0));
-        let (values, files) = self.conn.call_with_fds(&request, &[])?;
-        let (&id, placement) = values.split_first().ok_or_else(short_reply)?;
+        let request = Request::Map {
+            granter: domid,
+            writable,
+            notify: wire_notify(notify, refs.len() * PAGE_SIZE)?,
+            refs: refs.to_vec(),
+        };
+        let Reply::Mapped { id, pages, files } = self.conn.call(&request)? else {
+            return Err(mismatched());
+        };
         let mut mapping = XensimMapping {
             conn: Arc::clone(&self.conn),
             id,
             region: None,
             writable,
         };
-        if placement.len() != 2 * refs.len() {
-            return Err(short_reply());
+        if pages.len() != refs.len() {
+            return Err(bad_reply(format!(
+                "{} pages for {} refs",
+                pages.len(),
+                refs.len()
+            )));
         }
-        let pages: Vec<(usize, usize)> = placement
-            .chunks_exact(2)
-            .map(|c| (c[0] as usize, c[1] as usize))
+        let pages: Vec<(usize, usize)> = pages
+            .iter()
+            .map(|&FilePage { file, page }| (file as usize, page as usize))
             .collect();
-        let file_of = |i: usize| files.get(i).map(|f| f.as_fd()).ok_or_else(short_reply);
+        // The decoder checked every file index against the files passed.
+        let file_of = |i: usize| {
+            files
+                .get(i)
+                .map(|f| f.as_fd())
+                .ok_or_else(|| bad_reply(format!("a page in file {i}, never passed")))
+        };
         mapping.region = Some(Region::map_files(&pages, file_of, writable)?);
         Ok(mapping)
     }
@@ -521,46 +550,34 @@ impl HostControl {
     /// Connect to the host in `dir` as dom0.
     pub fn connect(dir: &Path) -> io::Result<HostControl> {
         Ok(HostControl {
-            conn: HostConn::connect(dir, DomId::DOM0, op::KIND_CONTROL, &[])?,
+            conn: HostConn::connect(dir, DomId::DOM0, HandleKind::Control, None)?,
         })
     }
 
     /// Create domain `domid` (`EEXIST` if it exists).
     pub fn create_domain(&self, domid: DomId) -> io::Result<()> {
-        self.conn
-            .call(&[op::DOMAIN_CREATE, u32::from(domid.0)])
-            .map(drop)
+        self.conn.call(&Request::CreateDomain(domid)).map(drop)
     }
 
     /// Destroy domain `domid`: its processes are killed, their handles reclaimed and their unmap
     /// notifications carried out (`ESRCH` if it does not exist).
     pub fn destroy_domain(&self, domid: DomId) -> io::Result<()> {
-        self.conn
-            .call(&[op::DOMAIN_DESTROY, u32::from(domid.0)])
-            .map(drop)
+        self.conn.call(&Request::DestroyDomain(domid)).map(drop)
     }
 
     /// Whether domain `domid` exists.
     pub fn domain_exists(&self, domid: DomId) -> io::Result<bool> {
-        Ok(self
-            .conn
-            .call(&[op::DOMAIN_EXISTS, u32::from(domid.0)])?
-            .first()
-            == Some(&1))
+        match self.conn.call(&Request::DomainExists(domid))? {
+            Reply::Exists(exists) => Ok(exists),
+            _ => Err(mismatched()),
+        }
     }
 
     /// What the host holds now.
     pub fn stats(&self) -> io::Result<Stats> {
-        let v = self.conn.call(&[op::STATS])?;
-        let [domains, handles, ports, grants, mappings, ..] = v[..] else {
-            return Err(short_reply());
-        };
-        Ok(Stats {
-            domains,
-            handles,
-            ports,
-            grants,
-            mappings,
-        })
+        match self.conn.call(&Request::Stats)? {
+            Reply::Stats(stats) => Ok(stats),
+            _ => Err(mismatched()),
+        }
     }
 }

@@ -4,7 +4,7 @@
 //! A [`SimHypervisor`] holds the [`Hypervisor`] model; each handle opened from it
 //! ([`SimEvtchn`], [`SimGnt`]) is one handle of the model, closed when the last clone of it is
 //! dropped, exactly as a process's device file is. Granted memory and mappings are those of the
-//! cross-process host ([`crate::memory`]): refs from separate shares are stitched into one
+//! cross-process host (the crate's `memory`): refs from separate shares are stitched into one
 //! mapping, and a read-only mapping is really read-only. An event-channel handle's pollable fd
 //! is an eventfd, readable while its queue of delivered ports is not empty.
 
@@ -377,13 +377,18 @@ impl GrantMap for SimGnt {
     }
 }
 
-// SAFETY: the region is mapped read-write for `len` bytes, page-aligned, until `self` is dropped.
+#[allow(unsafe_code)] // The trait's contract is the implementor's promise.
+                      // SAFETY: the region is mapped read-write for `len` bytes, page-aligned, until `self` is dropped.
 unsafe impl SharedMemory for SimShared {
     fn as_ptr(&self) -> NonNull<u8> {
         self.region.ptr()
     }
     fn len(&self) -> usize {
         self.region.len()
+    }
+    fn is_writable(&self) -> bool {
+        // The sharer's own mapping: it fills the pages, whatever the grantee may do.
+        true
     }
 }
 
@@ -393,8 +398,9 @@ impl SharedPages for SimShared {
     }
 }
 
-// SAFETY: the region is mapped (read-only unless writable was asked) for `len` bytes,
-// page-aligned, until `self` is dropped.
+#[allow(unsafe_code)] // The trait's contract is the implementor's promise.
+                      // SAFETY: the region is mapped (read-only unless writable was asked) for `len` bytes,
+                      // page-aligned, until `self` is dropped.
 unsafe impl SharedMemory for SimMapping {
     fn as_ptr(&self) -> NonNull<u8> {
         self.region.ptr()
@@ -528,6 +534,7 @@ mod tests {
         assert!(!mapping.region().is_writable(), "its view refuses stores");
         // SAFETY: changes only the protection of the mapping this test owns; on success the test
         // fails before anything writes through it.
+        #[allow(unsafe_code)]
         let made_writable = unsafe {
             mprotect(
                 mapping.as_ptr().cast(),

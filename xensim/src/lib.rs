@@ -8,10 +8,11 @@
 //! - [`host`] and [`client`]: the cross-process front-end. [`Host`] serves the model on a Unix
 //!   socket (`xensim serve`); [`XensimEvtchn`] and [`XensimGnt`] are a process's device handles,
 //!   each one connection, so a dying process's handles close and the host reclaims them; the
-//!   stand-in `libxenevtchn`/`libxengnttab` put C programs on it. [`wire`] is their protocol,
-//!   [`process`] how the host names and kills a process safely.
-//! - [`memory`]: granted memory (memfds) and mappings stitched from it, read-only when asked,
-//!   for both front-ends.
+//!   stand-in `libxenevtchn`/`libxengnttab` put C programs on it. Private to the crate: `wire`,
+//!   their protocol (typed requests and replies, encoded and decoded in one place), and
+//!   `process`, how the host names and kills a process safely.
+//! - `memory` (private): granted memory (memfds) and mappings stitched from it, read-only when
+//!   asked, for both front-ends.
 //! - [`toolstack`]: creating and destroying a domain (hypervisor, xenstore home, introduce and
 //!   release), once for both.
 //!
@@ -40,6 +41,8 @@
 //! assert_eq!(xen.stats().grants, 2);
 //! ```
 
+#![deny(unsafe_code)]
+
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 // The cross-process front-end passes memfds: not under Miri, which has none.
@@ -48,12 +51,19 @@ pub mod client;
 #[cfg(not(miri))]
 pub mod host;
 pub mod inproc;
-pub mod memory;
+// Mappings at chosen addresses, and (under Miri) the heap block standing in for a memfd.
+#[allow(unsafe_code)]
+mod memory;
 pub mod model;
+// pidfd_open and pidfd_send_signal, which nix does not wrap.
 #[cfg(not(miri))]
-pub mod process;
+#[allow(unsafe_code)]
+mod process;
 pub mod toolstack;
-pub mod wire;
+// Under Miri only the environment's names are used: the sockets belong to the cross-process
+// front-end.
+#[cfg_attr(miri, allow(dead_code))]
+mod wire;
 
 #[cfg(not(miri))]
 pub use client::{HostControl, XensimEvtchn, XensimGnt, XensimMapping, XensimShared};

@@ -189,11 +189,6 @@ mod imp {
             self.len
         }
 
-        /// Never: a region has at least one page.
-        pub fn is_empty(&self) -> bool {
-            self.len == 0
-        }
-
         /// Leave the range mapped when this is dropped: for a caller (the C `xengntshr_close`)
         /// whose user may already have unmapped it with plain `munmap`.
         pub fn keep_mapped(&mut self) {
@@ -324,14 +319,6 @@ mod imp {
         pub fn len(&self) -> usize {
             self.len
         }
-
-        /// Never: a region has at least one page.
-        pub fn is_empty(&self) -> bool {
-            self.len == 0
-        }
-
-        /// Nothing to keep: the heap block lives while it is referenced.
-        pub fn keep_mapped(&mut self) {}
 
         /// Nothing to unmap.
         pub fn unmap(&mut self) {}

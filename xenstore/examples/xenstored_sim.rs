@@ -5,6 +5,7 @@
 //! cargo run -p xenstore --example xenstored_sim -- /tmp/xs
 //! XENSTORED_PATH=/tmp/xs/dom0.sock xenstore-ls /
 //! ```
+#![forbid(unsafe_code)]
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -4,6 +4,7 @@
 //! ```text
 //! vchan-bench [--bytes SIZE] [--ring SIZE] [--chunk SIZE] [--duplex]
 //! ```
+#![forbid(unsafe_code)]
 
 use std::io::{Read, Write};
 use std::process::ExitCode;

@@ -11,6 +11,7 @@
 //!
 //! The platform is chosen at run time: the simulated host when `XENSIM_DIR` is set (as under
 //! `xensim run`), else real Xen when its devices can be opened.
+#![forbid(unsafe_code)]
 
 use std::io::{self, Read, Write};
 use std::process::ExitCode;

@@ -2,6 +2,7 @@
 //!
 //! It finds the daemon the way libxenstore does: `$XENSTORED_PATH`, else
 //! `$XENSTORED_RUNDIR/socket` (default `/var/run/xenstored/socket`), else the xenbus device.
+#![forbid(unsafe_code)]
 
 use std::io::Write;
 use std::os::unix::fs::FileTypeExt;

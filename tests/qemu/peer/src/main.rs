@@ -24,6 +24,7 @@
 //! established it (the owner xenstored gave the request), and echoes each until the client's
 //! half-close; the caller makes COUNT connections at once, sends FILE on each, half-closes and
 //! compares the echo.
+#![forbid(unsafe_code)]
 
 mod devices;
 
