@@ -88,7 +88,7 @@ impl AsyncStream {
             #[cfg(feature = "tls")]
             AsyncStream::Tls(tls) => match &**tls {
                 AsyncTls::Ready(stream) => stream.get_ref().0.poll_drained(cx),
-                AsyncTls::Accepting(_) | AsyncTls::Failed => Poll::Ready(Ok(())),
+                AsyncTls::Accepting { .. } | AsyncTls::Failed => Poll::Ready(Ok(())),
             },
         }
     }
@@ -99,7 +99,13 @@ impl AsyncStream {
 pub(crate) enum AsyncTls {
     /// An accepted connection whose handshake its first read or write drives, so that a slow
     /// client never holds up the listener.
-    Accepting(tokio_rustls::Accept<AsyncStream>),
+    Accepting {
+        accept: tokio_rustls::Accept<AsyncStream>,
+        /// How long the handshake may take from its first poll.
+        timeout: std::time::Duration,
+        /// Armed at the first poll.
+        deadline: Option<crate::deadline::Deadline>,
+    },
     /// Handshake done.
     Ready(tokio_rustls::TlsStream<AsyncStream>),
     /// The handshake failed (the error went to whoever drove it).
@@ -108,20 +114,41 @@ pub(crate) enum AsyncTls {
 
 #[cfg(feature = "tls")]
 impl AsyncTls {
-    /// The established stream, driving an accepted connection's handshake first.
+    /// The established stream, driving an accepted connection's handshake first (failing it
+    /// with `TimedOut` once its deadline has passed).
     fn poll_ready(
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<&mut tokio_rustls::TlsStream<AsyncStream>>> {
         use std::future::Future;
-        if let AsyncTls::Accepting(accept) = self {
-            match Pin::new(accept).poll(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok(stream)) => *self = AsyncTls::Ready(stream.into()),
-                Poll::Ready(Err(e)) => {
-                    *self = AsyncTls::Failed;
-                    return Poll::Ready(Err(e));
+        if let AsyncTls::Accepting {
+            accept,
+            timeout,
+            deadline,
+        } = self
+        {
+            let failed = match Pin::new(accept).poll(cx) {
+                Poll::Ready(Ok(stream)) => {
+                    *self = AsyncTls::Ready(stream.into());
+                    None
                 }
+                Poll::Ready(Err(e)) => Some(e),
+                Poll::Pending => {
+                    let timeout = *timeout;
+                    match deadline
+                        .get_or_insert_with(|| crate::deadline::Deadline::after(timeout))
+                        .poll_expired(cx)
+                    {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(Ok(())) => Some(crate::tls::handshake_timed_out(timeout)),
+                        Poll::Ready(Err(e)) => Some(e),
+                    }
+                }
+            };
+            if let Some(e) = failed {
+                // Dropping the handshake closes the transport.
+                *self = AsyncTls::Failed;
+                return Poll::Ready(Err(e));
             }
         }
         match self {
@@ -131,6 +158,70 @@ impl AsyncTls {
                 "the TLS handshake failed",
             ))),
         }
+    }
+}
+
+/// Sends `close_notify` (unless `shutdown()` did) and whatever records are still queued, as
+/// far as the transport takes them at once: a drop cannot wait, so with the transport full (a
+/// peer that does not read) the peer may still see an unexpected end. Errors are ignored.
+#[cfg(feature = "tls")]
+impl Drop for AsyncTls {
+    fn drop(&mut self) {
+        let AsyncTls::Ready(stream) = self else {
+            return;
+        };
+        match stream {
+            tokio_rustls::TlsStream::Client(s) => {
+                let (io, session) = s.get_mut();
+                send_close_notify_now(io, session);
+            }
+            tokio_rustls::TlsStream::Server(s) => {
+                let (io, session) = s.get_mut();
+                send_close_notify_now(io, session);
+            }
+        }
+    }
+}
+
+/// Queue `close_notify` and write what the session has queued without waiting.
+#[cfg(feature = "tls")]
+fn send_close_notify_now<Data>(io: &mut AsyncStream, session: &mut rustls::ConnectionCommon<Data>) {
+    session.send_close_notify();
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    let mut now = WithoutWaiting { io, cx: &mut cx };
+    while session.wants_write() {
+        match session.write_tls(&mut now) {
+            Ok(n) if n > 0 => {}
+            _ => return,
+        }
+    }
+}
+
+/// An async transport as a `Write` that never waits: `Pending` is `WouldBlock`.
+#[cfg(feature = "tls")]
+struct WithoutWaiting<'a, 'b> {
+    io: &'a mut AsyncStream,
+    cx: &'a mut Context<'b>,
+}
+
+#[cfg(feature = "tls")]
+impl io::Write for WithoutWaiting<'_, '_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match Pin::new(&mut *self.io).poll_write(self.cx, buf) {
+            Poll::Ready(outcome) => outcome,
+            Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        match Pin::new(&mut *self.io).poll_write_vectored(self.cx, bufs) {
+            Poll::Ready(outcome) => outcome,
+            Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 
@@ -179,8 +270,10 @@ impl AsyncWrite for AsyncStream {
         }
     }
 
-    /// Gathers on every transport: rustls hands its queued records over this way (a vchan
-    /// copies several small slices into one write).
+    /// Gathers on every transport: rustls hands its queued records over this way. A vchan
+    /// copies the slices into its ring one after another, while they fit, with no buffer in
+    /// between: the count is of whole slices and then part of the one the ring filled on, and
+    /// `Pending` only if nothing fit.
     fn poll_write_vectored(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -190,28 +283,7 @@ impl AsyncWrite for AsyncStream {
             AsyncStream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             AsyncStream::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             #[cfg(feature = "vchan")]
-            AsyncStream::Vchan(v) => {
-                let mut slices = bufs.iter().filter(|b| !b.is_empty());
-                match (slices.next(), slices.next()) {
-                    (None, _) => Poll::Ready(Ok(0)),
-                    (Some(only), None) => {
-                        each_async!(&mut **v, s => Pin::new(s).poll_write(cx, only))
-                    }
-                    _ => {
-                        const GATHER: usize = 64 * 1024;
-                        let total: usize = bufs.iter().map(|b| b.len()).sum();
-                        let mut joined = Vec::with_capacity(total.min(GATHER));
-                        for b in bufs {
-                            let room = GATHER - joined.len();
-                            joined.extend_from_slice(&b[..b.len().min(room)]);
-                            if joined.len() == GATHER {
-                                break;
-                            }
-                        }
-                        each_async!(&mut **v, s => Pin::new(s).poll_write(cx, &joined))
-                    }
-                }
-            }
+            AsyncStream::Vchan(v) => each_async!(&mut **v, s => write_in_turn(s, cx, bufs)),
             #[cfg(feature = "tls")]
             AsyncStream::Tls(t) => on_tls!(t, cx, s => Pin::new(s).poll_write_vectored(cx, bufs)),
         }
@@ -245,10 +317,37 @@ impl AsyncWrite for AsyncStream {
     }
 }
 
+/// Write `bufs` to a vchan one slice after another while they fit; see
+/// `AsyncStream::poll_write_vectored`. Once something is written, a full ring or an error ends
+/// the write with what was written (an error comes again on the next write).
+#[cfg(feature = "vchan")]
+fn write_in_turn<W: AsyncWrite + Unpin>(
+    vchan: &mut W,
+    cx: &mut Context<'_>,
+    bufs: &[io::IoSlice<'_>],
+) -> Poll<io::Result<usize>> {
+    let mut written = 0;
+    for buf in bufs.iter().filter(|b| !b.is_empty()) {
+        match Pin::new(&mut *vchan).poll_write(cx, buf) {
+            Poll::Ready(Ok(n)) => {
+                written += n;
+                if n < buf.len() {
+                    break;
+                }
+            }
+            Poll::Ready(Err(e)) if written == 0 => return Poll::Ready(Err(e)),
+            Poll::Pending if written == 0 => return Poll::Pending,
+            Poll::Ready(Err(_)) | Poll::Pending => break,
+        }
+    }
+    Poll::Ready(Ok(written))
+}
+
 /// A connected byte stream over any transport, for tokio: `AsyncRead + AsyncWrite`;
 /// `shutdown()` is the half-close (the peer reads end-of-stream, this end can still read; over
-/// TLS it sends `close_notify` first). A TLS connection should end with `shutdown()`: dropping
-/// it closes the transport without `close_notify`, which the peer reads as an unexpected end.
+/// TLS it sends `close_notify` first). Dropping a TLS connection sends `close_notify` if the
+/// transport takes it at once (a drop cannot wait): end with `shutdown()` to be sure the peer
+/// reads a clean end of stream rather than an unexpected one.
 pub struct AsyncConnection {
     stream: AsyncStream,
     peer: Peer,
@@ -281,6 +380,20 @@ impl AsyncConnection {
             },
             _ => None,
         }
+    }
+
+    /// Complete the TLS handshake now (a no-op for a plain connection or a done handshake): an
+    /// accepted connection otherwise completes it on its first read or write. Fails with
+    /// `TimedOut` if the client does not complete it within the listener's
+    /// [handshake timeout](ListenOptions::handshake_timeout); after a failure every read and
+    /// write fails.
+    #[cfg(feature = "tls")]
+    pub async fn handshake(&mut self) -> io::Result<()> {
+        std::future::poll_fn(|cx| match &mut self.stream {
+            AsyncStream::Tls(tls) => tls.poll_ready(cx).map_ok(drop),
+            _ => Poll::Ready(Ok(())),
+        })
+        .await
     }
 
     /// Wait until the peer has read everything written. Over vchan this waits for the peer to
@@ -380,7 +493,8 @@ impl fmt::Debug for AsyncConnection {
 impl Connector {
     /// Connect to `endpoint` without blocking the runtime (a vchan connect, which may wait for
     /// its server, runs on tokio's blocking pool). A `tls+` endpoint needs a configuration
-    /// given with [`Connector::tls`], and completes its handshake before this returns.
+    /// given with [`Connector::tls`], and completes its handshake before this returns (within
+    /// the handshake timeout, kept without the runtime's timer).
     pub async fn connect_async(&self, endpoint: &Endpoint) -> Result<AsyncConnection> {
         if !endpoint.tls {
             return self.connect_plain_async(endpoint).await;
@@ -394,10 +508,14 @@ impl Connector {
                 peer,
                 _slot,
             } = self.connect_plain_async(endpoint).await?;
-            let stream = connector
-                .connect(server_name.clone(), stream)
-                .await
-                .map_err(|e| crate::blocking::tls_error(endpoint, e))?;
+            let timeout = self.tls_handshake_timeout();
+            let stream = crate::deadline::within(
+                timeout,
+                connector.connect(server_name.clone(), stream),
+                || crate::tls::handshake_timed_out(timeout),
+            )
+            .await
+            .map_err(|e| crate::blocking::tls_error(endpoint, e))?;
             Ok(AsyncConnection {
                 stream: AsyncStream::Tls(Box::new(AsyncTls::Ready(stream.into()))),
                 peer,
@@ -459,8 +577,9 @@ pub struct AsyncListener {
     /// For vchan: this domain's id, when it could be read at bind.
     #[cfg(feature = "vchan")]
     local_domain: Option<DomId>,
+    /// For `tls+`: the acceptor and the handshake timeout.
     #[cfg(feature = "tls")]
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<(tokio_rustls::TlsAcceptor, std::time::Duration)>,
     /// For a service: closes (its sender dropped) once the rendezvous thread has removed what
     /// it published.
     #[cfg(feature = "vchan")]
@@ -498,11 +617,14 @@ impl AsyncListener {
     pub async fn bind_with(endpoint: &Endpoint, options: ListenOptions) -> Result<AsyncListener> {
         #[cfg(feature = "tls")]
         let tls = match endpoint.tls {
-            true => Some(tokio_rustls::TlsAcceptor::from(
-                options
-                    .tls
-                    .clone()
-                    .ok_or_else(|| crate::blocking::no_tls_config(endpoint))?,
+            true => Some((
+                tokio_rustls::TlsAcceptor::from(
+                    options
+                        .tls
+                        .clone()
+                        .ok_or_else(|| crate::blocking::no_tls_config(endpoint))?,
+                ),
+                options.tls_handshake_timeout(),
             )),
             false => None,
         };
@@ -667,9 +789,11 @@ impl AsyncListener {
 
     /// Wait for the next connection, and say who it is from. Over TLS the handshake is left to
     /// the connection's first read or write (in its own task, as a server runs it), so that a
-    /// slow client never holds up the next. Cancel-safe for TCP, Unix sockets
-    /// and services (a connection is never lost by dropping the future); for an integer vchan
-    /// port, a cancelled accept may lose the client that was connecting at that moment.
+    /// slow client never holds up the next; from then it has the
+    /// [handshake timeout](ListenOptions::handshake_timeout) to complete. Cancel-safe for TCP,
+    /// Unix sockets and services (a connection is never lost by dropping the future); for an
+    /// integer vchan port, a cancelled accept may lose the client that was connecting at that
+    /// moment.
     pub async fn accept(&self) -> Result<(AsyncConnection, Peer)> {
         let name = || self.endpoint.to_string();
         let io_error = |source| ConduitError::Io {
@@ -731,16 +855,18 @@ impl AsyncListener {
         };
         #[cfg(feature = "tls")]
         let connection = match &self.tls {
-            Some(acceptor) => {
+            Some((acceptor, timeout)) => {
                 let AsyncConnection {
                     stream,
                     peer,
                     _slot,
                 } = connection;
                 AsyncConnection {
-                    stream: AsyncStream::Tls(Box::new(AsyncTls::Accepting(
-                        acceptor.accept(stream),
-                    ))),
+                    stream: AsyncStream::Tls(Box::new(AsyncTls::Accepting {
+                        accept: acceptor.accept(stream),
+                        timeout: *timeout,
+                        deadline: None,
+                    })),
                     peer,
                     _slot,
                 }
@@ -782,5 +908,83 @@ impl fmt::Debug for AsyncListener {
         f.debug_struct("AsyncListener")
             .field("endpoint", &self.endpoint.to_string())
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(all(test, feature = "vchan"))]
+mod tests {
+    use super::*;
+
+    /// A ring with `room` bytes free; then full, or (`gone`) its peer gone.
+    struct Ring {
+        room: usize,
+        got: Vec<u8>,
+        gone: bool,
+    }
+
+    impl AsyncWrite for Ring {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let n = buf.len().min(self.room);
+            match n {
+                0 if self.gone => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+                0 => return Poll::Pending,
+                _ => {}
+            }
+            self.room -= n;
+            self.got.extend_from_slice(&buf[..n]);
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    fn write(room: usize, gone: bool) -> (Poll<io::Result<usize>>, Vec<u8>) {
+        let mut ring = Ring {
+            room,
+            got: Vec::new(),
+            gone,
+        };
+        let slices = [&b"abc"[..], b"", b"defg", b"hijkl"].map(io::IoSlice::new);
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let outcome = write_in_turn(&mut ring, &mut cx, &slices);
+        (outcome, ring.got)
+    }
+
+    #[test]
+    fn a_vectored_write_to_a_vchan_takes_the_slices_in_turn_while_they_fit() {
+        // All fit.
+        let (outcome, got) = write(100, false);
+        assert!(matches!(outcome, Poll::Ready(Ok(12))), "{outcome:?}");
+        assert_eq!(got, b"abcdefghijkl");
+        // The ring fills in the middle of a slice: that much, counted once.
+        let (outcome, got) = write(5, false);
+        assert!(matches!(outcome, Poll::Ready(Ok(5))), "{outcome:?}");
+        assert_eq!(got, b"abcde");
+        // It fills exactly at the end of a slice: the next finds it full, and what was written
+        // is reported, not `Pending`.
+        let (outcome, got) = write(7, false);
+        assert!(matches!(outcome, Poll::Ready(Ok(7))), "{outcome:?}");
+        assert_eq!(got, b"abcdefg");
+        // Nothing fits: `Pending`.
+        let (outcome, got) = write(0, false);
+        assert!(outcome.is_pending(), "{outcome:?}");
+        assert!(got.is_empty());
+        // The peer has gone before anything was written: the error.
+        let (outcome, _) = write(0, true);
+        assert!(matches!(outcome, Poll::Ready(Err(_))), "{outcome:?}");
+        // It went after some was: what was written (the next write meets the error).
+        let (outcome, got) = write(7, true);
+        assert!(matches!(outcome, Poll::Ready(Ok(7))), "{outcome:?}");
+        assert_eq!(got, b"abcdefg");
     }
 }

@@ -74,6 +74,37 @@ impl Stream {
             Stream::Tls(s) => s.shutdown_write(),
         }
     }
+
+    /// Bound each blocking read (`None`: wait for ever). Only TLS's handshake sets one, on the
+    /// transport under it.
+    #[cfg(feature = "tls")]
+    pub(crate) fn set_read_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_read_timeout(timeout),
+            Stream::Unix(s) => s.set_read_timeout(timeout),
+            #[cfg(feature = "vchan")]
+            Stream::Vchan(s) => {
+                s.set_read_timeout(timeout);
+                Ok(())
+            }
+            Stream::Tls(_) => Err(io::Error::from(io::ErrorKind::Unsupported)),
+        }
+    }
+
+    /// Bound each blocking write (`None`: wait for ever), as `set_read_timeout`.
+    #[cfg(feature = "tls")]
+    pub(crate) fn set_write_timeout(&self, timeout: Option<Duration>) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_write_timeout(timeout),
+            Stream::Unix(s) => s.set_write_timeout(timeout),
+            #[cfg(feature = "vchan")]
+            Stream::Vchan(s) => {
+                s.set_write_timeout(timeout);
+                Ok(())
+            }
+            Stream::Tls(_) => Err(io::Error::from(io::ErrorKind::Unsupported)),
+        }
+    }
 }
 
 /// Every transport reads and writes through a shared reference (one reader thread and one
@@ -150,8 +181,9 @@ impl Connection {
     /// (a plain libxenvchan peer sees the end only when the connection is dropped). Over TLS it
     /// sends `close_notify`, then shuts down the transport's writing side.
     ///
-    /// A TLS connection should end this way: dropping it closes the transport without
-    /// `close_notify`, which the peer reads as an unexpected end rather than end-of-stream.
+    /// Dropping a TLS connection sends `close_notify` too (unless this did), so its peer reads
+    /// a clean end of stream either way; the drop waits for room in the transport at most the
+    /// handshake timeout.
     pub fn shutdown_write(&self) -> io::Result<()> {
         self.stream.shutdown_write()
     }
@@ -188,7 +220,9 @@ impl Connection {
 
     /// Complete the TLS handshake now (a no-op for a plain connection or a done handshake).
     /// An accepted TLS connection otherwise completes it on its first read or write, so that
-    /// a slow client never holds up [`Listener::accept`].
+    /// a slow client never holds up [`Listener::accept`]. A client that does not complete it
+    /// within the listener's [handshake timeout](ListenOptions::handshake_timeout) fails it
+    /// with `TimedOut`; after a failure every read and write fails.
     #[cfg(feature = "tls")]
     pub fn handshake(&self) -> io::Result<()> {
         match &self.stream {
@@ -268,6 +302,11 @@ impl fmt::Debug for Connection {
 /// How long a vchan connect waits for its server, by default.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a TLS handshake may take, by default, on either side
+/// ([`Connector::handshake_timeout`], [`ListenOptions::handshake_timeout`]).
+#[cfg(feature = "tls")]
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Opens connections; holds what a name cannot say (the Xen platform, timeouts, TLS).
 #[derive(Debug, Clone)]
 pub struct Connector {
@@ -276,6 +315,8 @@ pub struct Connector {
     timeout: Duration,
     #[cfg(feature = "tls")]
     tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
+    #[cfg(feature = "tls")]
+    handshake_timeout: Duration,
 }
 
 impl Default for Connector {
@@ -286,7 +327,8 @@ impl Default for Connector {
 
 impl Connector {
     /// Defaults: the Xen platform from the environment ([`Xen::from_env`]) when a vchan
-    /// endpoint is used, and [`DEFAULT_CONNECT_TIMEOUT`].
+    /// endpoint is used, [`DEFAULT_CONNECT_TIMEOUT`], and (feature `tls`)
+    /// `DEFAULT_HANDSHAKE_TIMEOUT`.
     pub fn new() -> Connector {
         Connector {
             #[cfg(feature = "vchan")]
@@ -294,6 +336,8 @@ impl Connector {
             timeout: DEFAULT_CONNECT_TIMEOUT,
             #[cfg(feature = "tls")]
             tls: None,
+            #[cfg(feature = "tls")]
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
         }
     }
 
@@ -358,6 +402,22 @@ impl Connector {
         self
     }
 
+    /// How long the TLS handshake of a `tls+` endpoint may take once the transport is
+    /// connected ([`DEFAULT_HANDSHAKE_TIMEOUT`] unless set): a server that never answers fails
+    /// [`connect`](Connector::connect) with [`ConduitError::Tls`] of kind `TimedOut` instead of
+    /// holding it for ever.
+    #[cfg(feature = "tls")]
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Connector {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// The handshake timeout of `tls+` endpoints.
+    #[cfg(all(feature = "tls", feature = "tokio"))]
+    pub(crate) fn tls_handshake_timeout(&self) -> Duration {
+        self.handshake_timeout
+    }
+
     /// The TLS configuration for `tls+` endpoints, or the error that says there is none.
     #[cfg(feature = "tls")]
     pub(crate) fn tls_config(
@@ -392,7 +452,8 @@ impl Connector {
     }
 
     /// Connect to `endpoint`. A `tls+` endpoint needs a configuration given with
-    /// [`Connector::tls`] (feature `tls`), and completes its handshake before this returns.
+    /// [`Connector::tls`] (feature `tls`), and completes its handshake before this returns
+    /// (within the handshake timeout).
     pub fn connect(&self, endpoint: &Endpoint) -> Result<Connection> {
         if !endpoint.tls {
             return self.connect_plain(endpoint);
@@ -407,7 +468,7 @@ impl Connector {
                 peer,
                 _slot,
             } = self.connect_plain(endpoint)?;
-            let tls = TlsStream::new(session.into(), stream);
+            let tls = TlsStream::new(session.into(), stream, self.handshake_timeout);
             tls.handshake().map_err(|e| tls_error(endpoint, e))?;
             Ok(Connection {
                 stream: Stream::Tls(Box::new(tls)),
@@ -606,11 +667,15 @@ pub struct ListenOptions {
     pub(crate) service: ServiceOptions,
     #[cfg(feature = "tls")]
     pub(crate) tls: Option<Arc<rustls::ServerConfig>>,
+    /// `None`: [`DEFAULT_HANDSHAKE_TIMEOUT`].
+    #[cfg(feature = "tls")]
+    pub(crate) handshake_timeout: Option<Duration>,
 }
 
 impl ListenOptions {
     /// The defaults: the Xen platform from the environment, any domain allowed for
-    /// `vchan://*/SERVICE`, 128 pending requests, a 10 s request timeout, 64 KiB rings.
+    /// `vchan://*/SERVICE`, 128 pending requests, a 10 s request timeout, 64 KiB rings, a 10 s
+    /// TLS handshake timeout.
     pub fn new() -> ListenOptions {
         ListenOptions::default()
     }
@@ -621,6 +686,23 @@ impl ListenOptions {
     pub fn tls(mut self, config: Arc<rustls::ServerConfig>) -> ListenOptions {
         self.tls = Some(config);
         self
+    }
+
+    /// How long an accepted TLS connection's handshake may take from its start (its first read
+    /// or write) ([`DEFAULT_HANDSHAKE_TIMEOUT`] unless set). A client that sends nothing, or
+    /// too little, then fails that read or write with `TimedOut`, and whatever it held (a
+    /// server's place, an integer port's one connection) is freed when the connection is
+    /// dropped.
+    #[cfg(feature = "tls")]
+    pub fn handshake_timeout(mut self, timeout: Duration) -> ListenOptions {
+        self.handshake_timeout = Some(timeout);
+        self
+    }
+
+    /// The handshake timeout of accepted TLS connections.
+    #[cfg(feature = "tls")]
+    pub(crate) fn tls_handshake_timeout(&self) -> Duration {
+        self.handshake_timeout.unwrap_or(DEFAULT_HANDSHAKE_TIMEOUT)
     }
 
     /// Use this Xen platform.
@@ -676,8 +758,9 @@ impl Drop for SlotGuard {
 pub struct Listener {
     endpoint: Endpoint,
     kind: ListenerKind,
+    /// The TLS configuration and the handshake timeout of `tls+` endpoints.
     #[cfg(feature = "tls")]
-    tls: Option<Arc<rustls::ServerConfig>>,
+    tls: Option<(Arc<rustls::ServerConfig>, Duration)>,
 }
 
 enum ListenerKind {
@@ -716,7 +799,10 @@ impl Listener {
     pub fn bind_with(endpoint: &Endpoint, options: ListenOptions) -> Result<Listener> {
         #[cfg(feature = "tls")]
         let tls = match endpoint.tls {
-            true => Some(options.tls.clone().ok_or_else(|| no_tls_config(endpoint))?),
+            true => Some((
+                options.tls.clone().ok_or_else(|| no_tls_config(endpoint))?,
+                options.tls_handshake_timeout(),
+            )),
             false => None,
         };
         #[cfg(not(feature = "tls"))]
@@ -848,14 +934,18 @@ impl Listener {
         };
         #[cfg(feature = "tls")]
         let stream = match &self.tls {
-            Some(config) => {
+            Some((config, handshake_timeout)) => {
                 let session = rustls::ServerConnection::new(Arc::clone(config)).map_err(|e| {
                     tls_error(
                         &self.endpoint,
                         io::Error::new(io::ErrorKind::InvalidInput, e),
                     )
                 })?;
-                Stream::Tls(Box::new(TlsStream::new(session.into(), stream)))
+                Stream::Tls(Box::new(TlsStream::new(
+                    session.into(),
+                    stream,
+                    *handshake_timeout,
+                )))
             }
             None => stream,
         };

@@ -62,10 +62,16 @@
 //! DNS name, so the server name the client expects is always explicit. A client completes the
 //! handshake when it connects (a refused certificate is [`ConduitError`]`::Tls`, with rustls'
 //! reason); an accepted connection completes it on its first read or write, so a slow client
-//! never holds up the listener. A `tls+` name without a configuration is
-//! [`ConduitError::Unsupported`]. End a TLS connection with `shutdown_write`/`shutdown()`
-//! (`close_notify`, then the transport's half-close). `tls` brings tokio-rustls, which names
-//! the tokio crate without its runtime.
+//! never holds up the listener. Either side's handshake must complete within its handshake
+//! timeout (`Connector::handshake_timeout`, `ListenOptions::handshake_timeout`, 10 s by
+//! default), so a peer that sends nothing fails with `TimedOut` instead of holding a connection
+//! for ever; the async API keeps these deadlines without tokio's timer, so a runtime built
+//! without `enable_time` works too. A `tls+` name without a configuration is
+//! [`ConduitError::Unsupported`]. `shutdown_write`/`shutdown()` sends `close_notify`, then
+//! half-closes the transport; dropping a connection sends `close_notify` as well (the blocking
+//! API waits for room in the transport at most the handshake timeout; the async one cannot
+//! wait, and sends it only if the transport takes it at once). `tls` brings tokio-rustls, which
+//! names the tokio crate without its runtime.
 //!
 //! ## `hyper`
 //! `HyperConnector`: a hyper-util client connector (`tower_service::Service<http::Uri>`) over
@@ -88,6 +94,8 @@
 #[cfg(feature = "tokio")]
 mod asynch;
 mod blocking;
+#[cfg(all(feature = "tokio", feature = "tls"))]
+mod deadline;
 mod endpoint;
 mod error;
 #[cfg(feature = "hyper")]
@@ -105,6 +113,8 @@ mod xen;
 pub use asynch::AsyncVchanStream;
 #[cfg(feature = "tokio")]
 pub use asynch::{connect_async, AsyncConnection, AsyncListener};
+#[cfg(feature = "tls")]
+pub use blocking::DEFAULT_HANDSHAKE_TIMEOUT;
 pub use blocking::{
     connect, Connection, Connector, ListenOptions, Listener, Peer, DEFAULT_CONNECT_TIMEOUT,
 };

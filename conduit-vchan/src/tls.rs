@@ -10,10 +10,16 @@
 //!
 //! Locks are always taken in the order `inbox` (reading), `outbox` (writing), `session`, and the
 //! session's lock is never held across I/O on the transport.
+//!
+//! The handshake has a deadline: every read and write it makes on the transport is bounded by
+//! the time left (the transport's own timeouts, cleared once it is over), so a peer that sends
+//! nothing, or a byte now and then, cannot hold the connection for ever. Dropping the stream
+//! sends `close_notify` unless [`TlsStream::shutdown_write`] did.
 
 use std::io::{self, Read, Write};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use crate::blocking::Stream;
 
@@ -22,6 +28,14 @@ const RECORD: usize = 16 * 1024 + 2048;
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The error of a handshake that took longer than `timeout`.
+pub(crate) fn handshake_timed_out(timeout: Duration) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!("the handshake did not complete within {timeout:?}"),
+    )
 }
 
 /// A TLS session over a transport.
@@ -34,6 +48,11 @@ pub(crate) struct TlsStream {
     outbox: Mutex<Outbox>,
     /// The handshake is complete: reading and writing may proceed independently.
     handshaken: AtomicBool,
+    /// The handshake failed (its error went to whoever drove it): nothing more can be done.
+    failed: AtomicBool,
+    /// How long the handshake may take, from its start; also how long a drop waits for room
+    /// to send `close_notify`.
+    handshake_timeout: Duration,
 }
 
 struct Inbox {
@@ -51,8 +70,12 @@ struct Outbox {
 
 impl TlsStream {
     /// Wrap `transport` in `session`. Nothing is sent until [`TlsStream::handshake`] or the first
-    /// read or write.
-    pub(crate) fn new(session: rustls::Connection, transport: Stream) -> TlsStream {
+    /// read or write; from then the handshake has `handshake_timeout` to complete.
+    pub(crate) fn new(
+        session: rustls::Connection,
+        transport: Stream,
+        handshake_timeout: Duration,
+    ) -> TlsStream {
         TlsStream {
             transport,
             session: Mutex::new(session),
@@ -63,6 +86,8 @@ impl TlsStream {
             }),
             outbox: Mutex::new(Outbox::default()),
             handshaken: AtomicBool::new(false),
+            failed: AtomicBool::new(false),
+            handshake_timeout,
         }
     }
 
@@ -72,7 +97,8 @@ impl TlsStream {
     }
 
     /// Complete the handshake, if it is not yet done: a peer whose certificate the
-    /// configuration refuses fails here, with rustls' reason.
+    /// configuration refuses fails here, with rustls' reason; a peer that does not complete it
+    /// within the handshake timeout, with `TimedOut`. After a failure every call fails.
     pub(crate) fn handshake(&self) -> io::Result<()> {
         // ORDERING: Acquire pairs with the Release below: a thread that sees the handshake done
         // also sees the session state it left (the session's mutex orders it anyway).
@@ -85,36 +111,26 @@ impl TlsStream {
         if self.handshaken.load(Ordering::Acquire) {
             return Ok(());
         }
+        // ORDERING: Relaxed: set and read under the locks held here.
+        if self.failed.load(Ordering::Relaxed) {
+            return Err(io::Error::new(
+                io::ErrorKind::NotConnected,
+                "the TLS handshake failed",
+            ));
+        }
         // Both directions are held: the session may do I/O on the transport itself.
-        let mut transport = &self.transport;
-        while session.is_handshaking() {
-            let (read, written) = match session.complete_io(&mut transport) {
-                Ok(progress) => progress,
-                Err(e) => {
-                    // complete_io makes one last write for the alert that says why; the queue
-                    // may hold more than one write takes (a ChangeCipherSpec before it). Send
-                    // all, so the peer learns the reason rather than seeing the connection end.
-                    while session.wants_write() {
-                        if session.write_tls(&mut transport).is_err() {
-                            break;
-                        }
-                    }
-                    return Err(e);
-                }
-            };
-            if read == 0 && written == 0 && session.is_handshaking() {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the peer closed the connection during the TLS handshake",
-                ));
-            }
+        let mut transport = Bounded::new(&self.transport, self.handshake_timeout);
+        let outcome = drive_handshake(&mut session, &mut transport);
+        // The deadline was the handshake's: from here on the transport waits as long as it takes.
+        let cleared = transport.clear();
+        let outcome = outcome.and(cleared);
+        match &outcome {
+            // ORDERING: Release pairs with the Acquire loads above.
+            Ok(()) => self.handshaken.store(true, Ordering::Release),
+            // ORDERING: Relaxed: read under the locks held here.
+            Err(_) => self.failed.store(true, Ordering::Relaxed),
         }
-        while session.wants_write() {
-            session.write_tls(&mut transport)?;
-        }
-        // ORDERING: Release pairs with the Acquire loads above.
-        self.handshaken.store(true, Ordering::Release);
-        Ok(())
+        outcome
     }
 
     /// Read plaintext: what the session holds, else what the next records bring. `Ok(0)` after
@@ -204,5 +220,147 @@ impl TlsStream {
         let sent = (&self.transport).write_all(&outbox.records);
         outbox.records.clear();
         sent
+    }
+}
+
+/// Sends `close_notify` unless [`TlsStream::shutdown_write`] did, so that the peer reads a clean
+/// end of stream (rustls reports an unexpected end otherwise), and everything written before it.
+/// It waits for room in the transport at most the handshake timeout (a peer that does not read
+/// cannot hold the drop for ever); errors are ignored: the peer may be gone.
+impl Drop for TlsStream {
+    fn drop(&mut self) {
+        let outbox = self
+            .outbox
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
+        if !*self.handshaken.get_mut() || outbox.closed {
+            return;
+        }
+        let session = self
+            .session
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
+        session.send_close_notify();
+        while session.wants_write() {
+            if session.write_tls(&mut outbox.records).is_err() {
+                return;
+            }
+        }
+        // The transport closes right after: its timeout needs no clearing.
+        let _ = Bounded::new(&self.transport, self.handshake_timeout).write_all(&outbox.records);
+    }
+}
+
+/// Drive the handshake to its end over `transport`.
+fn drive_handshake(
+    session: &mut rustls::Connection,
+    transport: &mut Bounded<'_>,
+) -> io::Result<()> {
+    while session.is_handshaking() {
+        let (read, written) = match session.complete_io(transport) {
+            Ok(progress) => progress,
+            Err(e) => {
+                // complete_io makes one last write for the alert that says why; the queue may
+                // hold more than one write takes (a ChangeCipherSpec before it). Send all, so the
+                // peer learns the reason rather than seeing the connection end.
+                while session.wants_write() {
+                    if session.write_tls(transport).is_err() {
+                        break;
+                    }
+                }
+                return Err(e);
+            }
+        };
+        if read == 0 && written == 0 && session.is_handshaking() {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the peer closed the connection during the TLS handshake",
+            ));
+        }
+    }
+    while session.wants_write() {
+        session.write_tls(transport)?;
+    }
+    Ok(())
+}
+
+/// The transport with each read and write bounded by the time left until a deadline: its read
+/// and write timeouts are set to that before each, and an expiry is the deadline's error.
+struct Bounded<'a> {
+    transport: &'a Stream,
+    timeout: Duration,
+    /// `None`: no deadline (a timeout too long to add to the clock).
+    deadline: Option<Instant>,
+}
+
+impl<'a> Bounded<'a> {
+    /// `timeout` from now.
+    fn new(transport: &'a Stream, timeout: Duration) -> Bounded<'a> {
+        Bounded {
+            transport,
+            timeout,
+            deadline: Instant::now().checked_add(timeout),
+        }
+    }
+
+    /// Bound the next operation by the time left: `set` is the transport's read or write
+    /// timeout.
+    fn arm(&self, set: fn(&Stream, Option<Duration>) -> io::Result<()>) -> io::Result<()> {
+        let Some(deadline) = self.deadline else {
+            return Ok(());
+        };
+        match deadline.saturating_duration_since(Instant::now()) {
+            left if left.is_zero() => Err(handshake_timed_out(self.timeout)),
+            left => set(self.transport, Some(left)),
+        }
+    }
+
+    /// An operation's outcome, its timeout read as the deadline's (sockets report an expired
+    /// timeout as `WouldBlock`, a vchan as `TimedOut`).
+    fn outcome<T>(&self, outcome: io::Result<T>) -> io::Result<T> {
+        match outcome {
+            Err(e)
+                if self.deadline.is_some()
+                    && matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+            {
+                Err(handshake_timed_out(self.timeout))
+            }
+            outcome => outcome,
+        }
+    }
+
+    /// Leave the transport without timeouts.
+    fn clear(&self) -> io::Result<()> {
+        if self.deadline.is_none() {
+            return Ok(());
+        }
+        self.transport.set_read_timeout(None)?;
+        self.transport.set_write_timeout(None)
+    }
+}
+
+impl Read for Bounded<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.arm(Stream::set_read_timeout)?;
+        self.outcome((&*self.transport).read(buf))
+    }
+}
+
+impl Write for Bounded<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.arm(Stream::set_write_timeout)?;
+        self.outcome((&*self.transport).write(buf))
+    }
+
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        self.arm(Stream::set_write_timeout)?;
+        self.outcome((&*self.transport).write_vectored(bufs))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }

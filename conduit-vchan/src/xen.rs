@@ -159,6 +159,18 @@ impl VchanStream {
         each!(self, v => v.shutdown_write())
     }
 
+    /// Bound each blocking read: see [`Vchan::set_read_timeout`].
+    #[cfg(feature = "tls")]
+    pub(crate) fn set_read_timeout(&self, timeout: Option<std::time::Duration>) {
+        each!(self, v => v.set_read_timeout(timeout))
+    }
+
+    /// Bound each blocking write: see [`Vchan::set_write_timeout`].
+    #[cfg(feature = "tls")]
+    pub(crate) fn set_write_timeout(&self, timeout: Option<std::time::Duration>) {
+        each!(self, v => v.set_write_timeout(timeout))
+    }
+
     /// Bytes ready to read now.
     pub fn data_ready(&self) -> Result<usize, VchanError> {
         each!(self, v => v.data_ready())

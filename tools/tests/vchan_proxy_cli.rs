@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::Duration;
 
@@ -47,6 +47,7 @@ fn help_documents_every_option_with_examples_and_version_answers() {
         "--key",
         "--ca",
         "--server-name",
+        "--handshake-timeout",
         "--quiet",
         "--version",
         "Examples:",
@@ -98,6 +99,28 @@ fn bad_arguments_are_one_line_and_status_2() {
         (
             &["tcp://127.0.0.1:0", "tcp://127.0.0.1:1", "--ca", "x"][..],
             "for tls+ endpoints",
+        ),
+        (
+            &[
+                "tcp://127.0.0.1:0",
+                "tcp://127.0.0.1:1",
+                "--handshake-timeout",
+                "5",
+            ][..],
+            "for tls+ endpoints",
+        ),
+        (
+            &[
+                "tls+tcp://127.0.0.1:0",
+                "tcp://127.0.0.1:1",
+                "--cert",
+                "c",
+                "--key",
+                "k",
+                "--handshake-timeout",
+                "0",
+            ][..],
+            "above 0 seconds",
         ),
         (
             &[
@@ -300,33 +323,66 @@ impl Drop for TempDir {
     }
 }
 
+/// An authority, a server certificate for "api.guest5.invalid" and a client certificate, as
+/// PEM files in a directory removed on drop.
+struct Pki {
+    _dir: TempDir,
+    ca: rcgen::Certificate,
+    ca_pem: String,
+    server_cert: String,
+    server_key: String,
+    client_cert: String,
+    client_key: String,
+}
+
+impl Pki {
+    fn new(test: &str) -> Pki {
+        let dir = TempDir(
+            std::env::temp_dir().join(format!("vchan-proxy-{test}-{}", std::process::id())),
+        );
+        std::fs::create_dir_all(&dir.0).unwrap();
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca.self_signed(&ca_key).unwrap();
+        let issue = |name: &str| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let cert = rcgen::CertificateParams::new(vec![name.to_owned()])
+                .unwrap()
+                .signed_by(&key, &ca, &ca_key)
+                .unwrap();
+            (cert.pem(), key.serialize_pem())
+        };
+        let file = |name: &str, text: &str| {
+            let path = dir.0.join(name);
+            std::fs::write(&path, text).unwrap();
+            path.to_string_lossy().into_owned()
+        };
+        let ca_pem = file("ca.pem", &ca.pem());
+        let (server_cert, server_key) = issue("api.guest5.invalid");
+        let (client_cert, client_key) = issue("dom0.invalid");
+        Pki {
+            ca_pem,
+            server_cert: file("s.pem", &server_cert),
+            server_key: file("s.key", &server_key),
+            client_cert: file("c.pem", &client_cert),
+            client_key: file("c.key", &client_key),
+            ca,
+            _dir: dir,
+        }
+    }
+}
+
 #[test]
 fn two_proxies_put_tls_between_plain_programs_with_certificates_from_pem_files() {
-    let dir = TempDir(std::env::temp_dir().join(format!("vchan-proxy-tls-{}", std::process::id())));
-    std::fs::create_dir_all(&dir.0).unwrap();
-    // An authority, a server certificate for "api.guest5.invalid", a client certificate.
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca = ca.self_signed(&ca_key).unwrap();
-    let issue = |name: &str| {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec![name.to_owned()])
-            .unwrap()
-            .signed_by(&key, &ca, &ca_key)
-            .unwrap();
-        (cert.pem(), key.serialize_pem())
-    };
-    let file = |name: &str, text: &str| {
-        let path = dir.0.join(name);
-        std::fs::write(&path, text).unwrap();
-        path.to_string_lossy().into_owned()
-    };
-    let ca_pem = file("ca.pem", &ca.pem());
-    let (server_cert, server_key) = issue("api.guest5.invalid");
-    let (client_cert, client_key) = issue("dom0.invalid");
-    let (server_cert, server_key) = (file("s.pem", &server_cert), file("s.key", &server_key));
-    let (client_cert, client_key) = (file("c.pem", &client_cert), file("c.key", &client_key));
+    let Pki {
+        ca_pem,
+        server_cert,
+        server_key,
+        client_cert,
+        client_key,
+        ..
+    } = &Pki::new("tls");
 
     let (port, server) = reverse_server();
     // In front of the plain server: TLS, clients checked against the authority.
@@ -334,11 +390,11 @@ fn two_proxies_put_tls_between_plain_programs_with_certificates_from_pem_files()
         "tls+tcp://127.0.0.1:0",
         &format!("tcp://127.0.0.1:{port}"),
         "--cert",
-        &server_cert,
+        server_cert,
         "--key",
-        &server_key,
+        server_key,
         "--ca",
-        &ca_pem,
+        ca_pem,
     ]);
     let tls_address = tls_front.address();
     // A plain port that speaks TLS onwards, presenting the client certificate.
@@ -346,13 +402,13 @@ fn two_proxies_put_tls_between_plain_programs_with_certificates_from_pem_files()
         "tcp://127.0.0.1:0",
         &format!("tls+tcp://{tls_address}"),
         "--ca",
-        &ca_pem,
+        ca_pem,
         "--server-name",
         "api.guest5.invalid",
         "--cert",
-        &client_cert,
+        client_cert,
         "--key",
-        &client_key,
+        client_key,
     ]);
     let plain_address = plain_front.address();
     // A name the certificate does not carry is refused at start, in one line.
@@ -362,7 +418,7 @@ fn two_proxies_put_tls_between_plain_programs_with_certificates_from_pem_files()
             "tcp://127.0.0.1:0",
             &format!("tls+tcp://{tls_address}"),
             "--ca",
-            &ca_pem,
+            ca_pem,
             "--server-name",
             "other.invalid",
         ],
@@ -383,6 +439,70 @@ fn two_proxies_put_tls_between_plain_programs_with_certificates_from_pem_files()
     server.join().unwrap();
     plain_front.stop();
     tls_front.stop();
+}
+
+/// Regression for a client that connected to a tls+ LISTEN and sent nothing: it held its place
+/// under --max-connections for ever, and with `--max-connections 1` nobody else got through.
+#[test]
+fn a_client_that_never_completes_its_tls_handshake_is_dropped_and_frees_its_place() {
+    let pki = Pki::new("silent");
+    let (port, server) = reverse_server();
+    let proxy = Proxy::start(&[
+        "tls+tcp://127.0.0.1:0",
+        &format!("tcp://127.0.0.1:{port}"),
+        "--cert",
+        &pki.server_cert,
+        "--key",
+        &pki.server_key,
+        "--max-connections",
+        "1",
+        "--handshake-timeout",
+        "2",
+    ]);
+    let address = proxy.address();
+    // A client that connects and says nothing takes the one place.
+    let mut silent = TcpStream::connect(&address).unwrap();
+    silent.set_read_timeout(Some(LIMIT)).unwrap();
+    proxy.line_with("#1 open: tcp://127.0.0.1:");
+
+    // An honest client waits in the backlog until the silent one is dropped, then gets through.
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki.ca.der().clone()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = conduit_vchan::Connector::new()
+        .tls(
+            Arc::new(config),
+            rustls::pki_types::ServerName::try_from("api.guest5.invalid").unwrap(),
+        )
+        .handshake_timeout(LIMIT);
+    let target: conduit_vchan::Endpoint = format!("tls+tcp://{address}").parse().unwrap();
+    let mut honest = connector.connect(&target).unwrap();
+    honest.write_all(b"stressed").unwrap();
+    honest.shutdown_write().unwrap();
+    let mut answer = Vec::new();
+    honest.read_to_end(&mut answer).unwrap();
+    assert_eq!(answer, b"desserts");
+    server.join().unwrap();
+
+    // The silent client was closed, without reaching the target; the log says why.
+    assert_eq!(silent.read(&mut [0; 16]).unwrap(), 0);
+    let close = proxy.line_with("#1 close after");
+    assert!(
+        close.contains("0 bytes to the target and 0 back: TLS with tcp://127.0.0.1:"),
+        "{close}"
+    );
+    assert!(
+        close.ends_with("the handshake did not complete within 2s"),
+        "{close}"
+    );
+    proxy.line_with("#2 open: tcp://127.0.0.1:");
+    proxy.stop();
 }
 
 #[test]

@@ -57,6 +57,8 @@ domain), each optionally after tls+. DOMAIN is a domain id or name.
 
 The simulated host is used when XENSIM_DIR is set (as under `xensim run`), else real Xen.
 Each connection logs one line on standard error when it opens and one when it closes.
+A client of a tls+ LISTEN that has not completed its handshake within --handshake-timeout
+(10 s) is dropped; it never reaches TARGET.
 SIGINT or SIGTERM withdraws the listener, closes every connection and exits 0.
 On real Xen each vchan connection LISTEN serves holds grants of the gntalloc device (1024 in
 all by default; 33 per connection with 64 KiB rings): size --max-connections and --ring-size
@@ -114,12 +116,17 @@ struct Cli {
     /// required for other transports, which have no host name).
     #[arg(long, value_name = "NAME")]
     server_name: Option<String>,
+    /// How long a TLS handshake may take: a client of a tls+ LISTEN that has not completed its
+    /// handshake by then is dropped and frees its place under --max-connections; a tls+ TARGET
+    /// that has not, fails its connection (default 10).
+    #[arg(long, value_name = "SECS", value_parser = parse_timeout)]
+    handshake_timeout: Option<Duration>,
     /// Log errors only: no line per connection.
     #[arg(short, long)]
     quiet: bool,
 }
 
-/// A connect timeout: some seconds, more than none.
+/// A timeout: some seconds, more than none.
 fn parse_timeout(text: &str) -> Result<Duration, String> {
     match tools::parse_seconds(text)? {
         none if none.is_zero() => Err(format!("{text:?}: a timeout must be above 0 seconds")),
@@ -176,9 +183,14 @@ impl Proxy {
         }
         if !listen.tls
             && !target.tls
-            && (cli.cert.is_some() || cli.ca.is_some() || cli.server_name.is_some())
+            && (cli.cert.is_some()
+                || cli.ca.is_some()
+                || cli.server_name.is_some()
+                || cli.handshake_timeout.is_some())
         {
-            return usage("--cert, --key, --ca and --server-name are for tls+ endpoints");
+            return usage(
+                "--cert, --key, --ca, --server-name and --handshake-timeout are for tls+ endpoints",
+            );
         }
         if listen.tls && cli.cert.is_none() {
             return usage("a tls+ LISTEN needs --cert and --key");
@@ -228,6 +240,10 @@ impl Proxy {
             Some(ca) => Some(tls::authorities(ca).map_err(start)?),
             None => None,
         };
+        if let Some(timeout) = cli.handshake_timeout {
+            options = options.handshake_timeout(timeout);
+            connector = connector.handshake_timeout(timeout);
+        }
         if listen.tls {
             let config =
                 tls::server_config(identity.clone(), authorities.clone()).map_err(start)?;
@@ -450,10 +466,11 @@ fn ends_by_closing(endpoint: &Endpoint) -> bool {
     )
 }
 
-/// Connect to the target, then copy both ways. The end of a direction is passed on as a
-/// half-close, and the relay is done when both directions are; but a direction into an integer
-/// vchan port, whose peer sees an end only at the close, ends the whole relay once the peer has
-/// read everything (so a libxenvchan peer such as Xen's vchan-socket-proxy learns of it).
+/// Complete a TLS client's handshake (within the handshake timeout), connect to the target, then
+/// copy both ways. The end of a direction is passed on as a half-close, and the relay is done
+/// when both directions are; but a direction into an integer vchan port, whose peer sees an end
+/// only at the close, ends the whole relay once the peer has read everything (so a libxenvchan
+/// peer such as Xen's vchan-socket-proxy learns of it).
 async fn forward(
     mut incoming: AsyncConnection,
     peer: &Peer,
@@ -462,6 +479,11 @@ async fn forward(
     target: &Endpoint,
     (to_target, to_client): (&mut u64, &mut u64),
 ) -> Result<(), String> {
+    // A client that fails TLS never reaches the target.
+    incoming
+        .handshake()
+        .await
+        .map_err(|e| format!("TLS with {peer} failed: {}", describe(&e)))?;
     let mut outgoing = connector
         .connect_async(target)
         .await
