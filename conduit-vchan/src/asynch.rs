@@ -66,6 +66,29 @@ macro_rules! each_async {
     };
 }
 
+#[cfg(feature = "vchan")]
+impl AsyncVchanStream {
+    /// Fill the ring straight from a socket: see [`AsyncVchan::poll_fill_from`].
+    pub(crate) fn poll_fill_from<S: vchan::AsyncSource>(
+        &mut self,
+        cx: &mut Context<'_>,
+        source: &S,
+        max: usize,
+    ) -> Poll<std::result::Result<usize, vchan::SpliceError>> {
+        each_async!(self, v => v.poll_fill_from(cx, source, max))
+    }
+
+    /// Drain the ring straight into a socket: see [`AsyncVchan::poll_drain_to`].
+    pub(crate) fn poll_drain_to<S: vchan::AsyncSource>(
+        &mut self,
+        cx: &mut Context<'_>,
+        sink: &S,
+        max: usize,
+    ) -> Poll<std::result::Result<usize, vchan::SpliceError>> {
+        each_async!(self, v => v.poll_drain_to(cx, sink, max))
+    }
+}
+
 pub(crate) enum AsyncStream {
     Tcp(TcpStream),
     Unix(UnixStream),
@@ -283,7 +306,10 @@ impl AsyncWrite for AsyncStream {
             AsyncStream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             AsyncStream::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             #[cfg(feature = "vchan")]
-            AsyncStream::Vchan(v) => each_async!(&mut **v, s => write_in_turn(s, cx, bufs)),
+            // The vchan gathers itself: the slices go into the ring one after another.
+            AsyncStream::Vchan(v) => {
+                each_async!(&mut **v, s => Pin::new(s).poll_write_vectored(cx, bufs))
+            }
             #[cfg(feature = "tls")]
             AsyncStream::Tls(t) => on_tls!(t, cx, s => Pin::new(s).poll_write_vectored(cx, bufs)),
         }
@@ -317,39 +343,13 @@ impl AsyncWrite for AsyncStream {
     }
 }
 
-/// Write `bufs` to a vchan one slice after another while they fit; see
-/// `AsyncStream::poll_write_vectored`. Once something is written, a full ring or an error ends
-/// the write with what was written (an error comes again on the next write).
-#[cfg(feature = "vchan")]
-fn write_in_turn<W: AsyncWrite + Unpin>(
-    vchan: &mut W,
-    cx: &mut Context<'_>,
-    bufs: &[io::IoSlice<'_>],
-) -> Poll<io::Result<usize>> {
-    let mut written = 0;
-    for buf in bufs.iter().filter(|b| !b.is_empty()) {
-        match Pin::new(&mut *vchan).poll_write(cx, buf) {
-            Poll::Ready(Ok(n)) => {
-                written += n;
-                if n < buf.len() {
-                    break;
-                }
-            }
-            Poll::Ready(Err(e)) if written == 0 => return Poll::Ready(Err(e)),
-            Poll::Pending if written == 0 => return Poll::Pending,
-            Poll::Ready(Err(_)) | Poll::Pending => break,
-        }
-    }
-    Poll::Ready(Ok(written))
-}
-
 /// A connected byte stream over any transport, for tokio: `AsyncRead + AsyncWrite`;
 /// `shutdown()` is the half-close (the peer reads end-of-stream, this end can still read; over
 /// TLS it sends `close_notify` first). Dropping a TLS connection sends `close_notify` if the
 /// transport takes it at once (a drop cannot wait): end with `shutdown()` to be sure the peer
 /// reads a clean end of stream rather than an unexpected one.
 pub struct AsyncConnection {
-    stream: AsyncStream,
+    pub(crate) stream: AsyncStream,
     peer: Peer,
     _slot: Option<SlotGuard>,
 }
@@ -908,83 +908,5 @@ impl fmt::Debug for AsyncListener {
         f.debug_struct("AsyncListener")
             .field("endpoint", &self.endpoint.to_string())
             .finish_non_exhaustive()
-    }
-}
-
-#[cfg(all(test, feature = "vchan"))]
-mod tests {
-    use super::*;
-
-    /// A ring with `room` bytes free; then full, or (`gone`) its peer gone.
-    struct Ring {
-        room: usize,
-        got: Vec<u8>,
-        gone: bool,
-    }
-
-    impl AsyncWrite for Ring {
-        fn poll_write(
-            mut self: Pin<&mut Self>,
-            _cx: &mut Context<'_>,
-            buf: &[u8],
-        ) -> Poll<io::Result<usize>> {
-            let n = buf.len().min(self.room);
-            match n {
-                0 if self.gone => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
-                0 => return Poll::Pending,
-                _ => {}
-            }
-            self.room -= n;
-            self.got.extend_from_slice(&buf[..n]);
-            Poll::Ready(Ok(n))
-        }
-
-        fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-
-        fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-    }
-
-    fn write(room: usize, gone: bool) -> (Poll<io::Result<usize>>, Vec<u8>) {
-        let mut ring = Ring {
-            room,
-            got: Vec::new(),
-            gone,
-        };
-        let slices = [&b"abc"[..], b"", b"defg", b"hijkl"].map(io::IoSlice::new);
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        let outcome = write_in_turn(&mut ring, &mut cx, &slices);
-        (outcome, ring.got)
-    }
-
-    #[test]
-    fn a_vectored_write_to_a_vchan_takes_the_slices_in_turn_while_they_fit() {
-        // All fit.
-        let (outcome, got) = write(100, false);
-        assert!(matches!(outcome, Poll::Ready(Ok(12))), "{outcome:?}");
-        assert_eq!(got, b"abcdefghijkl");
-        // The ring fills in the middle of a slice: that much, counted once.
-        let (outcome, got) = write(5, false);
-        assert!(matches!(outcome, Poll::Ready(Ok(5))), "{outcome:?}");
-        assert_eq!(got, b"abcde");
-        // It fills exactly at the end of a slice: the next finds it full, and what was written
-        // is reported, not `Pending`.
-        let (outcome, got) = write(7, false);
-        assert!(matches!(outcome, Poll::Ready(Ok(7))), "{outcome:?}");
-        assert_eq!(got, b"abcdefg");
-        // Nothing fits: `Pending`.
-        let (outcome, got) = write(0, false);
-        assert!(outcome.is_pending(), "{outcome:?}");
-        assert!(got.is_empty());
-        // The peer has gone before anything was written: the error.
-        let (outcome, _) = write(0, true);
-        assert!(matches!(outcome, Poll::Ready(Err(_))), "{outcome:?}");
-        // It went after some was: what was written (the next write meets the error).
-        let (outcome, got) = write(7, true);
-        assert!(matches!(outcome, Poll::Ready(Ok(7))), "{outcome:?}");
-        assert_eq!(got, b"abcdefg");
     }
 }

@@ -100,6 +100,8 @@ mod endpoint;
 mod error;
 #[cfg(feature = "hyper")]
 mod hyper_connector;
+#[cfg(feature = "tokio")]
+mod pump;
 #[cfg(feature = "vchan")]
 pub mod rendezvous;
 #[cfg(any(feature = "axum", feature = "tonic"))]
@@ -122,6 +124,8 @@ pub use endpoint::{Domain, Endpoint, ParseError, Transport, VchanPort};
 pub use error::{describe, ConduitError, Result};
 #[cfg(feature = "hyper")]
 pub use hyper_connector::{Connecting, HyperConnector};
+#[cfg(feature = "tokio")]
+pub use pump::{Pump, PumpError};
 #[cfg(feature = "vchan")]
 pub use rendezvous::Allow;
 #[cfg(feature = "tonic")]

@@ -12,6 +12,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use crossbeam_utils::CachePadded;
+#[cfg(not(vchan_loom))]
 use xen_types::memory::fd as zero_copy;
 use xen_types::{DomId, Port};
 
@@ -20,7 +21,7 @@ use crate::channel::{
     self, Address, Channel, ChannelError, Dial, Hold, LinkOf, Look, Notify, ReaderOf, RingSizes,
     State, Step, WriterOf, LIVENESS_CHECK,
 };
-use crate::error::{Op, Result, VchanError};
+use crate::error::{Op, Result, SpliceError, VchanError};
 use crate::ring::Role;
 use crate::wait::Waiter;
 
@@ -288,33 +289,39 @@ impl<B: Backend> Vchan<B> {
     /// end of `source`. No buffer of ours is in between: the kernel copies into the ring. The
     /// writing half stays locked while the read blocks (it does not if `source` is
     /// non-blocking: then its `WouldBlock` comes back as an error).
-    pub fn fill_from(&self, source: BorrowedFd<'_>, max: usize) -> io::Result<usize> {
+    #[cfg(not(vchan_loom))]
+    pub fn fill_from(&self, source: BorrowedFd<'_>, max: usize) -> Result<usize, SpliceError> {
         let p = self.parts();
-        self.drive(Way::Write, Spin::For(1), |look| -> io::Result<_> {
+        self.drive(Way::Write, Spin::For(1), |look| {
             let mut writer = lock(&p.writer);
-            let chunks = match writer.writable(&p.link, max, look)? {
-                Step::Done(chunks, _) => chunks,
-                Step::Blocked => return Ok(Step::Blocked),
+            let chunks = match writer.writable(&p.link, max, look) {
+                Ok(Step::Done(chunks, _)) => chunks,
+                Ok(Step::Blocked) => return Ok(Step::Blocked),
+                Err(e) => return Err(SpliceError::Vchan(e.into())),
             };
-            let n = zero_copy::read_into(source, &[chunks.first, chunks.second])?;
+            let n = zero_copy::read_into(source, &[chunks.first, chunks.second])
+                .map_err(SpliceError::Fd)?;
             Ok(Step::Done(n, writer.commit(n)))
         })
     }
 
     /// Drain the ring straight into `sink` with one `write(2)`, up to `max` bytes, waiting for
     /// data as [`read`](Self::read) does: the bytes written, 0 at the end of the stream.
-    pub fn drain_to(&self, sink: BorrowedFd<'_>, max: usize) -> io::Result<usize> {
+    #[cfg(not(vchan_loom))]
+    pub fn drain_to(&self, sink: BorrowedFd<'_>, max: usize) -> Result<usize, SpliceError> {
         let p = self.parts();
-        self.drive(Way::Read, Spin::For(1), |look| -> io::Result<_> {
+        self.drive(Way::Read, Spin::For(1), |look| {
             let mut reader = lock(&p.reader);
-            let chunks = match reader.readable(&p.link, max, look)? {
-                Step::Done(chunks, _) => chunks,
-                Step::Blocked => return Ok(Step::Blocked),
+            let chunks = match reader.readable(&p.link, max, look) {
+                Ok(Step::Done(chunks, _)) => chunks,
+                Ok(Step::Blocked) => return Ok(Step::Blocked),
+                Err(e) => return Err(SpliceError::Vchan(e.into())),
             };
             if chunks.is_empty() {
                 return Ok(Step::Done(0, Notify::NONE));
             }
-            let n = zero_copy::write_from(sink, &[chunks.first, chunks.second])?;
+            let n = zero_copy::write_from(sink, &[chunks.first, chunks.second])
+                .map_err(SpliceError::Fd)?;
             Ok(Step::Done(n, reader.consume(n)))
         })
     }
@@ -541,9 +548,9 @@ fn encode_timeout(timeout: Option<Duration>) -> u64 {
     }
 }
 
-impl From<ChannelError> for io::Error {
-    fn from(e: ChannelError) -> io::Error {
-        VchanError::from(e).into()
+impl From<VchanError> for SpliceError {
+    fn from(e: VchanError) -> SpliceError {
+        SpliceError::Vchan(e)
     }
 }
 

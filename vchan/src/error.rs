@@ -322,6 +322,47 @@ impl From<VchanError> for std::io::Error {
     }
 }
 
+/// A zero-copy transfer between a vchan and a file descriptor failed, on one side or the other
+/// (a relay names the side in its report).
+#[cfg(feature = "std")]
+#[derive(Debug)]
+pub enum SpliceError {
+    /// The vchan failed: the peer closed, corrupted the ring, ...
+    Vchan(VchanError),
+    /// The file descriptor's read or write failed.
+    Fd(std::io::Error),
+}
+
+#[cfg(feature = "std")]
+impl fmt::Display for SpliceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SpliceError::Vchan(e) => fmt::Display::fmt(e, f),
+            SpliceError::Fd(e) => fmt::Display::fmt(e, f),
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl std::error::Error for SpliceError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SpliceError::Vchan(e) => e.source(),
+            SpliceError::Fd(e) => e.source(),
+        }
+    }
+}
+
+#[cfg(feature = "std")]
+impl From<SpliceError> for std::io::Error {
+    fn from(e: SpliceError) -> std::io::Error {
+        match e {
+            SpliceError::Vchan(e) => e.into(),
+            SpliceError::Fd(e) => e,
+        }
+    }
+}
+
 #[cfg(all(test, feature = "std"))]
 mod tests {
     use super::*;

@@ -68,6 +68,8 @@ pub mod xen;
 #[cfg(all(feature = "xensim", not(miri)))]
 pub mod xensim;
 
+#[cfg(all(feature = "tokio", not(vchan_loom)))]
+pub use async_vchan::AsyncSource;
 #[cfg(feature = "tokio")]
 pub use async_vchan::AsyncVchan;
 #[cfg(feature = "std")]
@@ -77,4 +79,4 @@ pub use channel::{Address, RingSizes, State};
 pub use endpoint::Vchan;
 pub use error::{ChannelError, Error, Op};
 #[cfg(feature = "std")]
-pub use error::{Result, VchanError};
+pub use error::{Result, SpliceError, VchanError};

@@ -11,7 +11,7 @@ use std::fs;
 use std::future::Future;
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
-use std::pin::{pin, Pin};
+use std::pin::pin;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -20,11 +20,10 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use conduit_vchan::{
     AsyncConnection, AsyncListener, ConduitError, Connector, Domain, Endpoint, ListenOptions, Peer,
-    Transport, VchanPort, Xen,
+    Pump, PumpError, Transport, VchanPort, Xen,
 };
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
@@ -367,8 +366,6 @@ impl Proxy {
 
 /// How long the accept loop pauses after a failed accept.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
-/// The copy buffer of each direction of a connection.
-const COPY_BUFFER: usize = 64 * 1024;
 
 /// A future that resolves to the name of the first SIGINT or SIGTERM.
 fn shutdown_signal() -> io::Result<impl Future<Output = &'static str>> {
@@ -489,12 +486,24 @@ async fn forward(
         .await
         .map_err(|e| describe(&e))?;
     let (client, target_name) = (peer.to_string(), target.to_string());
-    let mut up = Pump::new(&client, &target_name, to_target);
-    let mut down = Pump::new(&target_name, &client, to_client);
+    let (mut up, mut down) = (Pump::new(), Pump::new());
     let up_closes = ends_by_closing(target);
+    // Says which side failed, and how, in the relay's close line.
+    let failed = |from: &str, to: &str, e: PumpError| match e {
+        PumpError::Read(e) => format!("cannot read from {from}: {}", describe(&e)),
+        PumpError::Write(e) => format!("cannot write to {to}: {}", describe(&e)),
+    };
     std::future::poll_fn(|cx| {
-        let up_done = up.poll(cx, &mut incoming, &mut outgoing)?.is_ready();
-        let down_done = down.poll(cx, &mut outgoing, &mut incoming)?.is_ready();
+        let up_step = up.poll(cx, &mut incoming, &mut outgoing);
+        *to_target = up.copied();
+        let up_done = up_step
+            .map_err(|e| failed(&client, &target_name, e))?
+            .is_ready();
+        let down_step = down.poll(cx, &mut outgoing, &mut incoming);
+        *to_client = down.copied();
+        let down_done = down_step
+            .map_err(|e| failed(&target_name, &client, e))?
+            .is_ready();
         let drained = |conn: &AsyncConnection, cx: &mut Context<'_>, name: &str| {
             conn.poll_drained(cx)
                 .map_err(|e| format!("cannot close {name}: {}", describe(&e)))
@@ -511,108 +520,6 @@ async fn forward(
         Poll::Pending
     })
     .await
-}
-
-/// One direction of a relay: read into a buffer, write it all out, and at the end of the
-/// input shut down the output's writing side.
-struct Pump<'a> {
-    buf: Box<[u8]>,
-    /// The part of `buf` read and not yet written.
-    pending: std::ops::Range<usize>,
-    /// The input has ended.
-    ended: bool,
-    /// The end has been passed on: this direction is done.
-    done: bool,
-    copied: &'a mut u64,
-    from: &'a str,
-    to: &'a str,
-}
-
-/// How many buffers one direction moves in one poll before it lets the other direction (and
-/// other tasks) run: a vchan with data always answers at once, without tokio's budget.
-const BUFFERS_PER_POLL: usize = 16;
-
-impl<'a> Pump<'a> {
-    fn new(from: &'a str, to: &'a str, copied: &'a mut u64) -> Pump<'a> {
-        Pump {
-            buf: vec![0u8; COPY_BUFFER].into_boxed_slice(),
-            pending: 0..0,
-            ended: false,
-            done: false,
-            copied,
-            from,
-            to,
-        }
-    }
-
-    /// Move what can be moved now; ready once the end has been passed on.
-    fn poll(
-        &mut self,
-        cx: &mut Context<'_>,
-        from: &mut AsyncConnection,
-        to: &mut AsyncConnection,
-    ) -> Poll<Result<(), String>> {
-        let write_failed = |e: io::Error| format!("cannot write to {}: {}", self.to, describe(&e));
-        for _ in 0..BUFFERS_PER_POLL {
-            if self.done {
-                return Poll::Ready(Ok(()));
-            }
-            if self.pending.is_empty() && !self.ended {
-                let mut buf = ReadBuf::new(&mut self.buf);
-                match Pin::new(&mut *from).poll_read(cx, &mut buf) {
-                    Poll::Ready(Ok(())) => {}
-                    Poll::Ready(Err(e)) => {
-                        return Poll::Ready(Err(format!(
-                            "cannot read from {}: {}",
-                            self.from,
-                            describe(&e)
-                        )))
-                    }
-                    Poll::Pending => return Poll::Pending,
-                }
-                let n = buf.filled().len();
-                self.ended = n == 0;
-                self.pending = 0..n;
-            }
-            while !self.pending.is_empty() {
-                match Pin::new(&mut *to).poll_write(cx, &self.buf[self.pending.clone()]) {
-                    Poll::Ready(Ok(0)) => {
-                        return Poll::Ready(Err(write_failed(io::ErrorKind::WriteZero.into())))
-                    }
-                    Poll::Ready(Ok(n)) => {
-                        self.pending.start += n;
-                        *self.copied += n as u64;
-                    }
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(write_failed(e))),
-                    Poll::Pending => return Poll::Pending,
-                }
-            }
-            // A TLS writer may hold a record back until flushed.
-            match Pin::new(&mut *to).poll_flush(cx) {
-                Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(write_failed(e))),
-                Poll::Pending => return Poll::Pending,
-            }
-            if self.ended {
-                match Pin::new(&mut *to).poll_shutdown(cx) {
-                    // The other side has gone already: there is nobody left to tell.
-                    Poll::Ready(Err(e))
-                        if !matches!(
-                            e.kind(),
-                            io::ErrorKind::NotConnected | io::ErrorKind::BrokenPipe
-                        ) =>
-                    {
-                        return Poll::Ready(Err(write_failed(e)))
-                    }
-                    Poll::Ready(_) => self.done = true,
-                    Poll::Pending => return Poll::Pending,
-                }
-            }
-        }
-        // Not finished, but others' turn: come back at once.
-        cx.waker().wake_by_ref();
-        Poll::Pending
-    }
 }
 
 /// Certificates, keys and rustls configurations from PEM files.

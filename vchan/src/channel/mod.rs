@@ -770,3 +770,272 @@ impl<P: Platform> Channel<P> {
         first.map_or(Ok(()), Err)
     }
 }
+
+// The core on a heap page, no platform: what the drivers rely on, step by step (Miri runs these).
+#[cfg(all(test, not(vchan_loom)))]
+mod tests {
+    extern crate std;
+    use super::*;
+    use crate::layout::Side;
+    use crate::ring::RingGeometry;
+    use std::vec;
+    use std::vec::Vec;
+
+    /// Private memory standing in for a granted control page with two in-page rings.
+    #[repr(C, align(4096))]
+    struct Page([u8; abi::PAGE_SIZE]);
+
+    type Region<'a> = SharedRegion<'a>;
+
+    /// Both ends of a channel with the 1024-byte left ring and the 2048-byte right ring in the
+    /// page, as a server and a client would see them once connected.
+    struct Ends<'a> {
+        server: (Link<Region<'a>>, Reader<Region<'a>>, Writer<Region<'a>>),
+        client: (Link<Region<'a>>, Reader<Region<'a>>, Writer<Region<'a>>),
+    }
+
+    fn ends(page: &mut Page) -> Ends<'_> {
+        let region = SharedRegion::from(&mut page.0[..]);
+        let control = ControlPage::new(region);
+        control.set_live(abi::CLI_LIVE, abi::LIVE_CONNECTED);
+        control.set_live(abi::SRV_LIVE, abi::LIVE_CONNECTED);
+        let left = RingGeometry {
+            side: Side::Left,
+            offset: 1024,
+            size: 1024,
+        };
+        let right = RingGeometry {
+            side: Side::Right,
+            offset: 2048,
+            size: 2048,
+        };
+        let end = |role: Role| {
+            let (read, write) = match role {
+                Role::Server => (left, right),
+                Role::Client => (right, left),
+            };
+            (
+                Link::new(control.clone(), role, Port(3), DomId(9)),
+                Reader::new(Consumer::new(control.clone(), region, read, role, 0)),
+                Writer::new(Producer::new(control.clone(), region, write, role, 0)),
+            )
+        };
+        Ends {
+            server: end(Role::Server),
+            client: end(Role::Client),
+        }
+    }
+
+    fn done<T: core::fmt::Debug>(step: Result<Step<T>, ChannelError>) -> (T, Notify) {
+        match step {
+            Ok(Step::Done(value, notify)) => (value, notify),
+            other => panic!("expected Done, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_empty_ring_blocks_and_the_final_look_makes_the_writer_owe_an_event() {
+        let mut page = Page([0; abi::PAGE_SIZE]);
+        let Ends {
+            server: (slink, mut sread, _),
+            client: (clink, _, mut cwrite),
+        } = ends(&mut page);
+        let mut buf = [0u8; 8];
+        assert_eq!(sread.read(&slink, &mut buf, Look::Quick), Ok(Step::Blocked));
+        let (_, notify) = done(cwrite.write(&clink, b"a", Look::Quick));
+        assert!(!notify.is_owed(), "nobody asked");
+        let (n, _) = done(sread.read(&slink, &mut buf, Look::Quick));
+        assert_eq!(n, 1);
+        assert_eq!(sread.read(&slink, &mut buf, Look::Final), Ok(Step::Blocked));
+        let (_, notify) = done(cwrite.write(&clink, b"b", Look::Quick));
+        assert!(notify.is_owed(), "the final look asked for an event");
+    }
+
+    #[test]
+    fn data_written_before_a_close_is_read_before_the_end() {
+        let mut page = Page([0; abi::PAGE_SIZE]);
+        let Ends {
+            server: (slink, mut sread, mut swrite),
+            client: (clink, _, mut cwrite),
+        } = ends(&mut page);
+        let _ = done(cwrite.write(&clink, b"last words", Look::Quick));
+        clink.mark_exited();
+        assert_eq!(slink.state(), Ok(State::PeerClosed));
+        let mut buf = [0u8; 64];
+        let (n, _) = done(sread.read(&slink, &mut buf, Look::Final));
+        assert_eq!(&buf[..n], b"last words");
+        assert_eq!(
+            done(sread.read(&slink, &mut buf, Look::Final)).0,
+            0,
+            "then the end"
+        );
+        assert_eq!(
+            sread.recv(&slink, &mut buf[..4], Look::Final),
+            Err(ChannelError::PeerClosed)
+        );
+        assert_eq!(
+            swrite.write(&slink, b"x", Look::Final),
+            Err(ChannelError::PeerClosed)
+        );
+    }
+
+    #[test]
+    fn a_half_close_ends_the_stream_for_the_peer_only_and_owes_one_event() {
+        let mut page = Page([0; abi::PAGE_SIZE]);
+        let Ends {
+            server: (slink, mut sread, mut swrite),
+            client: (clink, mut cread, mut cwrite),
+        } = ends(&mut page);
+        let _ = done(cwrite.write(&clink, b"request", Look::Quick));
+        assert!(cwrite.shutdown(&clink).is_owed());
+        assert!(!cwrite.shutdown(&clink).is_owed(), "idempotent");
+        assert_eq!(
+            cwrite.write(&clink, b"x", Look::Quick),
+            Err(ChannelError::ShutDown)
+        );
+        let mut buf = [0u8; 64];
+        assert_eq!(done(sread.read(&slink, &mut buf, Look::Quick)).0, 7);
+        assert_eq!(
+            sread.read(&slink, &mut buf, Look::Quick),
+            Ok(Step::Blocked),
+            "quick never ends"
+        );
+        assert_eq!(
+            done(sread.read(&slink, &mut buf, Look::Final)).0,
+            0,
+            "the final look does"
+        );
+        // The other direction goes on.
+        let _ = done(swrite.write(&slink, b"reply", Look::Quick));
+        assert_eq!(done(cread.read(&clink, &mut buf, Look::Quick)).0, 5);
+        assert_eq!(slink.state(), Ok(State::Connected));
+    }
+
+    #[test]
+    fn a_gathering_write_takes_the_slices_in_turn_while_they_fit() {
+        let mut page = Page([0; abi::PAGE_SIZE]);
+        let Ends {
+            server: (slink, mut sread, _),
+            client: (clink, _, mut cwrite),
+        } = ends(&mut page);
+        let slices: [&[u8]; 4] = [b"abc", b"", b"defg", b"hijkl"];
+        assert_eq!(
+            done(cwrite.write_vectored(&clink, &slices, Look::Quick)).0,
+            12
+        );
+        // Fill the 1024-byte ring to 5 bytes short, then gather: the ring fills mid-slice.
+        let _ = done(cwrite.write(&clink, &[0u8; 1024 - 12 - 5], Look::Quick));
+        assert_eq!(
+            done(cwrite.write_vectored(&clink, &slices, Look::Quick)).0,
+            5
+        );
+        assert_eq!(
+            cwrite.write_vectored(&clink, &slices, Look::Quick),
+            Ok(Step::Blocked)
+        );
+        let mut all = vec![0u8; 1024];
+        assert_eq!(done(sread.read(&slink, &mut all, Look::Quick)).0, 1024);
+        assert_eq!(&all[..12], b"abcdefghijkl");
+        assert_eq!(&all[1019..], b"abcde");
+    }
+
+    #[test]
+    fn packets_are_all_or_nothing_and_never_larger_than_the_ring() {
+        let mut page = Page([0; abi::PAGE_SIZE]);
+        let Ends {
+            server: (slink, mut sread, _),
+            client: (clink, _, mut cwrite),
+        } = ends(&mut page);
+        assert_eq!(
+            cwrite.send(&clink, &[1u8; 1025], Look::Final),
+            Err(ChannelError::MessageTooLarge {
+                len: 1025,
+                capacity: 1024
+            })
+        );
+        let _ = done(cwrite.send(&clink, &[2u8; 1000], Look::Quick));
+        assert_eq!(
+            cwrite.send(&clink, &[3u8; 100], Look::Quick),
+            Ok(Step::Blocked)
+        );
+        let mut buf = vec![0u8; 1001];
+        assert_eq!(sread.recv(&slink, &mut buf, Look::Final), Ok(Step::Blocked));
+        let _ = done(sread.recv(&slink, &mut buf[..1000], Look::Quick));
+        assert!(buf[..1000].iter().all(|&b| b == 2));
+    }
+
+    #[test]
+    fn chunks_fill_and_drain_the_ring_across_its_wrap_without_a_copy_of_ours() {
+        let mut page = Page([0; abi::PAGE_SIZE]);
+        let Ends {
+            server: (slink, mut sread, _),
+            client: (clink, _, mut cwrite),
+        } = ends(&mut page);
+        let mut expect = Vec::new();
+        let mut got = Vec::new();
+        for round in 0..40u8 {
+            let chunks = done(cwrite.writable(&clink, 300, Look::Quick)).0;
+            let n = chunks.len();
+            let bytes: Vec<u8> = (0..n)
+                .map(|i| round.wrapping_mul(7).wrapping_add(i as u8))
+                .collect();
+            chunks.first.copy_in(0, &bytes[..chunks.first.len()]);
+            chunks.second.copy_in(0, &bytes[chunks.first.len()..]);
+            let _ = cwrite.commit(n);
+            expect.extend_from_slice(&bytes);
+            let chunks = done(sread.readable(&slink, 1024, Look::Quick)).0;
+            let mut out = vec![0u8; chunks.len()];
+            let first = chunks.first.len();
+            chunks.first.copy_out(0, &mut out[..first]);
+            chunks.second.copy_out(0, &mut out[first..]);
+            let taken = out.len();
+            got.extend_from_slice(&out);
+            let _ = sread.consume(taken);
+        }
+        assert_eq!(got, expect);
+        assert!(expect.len() > 3 * 1024, "wrapped several times");
+        assert_eq!(
+            sread
+                .readable(&slink, 10, Look::Quick)
+                .map(|s| matches!(s, Step::Blocked)),
+            Ok(true)
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "committed 2000 bytes of the 1024 offered")]
+    fn committing_more_than_was_offered_is_a_bug_that_panics() {
+        let mut page = Page([0; abi::PAGE_SIZE]);
+        let Ends {
+            client: (clink, _, mut cwrite),
+            ..
+        } = ends(&mut page);
+        assert_eq!(
+            done(cwrite.writable(&clink, 4096, Look::Quick)).0.len(),
+            1024
+        );
+        let _ = cwrite.commit(2000);
+    }
+
+    #[test]
+    fn drained_and_next_look_follow_the_peer() {
+        let mut page = Page([0; abi::PAGE_SIZE]);
+        let Ends {
+            server: (slink, mut sread, _),
+            client: (clink, _, mut cwrite),
+        } = ends(&mut page);
+        assert_eq!(cwrite.drained(&clink), Ok(true));
+        let _ = done(cwrite.write(&clink, b"xyz", Look::Quick));
+        assert_eq!(cwrite.drained(&clink), Ok(false));
+        assert_eq!(sread.next_look(&slink, 3), Some(Look::Quick));
+        assert_eq!(sread.next_look(&slink, 4), None);
+        let _ = done(sread.read(&slink, &mut [0u8; 3], Look::Quick));
+        assert_eq!(cwrite.drained(&clink), Ok(true));
+        clink.mark_exited();
+        assert_eq!(
+            sread.next_look(&slink, 1),
+            Some(Look::Final),
+            "only the final look ends"
+        );
+    }
+}
