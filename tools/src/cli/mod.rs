@@ -5,10 +5,11 @@
 //!
 //! Every tool reports a usage mistake the same way ([`parse_cli`]): one line on standard error,
 //! `PROGRAM: what is wrong (see 'PROGRAM --help')`, and exit status 2. The line comes in one of
-//! two wordings: clap's own first sentence ([`clap_words`]: vchan-proxy, vchan-perf
-//! and vchan-bench), or the plain one that vchan-cat, xensim and xs gave when they parsed by hand
-//! ([`plain_words`]: `unknown option "--x"`, `--dir is required`), kept so that the
-//! scripts and tests that match those lines go on working.
+//! two wordings, each kept from before the tools shared a parser, so that the scripts and tests
+//! that match those lines go on working: clap's own first sentence ([`clap_words`]: vchan-proxy
+//! and vchan-perf, which were on clap already), or the plain words of the hand-written parsers
+//! ([`plain_words`]: `unknown option "--x"`, `--dir is required`; vchan-cat, xensim, xs and
+//! vchan-bench), which xensim and xs adjust where they always said it differently.
 
 use std::ffi::OsString;
 use std::io::Write;
