@@ -90,10 +90,11 @@ fn render_man(page: &Path) -> String {
         "{}: {warnings}",
         page.display()
     );
-    // Hyphens and minus signs as typed.
+    // Hyphens, minus signs and quotes as typed.
     String::from_utf8_lossy(&out.stdout)
         .replace(['\u{2010}', '\u{2212}'], "-")
-        .to_owned()
+        .replace('\u{2018}', "`")
+        .replace('\u{2019}', "'")
 }
 
 #[test]
@@ -110,9 +111,17 @@ fn every_man_page_and_completion_names_every_option_and_subcommand() {
         )),
         "{said}"
     );
-    assert!(
-        tools.len() >= 6,
-        "vchan-cat, vchan-proxy, xensim, xs, vchan-perf, vchan-bench"
+    let names: Vec<&str> = tools.iter().map(Command::get_name).collect();
+    assert_eq!(
+        names,
+        [
+            "vchan-bench",
+            "vchan-cat",
+            "vchan-perf",
+            "vchan-proxy",
+            "xensim",
+            "xs"
+        ]
     );
 
     for tool in &tools {
@@ -144,13 +153,21 @@ fn every_man_page_and_completion_names_every_option_and_subcommand() {
                 assert!(text.contains(&sub_page), "{page_name}.1 lacks {sub_page}");
             }
         }
-        // The top page carries the examples of --help.
+        // The top page carries the examples of --help, each line as written.
         let top = render_man(&dir.0.join(format!("man/man1/{name}.1")));
-        assert!(top.contains("EXAMPLES"), "{name}.1 has no examples");
-        assert!(
-            top.contains(&format!("{name} ")),
-            "{name}.1 shows no command"
-        );
+        let after_help = tool.get_after_help().map(ToString::to_string);
+        let examples = after_help
+            .as_deref()
+            .and_then(|t| t.strip_prefix("Examples:\n"))
+            .unwrap_or_else(|| panic!("{name} --help has no examples"));
+        assert!(top.contains("\nEXAMPLES\n"), "{name}.1 has no EXAMPLES");
+        // Each on a line of its own, as in --help (not run together into a paragraph).
+        for line in examples.lines().take_while(|l| l.starts_with(' ')) {
+            assert!(
+                top.lines().any(|shown| shown.trim() == line.trim()),
+                "{name}.1 lacks the example line {line:?}"
+            );
+        }
 
         let bash = read(&dir.0.join(format!("bash-completion/completions/{name}")));
         let zsh = read(&dir.0.join(format!("zsh/site-functions/_{name}")));
