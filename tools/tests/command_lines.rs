@@ -5,13 +5,16 @@
 
 use std::process::{Command, Output, Stdio};
 
+const CAT: &str = env!("CARGO_BIN_EXE_vchan-cat");
+const XENSIM: &str = env!("CARGO_BIN_EXE_xensim");
+const XS: &str = env!("CARGO_BIN_EXE_xs");
 const TOOLS: [(&str, &str); 6] = [
     ("vchan-bench", env!("CARGO_BIN_EXE_vchan-bench")),
-    ("vchan-cat", env!("CARGO_BIN_EXE_vchan-cat")),
+    ("vchan-cat", CAT),
     ("vchan-perf", env!("CARGO_BIN_EXE_vchan-perf")),
     ("vchan-proxy", env!("CARGO_BIN_EXE_vchan-proxy")),
-    ("xensim", env!("CARGO_BIN_EXE_xensim")),
-    ("xs", env!("CARGO_BIN_EXE_xs")),
+    ("xensim", XENSIM),
+    ("xs", XS),
 ];
 
 /// Run `program` with no simulated host and no xenstore in its environment.
@@ -96,44 +99,40 @@ fn refusal(program: &str, args: &[&str]) -> (Option<i32>, String) {
 
 #[test]
 fn options_take_their_value_after_an_equals_sign_or_in_the_next_word() {
-    let cat = TOOLS[1].1;
-    let (status, line) = refusal(cat, &["--wait=abc", "1", "5"]);
+    let (status, line) = refusal(CAT, &["--wait=abc", "1", "5"]);
     assert_eq!(status, Some(2));
     assert!(
         line.contains("--wait: \"abc\" is not a number of seconds"),
         "{line}"
     );
-    assert_eq!(refusal(cat, &["--wait", "abc", "1", "5"]).1, line);
+    assert_eq!(refusal(CAT, &["--wait", "abc", "1", "5"]).1, line);
 
-    let xensim = TOOLS[4].1;
-    let (status, line) = refusal(xensim, &["create", "--dir=/x", "--domid=40000"]);
+    let (status, line) = refusal(XENSIM, &["create", "--dir=/x", "--domid=40000"]);
     assert_eq!(status, Some(2));
     assert!(
         line.contains("--domid: \"40000\" is not a domain id"),
         "{line}"
     );
-    let (_, spaced) = refusal(xensim, &["create", "--dir", "/x", "--domid", "40000"]);
+    let (_, spaced) = refusal(XENSIM, &["create", "--dir", "/x", "--domid", "40000"]);
     assert_eq!(spaced, line);
 }
 
 #[test]
 fn short_flags_bundle_and_double_dash_ends_the_options() {
-    let cat = TOOLS[1].1;
     // -lN is -l -N: a server, so --wait is refused as a client's option.
-    let (status, line) = refusal(cat, &["-lN", "--wait", "1", "1", "5"]);
+    let (status, line) = refusal(CAT, &["-lN", "--wait", "1", "1", "5"]);
     assert_eq!(status, Some(2));
     assert!(line.contains("--wait is for the client"), "{line}");
     // After --, "-5" is the DOMID argument, not an option.
-    let (status, line) = refusal(cat, &["--", "-5", "7"]);
+    let (status, line) = refusal(CAT, &["--", "-5", "7"]);
     assert_eq!(status, Some(2));
     assert!(line.contains("\"-5\" is not a domain id"), "{line}");
-    let (status, line) = refusal(cat, &["-5", "7"]);
+    let (status, line) = refusal(CAT, &["-5", "7"]);
     assert_eq!(status, Some(2));
     assert!(line.contains("unknown option \"-5\""), "{line}");
 
     // xs write takes a VALUE that starts with a dash, as it always did; it then needs a store.
-    let xs = TOOLS[5].1;
-    let (status, line) = refusal(xs, &["write", "/x", "-1"]);
+    let (status, line) = refusal(XS, &["write", "/x", "-1"]);
     assert_eq!(status, Some(1), "{line}");
     assert!(line.contains("cannot connect to xenstore"), "{line}");
 }
