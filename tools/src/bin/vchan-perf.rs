@@ -31,7 +31,7 @@ use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use tools::cli::vchan_perf::{Cli, Cmd, Mode, PeerRole, TableArgs};
 use tools::{describe, platform, Platform};
 use vchan::layout::{Layout, Side};
 use vchan::xensim::XensimDomain;
@@ -52,132 +52,6 @@ const RINGS: [usize; 3] = [0, 64 << 10, 1 << 20];
 const WRITES: [usize; 2] = [4 << 10, 64 << 10];
 /// The ping-pong cell of the table: 64-byte messages over 64 KiB rings.
 const PINGPONG: (usize, usize) = (64 << 10, 64);
-
-const EXAMPLES: &str = "\
-Examples:
-  scripts/bench                                   build everything, print the table (~2 min)
-  scripts/bench --quick --svg target/bench.svg    a short run, plus a bar chart
-  xensim run --dir /tmp/xen --domid 0 -- vchan-perf table --c-peer ./vchan-perf-c --runs 5
-  vchan-perf peer server 5 1 65536 stream 65536 4000000000   # in dom0, serving domain 5
-  vchan-perf peer client 0 1 stream 65536 4000000000         # in domain 5: `stream BYTES NS`
-  vchan-perf report results.txt --svg results.svg             # lines gathered on real Xen";
-
-/// Measure vchan throughput and latency against libxenvchan and local baselines.
-#[derive(Parser)]
-#[command(name = "vchan-perf", version, after_help = EXAMPLES)]
-#[command(color = clap::ColorChoice::Never)]
-struct Cli {
-    #[command(subcommand)]
-    command: Cmd,
-}
-
-#[derive(Subcommand)]
-enum Cmd {
-    /// One end of one measurement (the protocol tests/c/vchan-perf.c shares).
-    #[command(subcommand)]
-    Peer(PeerRole),
-    /// Measure every cell on the simulated host and print the comparison table.
-    ///
-    /// Runs under `xensim run --domid 0` with domain 1 created (scripts/bench does both): each
-    /// vchan cell is a server in dom0 writing to a client in dom1.
-    Table(TableArgs),
-    /// Print the table from measurement lines gathered elsewhere (for example on real Xen).
-    ///
-    /// Lines: `IMPL RING_MIN MSG_SIZE stream BYTES NANOS` or
-    /// `IMPL RING_MIN MSG_SIZE pingpong ROUNDS P50_NS P99_NS`, IMPL being ours or c (or a
-    /// baseline: socketpair, pipe, tcp, memcpy). Blank lines and `#` comments are skipped; several
-    /// lines for one cell keep the best.
-    Report {
-        /// The file of measurement lines (`-` for standard input).
-        file: PathBuf,
-        /// Also write the figures as an SVG bar chart.
-        #[arg(long, value_name = "FILE")]
-        svg: Option<PathBuf>,
-    },
-}
-
-/// The two ends of a measurement.
-#[derive(Subcommand)]
-enum PeerRole {
-    /// Serve CLIENT_DOMID at data/vchan/CLIENT_DOMID/PORT: send the stream, or echo.
-    Server {
-        /// The client's domain.
-        #[arg(value_parser = parse_domid)]
-        client_domid: DomId,
-        /// The vchan port (the path data/vchan/CLIENT/PORT under this domain's home).
-        port: u32,
-        /// Minimum size of both rings in bytes (0: the in-page 1024/2048-byte rings).
-        ring_min: usize,
-        /// What to measure.
-        mode: Mode,
-        /// Bytes per write (stream) or per message (pingpong).
-        msg_size: usize,
-        /// Bytes to send (stream) or timed rounds (pingpong).
-        count: u64,
-    },
-    /// Connect to SERVER_DOMID's vchan; print the measurement on standard output.
-    Client {
-        /// The server's domain.
-        #[arg(value_parser = parse_domid)]
-        server_domid: DomId,
-        /// The vchan port.
-        port: u32,
-        /// What to measure.
-        mode: Mode,
-        /// Bytes per read (stream) or per message (pingpong).
-        msg_size: usize,
-        /// Bytes to receive (stream) or timed rounds (pingpong).
-        count: u64,
-    },
-}
-
-/// The two measurements.
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Mode {
-    /// Server to client throughput.
-    Stream,
-    /// Round-trip latency of one message.
-    Pingpong,
-}
-
-impl fmt::Display for Mode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Mode::Stream => "stream",
-            Mode::Pingpong => "pingpong",
-        })
-    }
-}
-
-/// Options of `table`.
-#[derive(Args)]
-struct TableArgs {
-    /// Runs per cell; the best is shown.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
-    runs: u32,
-    /// A much shorter run (one short run per cell): checks that everything works.
-    #[arg(long)]
-    quick: bool,
-    /// Also write the figures as an SVG bar chart.
-    #[arg(long, value_name = "FILE")]
-    svg: Option<PathBuf>,
-    /// The C peer (tests/c/vchan-perf.c, compiled); without it the C columns say n/a.
-    #[arg(long, value_name = "PATH")]
-    c_peer: Option<PathBuf>,
-    /// The Rust peer (default: this executable).
-    #[arg(long, value_name = "PATH")]
-    peer_bin: Option<PathBuf>,
-    /// Log every run (its size and duration) on standard error.
-    #[arg(long, short)]
-    verbose: bool,
-}
-
-fn parse_domid(text: &str) -> Result<DomId, String> {
-    text.parse::<DomId>()
-        .ok()
-        .filter(|d| d.is_normal())
-        .ok_or_else(|| format!("{text:?} is not a domain id (0 to 32751)"))
-}
 
 // ------------------------------------------------------------------------------------------------
 // The measurement protocol, shared by the vchan peers and the in-process baselines.
@@ -1758,7 +1632,7 @@ fn report(file: &Path, svg_path: Option<&Path>) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    let cli: Cli = match tools::parse_cli("vchan-perf") {
+    let cli: Cli = match tools::parse_cli(tools::cli::clap_words) {
         Ok(cli) => cli,
         Err(status) => return status,
     };
