@@ -4,6 +4,7 @@
  *
  *   vchan-perf server CLIENT_DOMID PORT RING_MIN stream|pingpong MSG_SIZE COUNT
  *   vchan-perf client SERVER_DOMID PORT stream|pingpong MSG_SIZE COUNT
+ *   vchan-perf loopback DOMID PORT RING_MIN stream|pingpong MSG_SIZE COUNT
  *
  * PORT names the conventional path data/vchan/<client>/<PORT> under the server's home. RING_MIN
  * is the minimum size of both rings (0: the 1024/2048-byte rings inside the control page).
@@ -18,9 +19,13 @@
  * bytes as one packet and the server receives and sends them back. The client checks every echo
  * and prints "pingpong ROUNDS P50_NS P99_NS" (nearest-rank percentiles of the round-trip times).
  *
+ * loopback: both ends in this process, in this domain (DOMID is its id): the server in a second
+ * thread, the client in the first, which prints its line as `client` does.
+ *
  * Errors: one line on stderr, exit status 1 (2 for bad arguments).
  */
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -54,7 +59,8 @@ static void fail_errno(const char *what)
 static void usage(void)
 {
     fprintf(stderr, "usage: vchan-perf server CLIENT_DOMID PORT RING_MIN stream|pingpong MSG_SIZE COUNT"
-                    " | vchan-perf client SERVER_DOMID PORT stream|pingpong MSG_SIZE COUNT\n");
+                    " | vchan-perf client SERVER_DOMID PORT stream|pingpong MSG_SIZE COUNT"
+                    " | vchan-perf loopback DOMID PORT RING_MIN stream|pingpong MSG_SIZE COUNT\n");
     exit(2);
 }
 
@@ -223,12 +229,30 @@ static void connect_and_run(int server, unsigned long port, int stream, size_t m
     libxenvchan_close(ctrl);
 }
 
+/* The server of a loopback run, in its own thread. */
+struct serving {
+    int client;
+    const char *path;
+    size_t ring_min;
+    int stream;
+    size_t msg;
+    uint64_t count;
+};
+
+static void *serve_thread(void *arg)
+{
+    struct serving *s = arg;
+    serve(s->client, s->path, s->ring_min, s->stream, s->msg, s->count);
+    return NULL;
+}
+
 int main(int argc, char **argv)
 {
     signal(SIGPIPE, SIG_IGN);
     if (argc < 2)
         usage();
-    int server = !strcmp(argv[1], "server");
+    int loopback = !strcmp(argv[1], "loopback");
+    int server = loopback || !strcmp(argv[1], "server");
     if (!server && strcmp(argv[1], "client"))
         usage();
     role = argv[1];
@@ -245,7 +269,17 @@ int main(int argc, char **argv)
     unsigned long long msg = number(argv[i + 1]), count = number(argv[i + 2]);
     if (msg == 0 || msg > (1u << 30) || (!stream && count == 0))
         usage();
-    if (server) {
+    if (loopback) {
+        char path[64];
+        snprintf(path, sizeof path, "data/vchan/%llu/%llu", domid, port);
+        struct serving s = {(int)domid, path, ring_min, stream, (size_t)msg, count};
+        pthread_t thread;
+        if ((errno = pthread_create(&thread, NULL, serve_thread, &s)))
+            fail_errno("pthread_create");
+        connect_and_run((int)domid, (unsigned long)port, stream, (size_t)msg, count);
+        if ((errno = pthread_join(thread, NULL)))
+            fail_errno("pthread_join");
+    } else if (server) {
         char path[64];
         snprintf(path, sizeof path, "data/vchan/%llu/%llu", domid, port);
         serve((int)domid, path, ring_min, stream, (size_t)msg, count);

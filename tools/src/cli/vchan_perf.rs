@@ -85,6 +85,33 @@ pub enum PeerRole {
         /// Bytes to receive (stream) or timed rounds (pingpong).
         count: u64,
     },
+    /// Both ends in this process: serve this domain (DOMID, its own id) at PORT from a second
+    /// thread and connect to it; print the measurement as `client` does.
+    Loopback {
+        /// This domain's id.
+        #[arg(value_parser = parse_domid)]
+        domid: DomId,
+        /// The vchan port.
+        port: u32,
+        /// Minimum size of both rings in bytes (0: the in-page 1024/2048-byte rings).
+        ring_min: usize,
+        /// What to measure.
+        mode: Mode,
+        /// Bytes per write or read (stream) or per message (pingpong).
+        msg_size: usize,
+        /// Bytes to send (stream) or timed rounds (pingpong).
+        count: u64,
+    },
+}
+
+/// How the two peers of a vchan cell run: as separate processes in two domains (the usual way
+/// between a dom0 tool and a guest), or as two threads of one process in one domain.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// A server process in dom0, a client process in domain 1.
+    Processes,
+    /// Both in one process in dom0 (loopback), a thread each.
+    Threads,
 }
 
 /// The two measurements.
@@ -123,6 +150,13 @@ pub struct TableArgs {
     /// The Rust peer (default: this executable).
     #[arg(long, value_name = "PATH")]
     pub peer_bin: Option<PathBuf>,
+    /// Our vchan-proxy, for the proxy row (default: the one next to this executable).
+    #[arg(long, value_name = "PATH")]
+    pub proxy_bin: Option<PathBuf>,
+    /// Xen's vchan-socket-proxy, for the proxy row (default:
+    /// /usr/lib/xen-4.17/bin/vchan-socket-proxy when it is there; without it, n/a).
+    #[arg(long, value_name = "PATH")]
+    pub c_proxy: Option<PathBuf>,
     /// Log every run (its size and duration) on standard error.
     #[arg(long, short)]
     pub verbose: bool,
