@@ -97,4 +97,9 @@ pub trait GrantMap: Send + Sync {
         writable: bool,
         notify: Option<UnmapNotify>,
     ) -> io::Result<Self::Mapping>;
+
+    /// Arrange `notify` for a mapping made without one (gntdev's `SET_UNMAP_NOTIFY`, which works
+    /// on a mapping that exists): a vchan client sets it only once it has joined its server, so
+    /// that a failed attempt, whose mapping goes at once, clears nobody's live byte.
+    fn set_unmap_notify(&self, mapping: &Self::Mapping, notify: UnmapNotify) -> io::Result<()>;
 }

@@ -422,6 +422,23 @@ impl Gnttab {
     }
 }
 
+impl Gnttab {
+    /// Arrange `notify` for `mapping`, made by this handle without one (see
+    /// [`GrantMap::set_unmap_notify`]).
+    pub fn set_unmap_notify(&self, mapping: &GnttabMapping, notify: UnmapNotify) -> io::Result<()> {
+        if !Arc::ptr_eq(&mapping.reservation.fd, &self.fd) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the mapping was made by another gntdev handle",
+            ));
+        }
+        match notify_arg(Some(notify), mapping.map.len(), mapping.reservation.index)? {
+            Some(arg) => ioctl_write(self.fd.as_fd(), abi::gntdev_set_unmap_notify, &arg).map(drop),
+            None => Ok(()),
+        }
+    }
+}
+
 fn unmap_grant_ref(fd: BorrowedFd<'_>, index: u64, count: usize) {
     let arg = abi::GntdevUnmapGrantRef {
         index,
@@ -443,6 +460,10 @@ impl GrantMap for Gnttab {
         notify: Option<UnmapNotify>,
     ) -> io::Result<GnttabMapping> {
         Gnttab::map_grant_refs(self, domid, refs, writable, notify)
+    }
+
+    fn set_unmap_notify(&self, mapping: &GnttabMapping, notify: UnmapNotify) -> io::Result<()> {
+        Gnttab::set_unmap_notify(self, mapping, notify)
     }
 }
 

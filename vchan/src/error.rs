@@ -32,6 +32,8 @@ pub enum Op {
     MapControlPage,
     /// Mapping the server's ring pages (client).
     MapRingPages,
+    /// Arranging the unmap notification of our live byte, once joined (client).
+    ArmUnmapNotify,
     /// Telling the server we connected (client).
     NotifyConnect,
     /// Sending the event the peer asked for after data moved.
@@ -66,6 +68,7 @@ impl Op {
             Op::ShareRingPages => "share the ring pages",
             Op::MapControlPage => "map the control page",
             Op::MapRingPages => "map the ring pages",
+            Op::ArmUnmapNotify => "arrange the unmap notification",
             Op::NotifyConnect => "notify the server",
             Op::Notify => "notify the peer",
             Op::NotifyShutdown => "notify the peer of the shutdown",

@@ -78,6 +78,16 @@ pub trait GrantMap {
         writable: bool,
         notify: Option<UnmapNotify>,
     ) -> Result<Self::Mapping, Self::Error>;
+
+    /// Arrange `notify` for a mapping made without one (gntdev's `SET_UNMAP_NOTIFY` works on a
+    /// mapping that exists): a client sets it once it has joined, so that a failed attempt,
+    /// whose mapping goes at once, clears nobody's live byte. A platform with no such notion
+    /// does nothing.
+    fn set_unmap_notify(
+        &self,
+        mapping: &Self::Mapping,
+        notify: UnmapNotify,
+    ) -> Result<(), Self::Error>;
 }
 
 /// What the core needs to know of a store error: the name the daemon gave, if it gave one.
@@ -237,6 +247,10 @@ mod std_platforms {
             notify: Option<UnmapNotify>,
         ) -> io::Result<Self::Mapping> {
             gnttab::GrantMap::map_grant_refs(self, domid, refs, writable, notify).map(Shared)
+        }
+
+        fn set_unmap_notify(&self, mapping: &Self::Mapping, notify: UnmapNotify) -> io::Result<()> {
+            gnttab::GrantMap::set_unmap_notify(self, &mapping.0, notify)
         }
     }
 

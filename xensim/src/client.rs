@@ -538,6 +538,18 @@ impl GrantMap for XensimGnt {
         mapping.region = Some(Region::map_files(&pages, file_of, writable)?);
         Ok(mapping)
     }
+
+    fn set_unmap_notify(&self, mapping: &XensimMapping, notify: UnmapNotify) -> io::Result<()> {
+        let len = mapping.region.as_ref().map_or(0, |r| r.len());
+        let request = Request::SetMapNotify {
+            id: mapping.id,
+            notify: wire_notify(Some(notify), len)?,
+        };
+        match mapping.conn.call(&request)? {
+            Reply::Done => Ok(()),
+            _ => Err(mismatched()),
+        }
+    }
 }
 
 /// A toolstack connection to the host (dom0's privilege): domain life and statistics.

@@ -375,6 +375,14 @@ impl GrantMap for SimGnt {
             }
         }
     }
+
+    fn set_unmap_notify(&self, mapping: &SimMapping, notify: UnmapNotify) -> io::Result<()> {
+        mapping.handle.request(Request::SetMapNotify {
+            id: mapping.id,
+            notify: notify_request(Some(notify)),
+        })?;
+        Ok(())
+    }
 }
 
 #[allow(unsafe_code)] // The trait's contract is the implementor's promise.
