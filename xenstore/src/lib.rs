@@ -30,18 +30,28 @@
 //!
 //! # Features
 //!
-//! [`wire`] and [`client`] are always built, so a dom0 tool that only talks to a real xenstored
-//! (`default-features = false`) links nothing else.
+//! Without features the crate is `no_std` (with `alloc`): the codec ([`wire`]), the error names,
+//! permissions and the [`XenStore`] trait, for a guest with no OS (the `xen-pv` platform crate).
 //!
+//! - `std`: the client ([`client`]) and `io::Error` conversions. A dom0 tool that only talks to
+//!   a real xenstored (`default-features = false, features = ["std"]`) links nothing else.
 //! - `store`: the in-memory store with xenstored's semantics ([`store`]) and the in-process store
-//!   ([`local`]).
+//!   ([`local`]); implies `std`.
 //! - `daemon` (default): the socket daemon ([`daemon`]); implies `store`.
+#![cfg_attr(not(feature = "std"), no_std)]
 #![forbid(unsafe_code)]
 
-use std::fmt;
-use std::str::FromStr;
-use std::time::Duration;
+extern crate alloc;
 
+use alloc::boxed::Box;
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt;
+use core::str::FromStr;
+use core::time::Duration;
+
+#[cfg(feature = "std")]
 pub mod client;
 #[cfg(feature = "daemon")]
 pub mod daemon;
@@ -128,6 +138,7 @@ impl Errno {
     }
 
     /// The matching Linux errno value (for `io::Error` conversion and C shims).
+    #[cfg(feature = "std")]
     pub const fn raw_os_error(self) -> i32 {
         use nix::errno::Errno as Sys;
         match self {
@@ -239,6 +250,7 @@ pub enum XenstoreError {
     #[error("xenstore replied {0}")]
     Errno(Errno),
     /// The connection to the daemon failed.
+    #[cfg(feature = "std")]
     #[error("xenstore connection failed")]
     Io(#[from] std::io::Error),
     /// A message broke the wire protocol.
@@ -262,6 +274,7 @@ impl From<Errno> for XenstoreError {
     }
 }
 
+#[cfg(feature = "std")]
 impl From<XenstoreError> for std::io::Error {
     fn from(e: XenstoreError) -> Self {
         match e {
@@ -273,7 +286,7 @@ impl From<XenstoreError> for std::io::Error {
 }
 
 /// Result alias for this crate.
-pub type Result<T, E = XenstoreError> = std::result::Result<T, E>;
+pub type Result<T, E = XenstoreError> = core::result::Result<T, E>;
 
 /// The operations of a xenstore connection, as one domain sees the store.
 ///
@@ -378,9 +391,9 @@ macro_rules! forward_xenstore {
     )*};
 }
 
-forward_xenstore!(&S, Box<S>, std::sync::Arc<S>);
+forward_xenstore!(&S, Box<S>, alloc::sync::Arc<S>);
 
-#[cfg(test)]
+#[cfg(all(test, feature = "std"))]
 mod tests {
     use super::*;
     use std::io::ErrorKind;
