@@ -18,6 +18,8 @@ use core::mem::{offset_of, size_of};
 pub const HYPERVISOR_MMU_UPDATE: usize = 1;
 /// `__HYPERVISOR_update_va_mapping`.
 pub const HYPERVISOR_UPDATE_VA_MAPPING: usize = 14;
+/// `__HYPERVISOR_mmuext_op`.
+pub const HYPERVISOR_MMUEXT_OP: usize = 26;
 /// `__HYPERVISOR_xen_version`.
 pub const HYPERVISOR_XEN_VERSION: usize = 17;
 /// `__HYPERVISOR_grant_table_op`.
@@ -32,6 +34,24 @@ pub const HYPERCALL_STUB_SIZE: usize = 32;
 
 /// `UVMF_INVLPG`: flush this address from the TLB after `update_va_mapping`.
 pub const UVMF_INVLPG: u64 = 2;
+
+/// `MMUEXT_TLB_FLUSH_LOCAL`: flush this vCPU's TLB.
+pub const MMUEXT_TLB_FLUSH_LOCAL: u32 = 6;
+
+/// `struct mmuext_op`: an extended MMU operation.
+#[repr(C)]
+pub struct MmuextOp {
+    /// `MMUEXT_*`.
+    pub cmd: u32,
+    /// `mfn` or `linear_addr`, by command.
+    pub arg1: u64,
+    /// `nr_ents`, `vcpumask` or `src_mfn`, by command.
+    pub arg2: u64,
+}
+
+const _: () = assert!(size_of::<MmuextOp>() == 24);
+const _: () = assert!(offset_of!(MmuextOp, arg1) == 8);
+const _: () = assert!(offset_of!(MmuextOp, arg2) == 16);
 
 /// `XENVER_version` (`version.h`): returns `major << 16 | minor`.
 pub const XENVER_VERSION: u32 = 0;
@@ -489,12 +509,3 @@ const _: () = assert!(size_of::<SchedShutdown>() == 4);
 const _: () = assert!(size_of::<SchedPoll>() == 24);
 const _: () = assert!(offset_of!(SchedPoll, nr_ports) == 8);
 const _: () = assert!(offset_of!(SchedPoll, timeout) == 16);
-
-// ---- Errors (`errno.h`) ------------------------------------------------------------------------
-
-/// Xen's `ENOENT` (hypercalls return negated errno values).
-pub const XEN_ENOENT: i64 = 2;
-/// Xen's `ENOMEM`.
-pub const XEN_ENOMEM: i64 = 12;
-/// Xen's `EINVAL`.
-pub const XEN_EINVAL: i64 = 22;

@@ -38,7 +38,10 @@ pub mod error;
 pub mod events;
 pub mod grant;
 pub mod pool;
+// The one place with `unsafe`: hypercalls, the boot code, the .bss memory and the views of
+// pages Xen or a peer writes.
 #[cfg(all(target_os = "none", target_arch = "x86_64"))]
+#[allow(unsafe_code)]
 pub mod pv;
 pub mod ring;
 pub mod store;

@@ -94,6 +94,8 @@ int main(void)
     SIZE(struct sched_shutdown); SIZE(struct sched_poll);
     OFF(struct sched_poll, ports); OFF(struct sched_poll, nr_ports); OFF(struct sched_poll, timeout);
 
+    SIZE(struct mmuext_op); OFF(struct mmuext_op, arg1); OFF(struct mmuext_op, arg2);
+    CONST(MMUEXT_TLB_FLUSH_LOCAL); CONST(__HYPERVISOR_mmuext_op);
     CONST(__HYPERVISOR_mmu_update); CONST(__HYPERVISOR_update_va_mapping);
     CONST(__HYPERVISOR_xen_version); CONST(__HYPERVISOR_grant_table_op);
     CONST(__HYPERVISOR_sched_op); CONST(__HYPERVISOR_event_channel_op);
@@ -237,6 +239,11 @@ fn rust_side() -> BTreeMap<String, i128> {
     off!("struct sched_poll.nr_ports", SchedPoll, nr_ports);
     off!("struct sched_poll.timeout", SchedPoll, timeout);
 
+    size!("struct mmuext_op", MmuextOp);
+    off!("struct mmuext_op.arg1", MmuextOp, arg1);
+    off!("struct mmuext_op.arg2", MmuextOp, arg2);
+    cnst!("MMUEXT_TLB_FLUSH_LOCAL", MMUEXT_TLB_FLUSH_LOCAL);
+    cnst!("__HYPERVISOR_mmuext_op", HYPERVISOR_MMUEXT_OP);
     cnst!("__HYPERVISOR_mmu_update", HYPERVISOR_MMU_UPDATE);
     cnst!("__HYPERVISOR_update_va_mapping", HYPERVISOR_UPDATE_VA_MAPPING);
     cnst!("__HYPERVISOR_xen_version", HYPERVISOR_XEN_VERSION);
