@@ -148,7 +148,11 @@ struct Words<'a> {
 
 impl<'a> Words<'a> {
     fn err(&self, what: impl fmt::Display) -> JobError {
-        JobError(alloc::format!("{}: {what} (usage: {})", self.job, usage(self.job)))
+        JobError(alloc::format!(
+            "{}: {what} (usage: {})",
+            self.job,
+            usage(self.job)
+        ))
     }
 
     fn next(&mut self, name: &str) -> Result<&'a str, JobError> {
@@ -305,8 +309,14 @@ mod tests {
 
     #[test]
     fn ring_sizes_a_server_anywhere_on_the_line() {
-        assert_eq!(parse("send server 0 p 10").unwrap().ring_size(), DEFAULT_RING);
-        assert_eq!(parse("ring=4096 echo server 0 p").unwrap().ring_size(), 4096);
+        assert_eq!(
+            parse("send server 0 p 10").unwrap().ring_size(),
+            DEFAULT_RING
+        );
+        assert_eq!(
+            parse("ring=4096 echo server 0 p").unwrap().ring_size(),
+            4096
+        );
         assert_eq!(parse("http 80 ring=1048576").unwrap().ring, Some(MAX_RING));
         let err = |s| parse(s).unwrap_err().to_string();
         assert_eq!(
@@ -321,14 +331,20 @@ mod tests {
             err("echo server 0 p ring=2097152"),
             "ring=2097152: SIZE is a byte count from 1 to 1048576"
         );
-        assert_eq!(err("echo server 0 p ring=1k"), "ring=1k: SIZE is a byte count from 1 to 1048576");
+        assert_eq!(
+            err("echo server 0 p ring=1k"),
+            "ring=1k: SIZE is a byte count from 1 to 1048576"
+        );
         assert_eq!(err("echo server 0 p ring=8 ring=8"), "ring= given twice");
     }
 
     #[test]
     fn bad_lines_get_one_line_errors_naming_the_usage() {
         let err = |s| parse(s).unwrap_err().to_string();
-        assert_eq!(err(""), "no job: extra= names one of send, recv, echo, http, selftest");
+        assert_eq!(
+            err(""),
+            "no job: extra= names one of send, recv, echo, http, selftest"
+        );
         assert_eq!(
             err("frobnicate 1"),
             "unknown job \"frobnicate\": extra= names one of send, recv, echo, http, selftest"
@@ -366,7 +382,12 @@ mod tests {
     #[test]
     fn only_the_selftest_runs_without_the_channel_core() {
         assert!(!parse("selftest 0").unwrap().job.needs_vchan());
-        for line in ["send client 0 p 1", "recv server 0 p", "echo client 0 p", "http 80"] {
+        for line in [
+            "send client 0 p 1",
+            "recv server 0 p",
+            "echo client 0 p",
+            "http 80",
+        ] {
             assert!(parse(line).unwrap().job.needs_vchan(), "{line}");
         }
     }

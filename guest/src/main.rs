@@ -28,7 +28,7 @@ mod guest {
         say!(
             platform,
             "vchan-guest: Xen {major}.{minor}, {} MiB, extra=\"{}\"",
-            platform.nr_pages() * 4096 >> 20,
+            (platform.nr_pages() * 4096) >> 20,
             platform.cmdline()
         );
         let outcome = match parse(platform.cmdline()) {

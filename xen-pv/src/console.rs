@@ -141,9 +141,18 @@ mod tests {
         let n = consoled.ring.consume(&mut rest).unwrap();
         consoled.log.borrow_mut().extend_from_slice(&rest[..n]);
         assert_eq!(*consoled.log.borrow(), text);
-        assert!(consoled.rings.get() >= 3, "xenconsoled is notified as the ring fills");
+        assert!(
+            consoled.rings.get() >= 3,
+            "xenconsoled is notified as the ring fills"
+        );
         // Only the output half is touched: the input ring stays as it was.
-        assert_eq!(region.load_u32(offset_of!(XenconsInterface, in_prod), core::sync::atomic::Ordering::Relaxed), 0);
+        assert_eq!(
+            region.load_u32(
+                offset_of!(XenconsInterface, in_prod),
+                core::sync::atomic::Ordering::Relaxed
+            ),
+            0
+        );
     }
 
     #[test]

@@ -33,7 +33,8 @@ impl<'a> EventBits<'a> {
     /// The bitmaps of the `shared_info` page `shared_info`.
     pub fn new(shared_info: SharedRegion<'a>) -> EventBits<'a> {
         EventBits {
-            pending: shared_info.subregion(offset_of!(SharedInfo, evtchn_pending), EVTCHN_WORDS * 8),
+            pending: shared_info
+                .subregion(offset_of!(SharedInfo, evtchn_pending), EVTCHN_WORDS * 8),
             mask: shared_info.subregion(offset_of!(SharedInfo, evtchn_mask), EVTCHN_WORDS * 8),
         }
     }

@@ -78,10 +78,13 @@ impl<'a> GrantTable<'a> {
             }
             // ORDERING: SeqCst: the compare-exchange is the one atomic step that decides
             // between our end and Xen's mapping (which sets GTF_reading with its own cmpxchg).
-            match self
-                .entries
-                .compare_exchange_u16(off, flags, 0, Ordering::SeqCst, Ordering::Acquire)
-            {
+            match self.entries.compare_exchange_u16(
+                off,
+                flags,
+                0,
+                Ordering::SeqCst,
+                Ordering::Acquire,
+            ) {
                 Ok(_) => return Ok(()),
                 Err(now) => flags = now,
             }
@@ -277,9 +280,14 @@ mod tests {
         let mut frame = Frame([0; PAGE_SIZE]);
         let table = GrantTable::new(SharedRegion::from(&mut frame.0[..]));
         assert_eq!(table.capacity(), REFS_PER_FRAME);
-        table.grant(GrantRef(9), DomId(3), 0x1234_5678, true).unwrap();
+        table
+            .grant(GrantRef(9), DomId(3), 0x1234_5678, true)
+            .unwrap();
         let e = table.entries;
-        assert_eq!(e.load_u16(72, Ordering::Relaxed), GTF_PERMIT_ACCESS | GTF_READONLY);
+        assert_eq!(
+            e.load_u16(72, Ordering::Relaxed),
+            GTF_PERMIT_ACCESS | GTF_READONLY
+        );
         assert_eq!(e.load_u16(74, Ordering::Relaxed), 3);
         assert_eq!(e.load_u32(76, Ordering::Relaxed), 0x1234_5678);
         assert_eq!(
@@ -287,7 +295,10 @@ mod tests {
             Err(PvError::FrameTooLarge(1 << 32))
         );
         // The toolstack's reserved refs and refs past the table are refused.
-        assert_eq!(table.grant(GrantRef(1), DomId(0), 1, false), Err(PvError::BadGrantRef(1)));
+        assert_eq!(
+            table.grant(GrantRef(1), DomId(0), 1, false),
+            Err(PvError::BadGrantRef(1))
+        );
         assert_eq!(table.end(GrantRef(512)), Err(PvError::BadGrantRef(512)));
     }
 
@@ -300,7 +311,11 @@ mod tests {
         xen_maps(&table, r, true);
         assert!(table.is_mapped(r).unwrap());
         assert_eq!(table.end(r), Err(PvError::GrantInUse));
-        assert_eq!(flags(&table, r) & GTF_PERMIT_ACCESS, GTF_PERMIT_ACCESS, "left as it was");
+        assert_eq!(
+            flags(&table, r) & GTF_PERMIT_ACCESS,
+            GTF_PERMIT_ACCESS,
+            "left as it was"
+        );
         xen_unmaps(&table, r);
         table.end(r).unwrap();
         assert_eq!(flags(&table, r), 0);
@@ -343,7 +358,11 @@ mod tests {
         xen_maps(&table, mapped, false);
         book.unshare(run);
         assert_eq!(book.quarantined(), 1);
-        assert_eq!(book.pages_in_use(), 1, "the mapped page stays out of the pool");
+        assert_eq!(
+            book.pages_in_use(),
+            1,
+            "the mapped page stays out of the pool"
+        );
         // The pool never hands the quarantined page out: 15 are left.
         assert_eq!(book.alloc_pages(16), Err(PvError::OutOfPages(16)));
         let all_free = book.alloc_pages(15).unwrap();
@@ -353,7 +372,10 @@ mod tests {
         assert_eq!(book.reap(), 0);
         xen_unmaps(&table, mapped);
         assert_eq!(book.reap(), 1);
-        assert_eq!((book.quarantined(), book.pages_in_use(), book.refs_in_use()), (0, 0, 8));
+        assert_eq!(
+            (book.quarantined(), book.pages_in_use(), book.refs_in_use()),
+            (0, 0, 8)
+        );
     }
 
     #[test]

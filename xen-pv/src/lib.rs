@@ -8,8 +8,8 @@
 //!
 //! The crate builds on the host too: everything that is logic rather than hypervisor access is
 //! here for unit tests ([`ring`], [`console`], [`store`], [`events`], [`grant`], [`pool`],
-//! [`time`], and the ABI in [`abi`]); the x86-64 PV code itself is [`pv`], compiled only for
-//! `target_os = "none"`. Pages that Xen or a peer writes are reached only through
+//! [`time`], and the ABI in [`abi`]); the x86-64 PV code itself is the `pv` module, compiled
+//! only for `target_os = "none"` (`cargo doc --target x86_64-unknown-none` shows it). Pages that Xen or a peer writes are reached only through
 //! [`xen_types::memory::SharedRegion`].
 //!
 //! ```

@@ -32,7 +32,10 @@ impl<'a> ByteRing<'a> {
         prod: SharedRegion<'a>,
         name: &'static str,
     ) -> ByteRing<'a> {
-        assert!(data.len().is_power_of_two(), "a ring's size is a power of two");
+        assert!(
+            data.len().is_power_of_two(),
+            "a ring's size is a power of two"
+        );
         assert!(cons.len() == 4 && prod.len() == 4, "ring indices are u32s");
         ByteRing {
             data,

@@ -389,14 +389,20 @@ mod tests {
             value
         );
         assert_eq!(client.directory(TxId::NONE, "data").unwrap(), vec!["big"]);
-        assert!(xenstored.rings.get() > 4, "xenstored is notified piece by piece");
+        assert!(
+            xenstored.rings.get() > 4,
+            "xenstored is notified piece by piece"
+        );
         // Errors come back as the errno.
         assert_eq!(
             client.read(TxId::NONE, "data/missing"),
             Err(PvError::Store(Errno::ENOENT))
         );
         client.rm(TxId::NONE, "data/big").unwrap();
-        assert_eq!(client.directory(TxId::NONE, "data").unwrap(), Vec::<String>::new());
+        assert_eq!(
+            client.directory(TxId::NONE, "data").unwrap(),
+            Vec::<String>::new()
+        );
     }
 
     #[test]
@@ -422,7 +428,10 @@ mod tests {
         assert_eq!(client.read(TxId::NONE, "data/other").unwrap(), b"x");
         let deadline = Instant(u64::MAX);
         let mut paths = vec![];
-        while let Some(ev) = client.next_watch_event(Instant(xenstored.clock.get() + 3_000_000_000)).unwrap() {
+        while let Some(ev) = client
+            .next_watch_event(Instant(xenstored.clock.get() + 3_000_000_000))
+            .unwrap()
+        {
             assert_eq!(ev.token, "tok");
             paths.push(ev.path);
         }
@@ -448,8 +457,14 @@ mod tests {
         client.write(tx, "data/t/ring-ref", b"8").unwrap();
         client.write(tx, "data/t/event-channel", b"3").unwrap();
         client.transaction_end(tx, true).unwrap();
-        assert_eq!(client.read_string(TxId::NONE, "data/t/ring-ref").unwrap(), "8");
-        let perms = [Perm::new(GUEST, Access::None), Perm::new(DomId(0), Access::Read)];
+        assert_eq!(
+            client.read_string(TxId::NONE, "data/t/ring-ref").unwrap(),
+            "8"
+        );
+        let perms = [
+            Perm::new(GUEST, Access::None),
+            Perm::new(DomId(0), Access::Read),
+        ];
         client.set_perms(TxId::NONE, "data/t", &perms).unwrap();
         assert_eq!(client.get_perms(TxId::NONE, "data/t").unwrap(), perms);
         assert_eq!(client.get_domain_path(GUEST).unwrap(), "/local/domain/5");

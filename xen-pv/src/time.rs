@@ -121,9 +121,15 @@ mod tests {
         assert_eq!(rec.system_time_at(1_000), Instant(5_000_000));
         assert_eq!(rec.system_time_at(3_000), Instant(5_001_000));
         // A shift of -1 halves the delta first; +1 doubles it.
-        let slow = TimeRecord { tsc_shift: -1, ..rec };
+        let slow = TimeRecord {
+            tsc_shift: -1,
+            ..rec
+        };
         assert_eq!(slow.system_time_at(5_000), Instant(5_001_000));
-        let fast = TimeRecord { tsc_shift: 1, ..rec };
+        let fast = TimeRecord {
+            tsc_shift: 1,
+            ..rec
+        };
         assert_eq!(fast.system_time_at(2_000), Instant(5_001_000));
         // A TSC behind the stamp is the stamp, never a wrap to the far future.
         assert_eq!(rec.system_time_at(10), Instant(5_000_000));
@@ -152,7 +158,10 @@ mod tests {
 
     #[test]
     fn instants_saturate() {
-        assert_eq!(Instant(u64::MAX - 1).after(Duration::from_secs(1)), Instant(u64::MAX));
+        assert_eq!(
+            Instant(u64::MAX - 1).after(Duration::from_secs(1)),
+            Instant(u64::MAX)
+        );
         assert_eq!(Instant(5).since(Instant(9)), Duration::ZERO);
         assert_eq!(Instant(9).since(Instant(5)), Duration::from_nanos(4));
     }

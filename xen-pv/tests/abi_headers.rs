@@ -144,7 +144,11 @@ fn rust_side() -> BTreeMap<String, i128> {
     off!("struct start_info.store_mfn", StartInfo, store_mfn);
     off!("struct start_info.store_evtchn", StartInfo, store_evtchn);
     off!("struct start_info.console.domU.mfn", StartInfo, console_mfn);
-    off!("struct start_info.console.domU.evtchn", StartInfo, console_evtchn);
+    off!(
+        "struct start_info.console.domU.evtchn",
+        StartInfo,
+        console_evtchn
+    );
     off!("struct start_info.pt_base", StartInfo, pt_base);
     off!("struct start_info.nr_pt_frames", StartInfo, nr_pt_frames);
     off!("struct start_info.mfn_list", StartInfo, mfn_list);
@@ -157,20 +161,48 @@ fn rust_side() -> BTreeMap<String, i128> {
 
     size!("struct vcpu_time_info", VcpuTimeInfo);
     off!("struct vcpu_time_info.version", VcpuTimeInfo, version);
-    off!("struct vcpu_time_info.tsc_timestamp", VcpuTimeInfo, tsc_timestamp);
-    off!("struct vcpu_time_info.system_time", VcpuTimeInfo, system_time);
-    off!("struct vcpu_time_info.tsc_to_system_mul", VcpuTimeInfo, tsc_to_system_mul);
+    off!(
+        "struct vcpu_time_info.tsc_timestamp",
+        VcpuTimeInfo,
+        tsc_timestamp
+    );
+    off!(
+        "struct vcpu_time_info.system_time",
+        VcpuTimeInfo,
+        system_time
+    );
+    off!(
+        "struct vcpu_time_info.tsc_to_system_mul",
+        VcpuTimeInfo,
+        tsc_to_system_mul
+    );
     off!("struct vcpu_time_info.tsc_shift", VcpuTimeInfo, tsc_shift);
     off!("struct vcpu_time_info.flags", VcpuTimeInfo, flags);
     size!("struct vcpu_info", VcpuInfo);
-    off!("struct vcpu_info.evtchn_upcall_pending", VcpuInfo, evtchn_upcall_pending);
-    off!("struct vcpu_info.evtchn_upcall_mask", VcpuInfo, evtchn_upcall_mask);
-    off!("struct vcpu_info.evtchn_pending_sel", VcpuInfo, evtchn_pending_sel);
+    off!(
+        "struct vcpu_info.evtchn_upcall_pending",
+        VcpuInfo,
+        evtchn_upcall_pending
+    );
+    off!(
+        "struct vcpu_info.evtchn_upcall_mask",
+        VcpuInfo,
+        evtchn_upcall_mask
+    );
+    off!(
+        "struct vcpu_info.evtchn_pending_sel",
+        VcpuInfo,
+        evtchn_pending_sel
+    );
     off!("struct vcpu_info.arch", VcpuInfo, arch);
     off!("struct vcpu_info.time", VcpuInfo, time);
     size!("struct shared_info", SharedInfo);
     off!("struct shared_info.vcpu_info", SharedInfo, vcpu_info);
-    off!("struct shared_info.evtchn_pending", SharedInfo, evtchn_pending);
+    off!(
+        "struct shared_info.evtchn_pending",
+        SharedInfo,
+        evtchn_pending
+    );
     off!("struct shared_info.evtchn_mask", SharedInfo, evtchn_mask);
     off!("struct shared_info.wc_version", SharedInfo, wc_version);
     off!("struct shared_info.wc_sec", SharedInfo, wc_sec);
@@ -182,10 +214,26 @@ fn rust_side() -> BTreeMap<String, i128> {
     size!("struct xencons_interface", XenconsInterface);
     off!("struct xencons_interface.in", XenconsInterface, input);
     off!("struct xencons_interface.out", XenconsInterface, output);
-    off!("struct xencons_interface.in_cons", XenconsInterface, in_cons);
-    off!("struct xencons_interface.in_prod", XenconsInterface, in_prod);
-    off!("struct xencons_interface.out_cons", XenconsInterface, out_cons);
-    off!("struct xencons_interface.out_prod", XenconsInterface, out_prod);
+    off!(
+        "struct xencons_interface.in_cons",
+        XenconsInterface,
+        in_cons
+    );
+    off!(
+        "struct xencons_interface.in_prod",
+        XenconsInterface,
+        in_prod
+    );
+    off!(
+        "struct xencons_interface.out_cons",
+        XenconsInterface,
+        out_cons
+    );
+    off!(
+        "struct xencons_interface.out_prod",
+        XenconsInterface,
+        out_prod
+    );
     type Xs = XenstoreDomainInterface;
     size!("struct xenstore_domain_interface", Xs);
     off!("struct xenstore_domain_interface.req", Xs, req);
@@ -194,8 +242,16 @@ fn rust_side() -> BTreeMap<String, i128> {
     off!("struct xenstore_domain_interface.req_prod", Xs, req_prod);
     off!("struct xenstore_domain_interface.rsp_cons", Xs, rsp_cons);
     off!("struct xenstore_domain_interface.rsp_prod", Xs, rsp_prod);
-    off!("struct xenstore_domain_interface.server_features", Xs, server_features);
-    off!("struct xenstore_domain_interface.connection", Xs, connection);
+    off!(
+        "struct xenstore_domain_interface.server_features",
+        Xs,
+        server_features
+    );
+    off!(
+        "struct xenstore_domain_interface.connection",
+        Xs,
+        connection
+    );
     off!("struct xenstore_domain_interface.error", Xs, error);
     cnst!("XENSTORE_RING_SIZE", XENSTORE_RING_SIZE);
 
@@ -205,31 +261,91 @@ fn rust_side() -> BTreeMap<String, i128> {
     off!("grant_entry_v1_t.frame", GrantEntryV1, frame);
     size!("struct gnttab_setup_table", GnttabSetupTable);
     off!("struct gnttab_setup_table.dom", GnttabSetupTable, dom);
-    off!("struct gnttab_setup_table.nr_frames", GnttabSetupTable, nr_frames);
+    off!(
+        "struct gnttab_setup_table.nr_frames",
+        GnttabSetupTable,
+        nr_frames
+    );
     off!("struct gnttab_setup_table.status", GnttabSetupTable, status);
-    off!("struct gnttab_setup_table.frame_list", GnttabSetupTable, frame_list);
+    off!(
+        "struct gnttab_setup_table.frame_list",
+        GnttabSetupTable,
+        frame_list
+    );
     size!("struct gnttab_map_grant_ref", GnttabMapGrantRef);
-    off!("struct gnttab_map_grant_ref.host_addr", GnttabMapGrantRef, host_addr);
-    off!("struct gnttab_map_grant_ref.flags", GnttabMapGrantRef, flags);
+    off!(
+        "struct gnttab_map_grant_ref.host_addr",
+        GnttabMapGrantRef,
+        host_addr
+    );
+    off!(
+        "struct gnttab_map_grant_ref.flags",
+        GnttabMapGrantRef,
+        flags
+    );
     off!("struct gnttab_map_grant_ref.ref", GnttabMapGrantRef, gref);
     off!("struct gnttab_map_grant_ref.dom", GnttabMapGrantRef, dom);
-    off!("struct gnttab_map_grant_ref.status", GnttabMapGrantRef, status);
-    off!("struct gnttab_map_grant_ref.handle", GnttabMapGrantRef, handle);
-    off!("struct gnttab_map_grant_ref.dev_bus_addr", GnttabMapGrantRef, dev_bus_addr);
+    off!(
+        "struct gnttab_map_grant_ref.status",
+        GnttabMapGrantRef,
+        status
+    );
+    off!(
+        "struct gnttab_map_grant_ref.handle",
+        GnttabMapGrantRef,
+        handle
+    );
+    off!(
+        "struct gnttab_map_grant_ref.dev_bus_addr",
+        GnttabMapGrantRef,
+        dev_bus_addr
+    );
     size!("struct gnttab_unmap_grant_ref", GnttabUnmapGrantRef);
-    off!("struct gnttab_unmap_grant_ref.host_addr", GnttabUnmapGrantRef, host_addr);
-    off!("struct gnttab_unmap_grant_ref.dev_bus_addr", GnttabUnmapGrantRef, dev_bus_addr);
-    off!("struct gnttab_unmap_grant_ref.handle", GnttabUnmapGrantRef, handle);
-    off!("struct gnttab_unmap_grant_ref.status", GnttabUnmapGrantRef, status);
+    off!(
+        "struct gnttab_unmap_grant_ref.host_addr",
+        GnttabUnmapGrantRef,
+        host_addr
+    );
+    off!(
+        "struct gnttab_unmap_grant_ref.dev_bus_addr",
+        GnttabUnmapGrantRef,
+        dev_bus_addr
+    );
+    off!(
+        "struct gnttab_unmap_grant_ref.handle",
+        GnttabUnmapGrantRef,
+        handle
+    );
+    off!(
+        "struct gnttab_unmap_grant_ref.status",
+        GnttabUnmapGrantRef,
+        status
+    );
 
     size!("struct evtchn_alloc_unbound", EvtchnAllocUnbound);
     off!("struct evtchn_alloc_unbound.dom", EvtchnAllocUnbound, dom);
-    off!("struct evtchn_alloc_unbound.remote_dom", EvtchnAllocUnbound, remote_dom);
+    off!(
+        "struct evtchn_alloc_unbound.remote_dom",
+        EvtchnAllocUnbound,
+        remote_dom
+    );
     off!("struct evtchn_alloc_unbound.port", EvtchnAllocUnbound, port);
     size!("struct evtchn_bind_interdomain", EvtchnBindInterdomain);
-    off!("struct evtchn_bind_interdomain.remote_dom", EvtchnBindInterdomain, remote_dom);
-    off!("struct evtchn_bind_interdomain.remote_port", EvtchnBindInterdomain, remote_port);
-    off!("struct evtchn_bind_interdomain.local_port", EvtchnBindInterdomain, local_port);
+    off!(
+        "struct evtchn_bind_interdomain.remote_dom",
+        EvtchnBindInterdomain,
+        remote_dom
+    );
+    off!(
+        "struct evtchn_bind_interdomain.remote_port",
+        EvtchnBindInterdomain,
+        remote_port
+    );
+    off!(
+        "struct evtchn_bind_interdomain.local_port",
+        EvtchnBindInterdomain,
+        local_port
+    );
     size!("struct evtchn_close", EvtchnPort);
     size!("struct evtchn_send", EvtchnPort);
     size!("struct evtchn_unmask", EvtchnPort);
@@ -245,7 +361,10 @@ fn rust_side() -> BTreeMap<String, i128> {
     cnst!("MMUEXT_TLB_FLUSH_LOCAL", MMUEXT_TLB_FLUSH_LOCAL);
     cnst!("__HYPERVISOR_mmuext_op", HYPERVISOR_MMUEXT_OP);
     cnst!("__HYPERVISOR_mmu_update", HYPERVISOR_MMU_UPDATE);
-    cnst!("__HYPERVISOR_update_va_mapping", HYPERVISOR_UPDATE_VA_MAPPING);
+    cnst!(
+        "__HYPERVISOR_update_va_mapping",
+        HYPERVISOR_UPDATE_VA_MAPPING
+    );
     cnst!("__HYPERVISOR_xen_version", HYPERVISOR_XEN_VERSION);
     cnst!("__HYPERVISOR_grant_table_op", HYPERVISOR_GRANT_TABLE_OP);
     cnst!("__HYPERVISOR_sched_op", HYPERVISOR_SCHED_OP);

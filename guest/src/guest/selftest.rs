@@ -62,12 +62,22 @@ fn fill(region: SharedRegion<'_>, offset: usize, len: usize, pattern: fn(usize) 
     region.copy_in(offset, &bytes);
 }
 
-fn check(region: SharedRegion<'_>, offset: usize, len: usize, pattern: fn(usize) -> u8, what: &str) -> Result<(), String> {
+fn check(
+    region: SharedRegion<'_>,
+    offset: usize,
+    len: usize,
+    pattern: fn(usize) -> u8,
+    what: &str,
+) -> Result<(), String> {
     let mut bytes = alloc::vec![0u8; len];
     region.copy_out(offset, &mut bytes);
     match (0..len).find(|&i| bytes[i] != pattern(i)) {
         None => Ok(()),
-        Some(i) => Err(format!("{what}: byte {i} is {}, expected {}", bytes[i], pattern(i))),
+        Some(i) => Err(format!(
+            "{what}: byte {i} is {}, expected {}",
+            bytes[i],
+            pattern(i)
+        )),
     }
 }
 
@@ -84,7 +94,11 @@ fn pv(what: &str) -> impl Fn(PvError) -> String + '_ {
 }
 
 /// Wait (through the watch on `dom0`) until `key` holds a value `accept` takes.
-fn wait_for(platform: &Platform, key: &str, accept: impl Fn(&str) -> bool) -> Result<String, String> {
+fn wait_for(
+    platform: &Platform,
+    key: &str,
+    accept: impl Fn(&str) -> bool,
+) -> Result<String, String> {
     let store = platform.store();
     let deadline = platform.now().after(STEP_WAIT);
     loop {
@@ -93,15 +107,25 @@ fn wait_for(platform: &Platform, key: &str, accept: impl Fn(&str) -> bool) -> Re
             Ok(_) | Err(PvError::Store(Errno::ENOENT)) => {}
             Err(e) => return Err(format!("read {key}: {e}")),
         }
-        if store.next_watch_event(deadline).map_err(pv("watch"))?.is_none() {
-            return Err(format!("no acceptable {key} from dom0 within {} s", STEP_WAIT.as_secs()));
+        if store
+            .next_watch_event(deadline)
+            .map_err(pv("watch"))?
+            .is_none()
+        {
+            return Err(format!(
+                "no acceptable {key} from dom0 within {} s",
+                STEP_WAIT.as_secs()
+            ));
         }
     }
 }
 
 fn wait_event(platform: &Platform, port: Port, what: &str) -> Result<(), String> {
     let deadline: Instant = platform.now().after(STEP_WAIT);
-    match platform.wait_event(&[port], Some(deadline)).map_err(pv(what))? {
+    match platform
+        .wait_event(&[port], Some(deadline))
+        .map_err(pv(what))?
+    {
         Some(_) => Ok(()),
         None => Err(format!("no {what} within {} s", STEP_WAIT.as_secs())),
     }
@@ -116,10 +140,18 @@ pub(crate) fn run(platform: &Platform, peer: DomId) -> Result<(), String> {
 
     // 1. The store: write, read back, list, watch.
     let hello = format!("{DIR}/hello");
-    store.write(TxId::NONE, &hello, b"xen-pv").map_err(pv("write"))?;
-    ensure(store.read(TxId::NONE, &hello).map_err(pv("read"))? == b"xen-pv", "read back")?;
+    store
+        .write(TxId::NONE, &hello, b"xen-pv")
+        .map_err(pv("write"))?;
+    ensure(
+        store.read(TxId::NONE, &hello).map_err(pv("read"))? == b"xen-pv",
+        "read back",
+    )?;
     let names = store.directory(TxId::NONE, DIR).map_err(pv("directory"))?;
-    ensure(names.iter().any(|n| n == "hello"), "directory lists the key")?;
+    ensure(
+        names.iter().any(|n| n == "hello"),
+        "directory lists the key",
+    )?;
     let dom0_key = format!("{DIR}/dom0");
     store.watch(&dom0_key, "dom0").map_err(pv("watch"))?;
     let first = store
@@ -129,15 +161,27 @@ pub(crate) fn run(platform: &Platform, peer: DomId) -> Result<(), String> {
         first.is_some_and(|ev| ev.path == dom0_key && ev.token == "dom0"),
         "a new watch fires at once",
     )?;
-    say!(platform, "selftest: xenstore write, read, directory, watch ok");
+    say!(
+        platform,
+        "selftest: xenstore write, read, directory, watch ok"
+    );
 
     // 2. Grants and a port for dom0.
     let shared = platform.share_pages(peer, 2, true).map_err(pv("share"))?;
     fill(shared.region(), 0, PAGE, pattern_a);
-    let read_only = platform.share_pages(peer, 1, false).map_err(pv("share read-only"))?;
+    let read_only = platform
+        .share_pages(peer, 1, false)
+        .map_err(pv("share read-only"))?;
     fill(read_only.region(), 0, PAGE, pattern_b);
-    let port = platform.bind_unbound_port(peer).map_err(pv("alloc_unbound"))?;
-    let refs: Vec<GrantRef> = shared.refs().iter().chain(read_only.refs()).copied().collect();
+    let port = platform
+        .bind_unbound_port(peer)
+        .map_err(pv("alloc_unbound"))?;
+    let refs: Vec<GrantRef> = shared
+        .refs()
+        .iter()
+        .chain(read_only.refs())
+        .copied()
+        .collect();
     ensure(refs.iter().all(|r| r.0 >= 8), "refs past the reserved ones")?;
     let published = format!("{} {} {} {}", refs[0].0, refs[1].0, refs[2].0, port.0);
     loop {
@@ -151,17 +195,32 @@ pub(crate) fn run(platform: &Platform, peer: DomId) -> Result<(), String> {
             Err(e) => return Err(format!("commit: {e}")),
         }
     }
-    say!(platform, "selftest: granted refs {} {} {}, port {}", refs[0].0, refs[1].0, refs[2].0, port.0);
+    say!(
+        platform,
+        "selftest: granted refs {} {} {}, port {}",
+        refs[0].0,
+        refs[1].0,
+        refs[2].0,
+        port.0
+    );
     say!(platform, "READY");
 
     // 4. dom0 mapped our pages and offers its own.
     let mapped = wait_for(platform, &dom0_key, |v| v.starts_with("mapped "))?;
     let mut words = mapped.split(' ').skip(1).map(str::parse::<u32>);
-    let (Some(Ok(dom0_ref)), Some(Ok(dom0_port)), None) = (words.next(), words.next(), words.next()) else {
+    let (Some(Ok(dom0_ref)), Some(Ok(dom0_port)), None) =
+        (words.next(), words.next(), words.next())
+    else {
         return Err(format!("dom0 wrote {mapped:?}"));
     };
     wait_event(platform, port, "event from dom0 on the guest's port")?;
-    check(shared.region(), PAGE, PAGE, pattern_c, "dom0's write into the guest's page")?;
+    check(
+        shared.region(),
+        PAGE,
+        PAGE,
+        pattern_c,
+        "dom0's write into the guest's page",
+    )?;
     drop(shared);
     drop(read_only);
     ensure(
@@ -169,7 +228,10 @@ pub(crate) fn run(platform: &Platform, peer: DomId) -> Result<(), String> {
         "grants the peer still maps must not end (MSA02)",
     )?;
     ensure(platform.reap_grants() == 0, "still mapped: nothing to reap")?;
-    say!(platform, "selftest: 3 grants dom0 maps stay out of the pool");
+    say!(
+        platform,
+        "selftest: 3 grants dom0 maps stay out of the pool"
+    );
 
     let foreign = platform
         .map_grant_refs(peer, &[GrantRef(dom0_ref)], true)
@@ -181,24 +243,36 @@ pub(crate) fn run(platform: &Platform, peer: DomId) -> Result<(), String> {
         .map_err(pv("bind_interdomain"))?;
     // Xen marks a freshly bound port pending (for notifications the unbound end may have
     // missed): take that one, so that the wait below sees only dom0's notify.
-    platform.take_event(port2).map_err(pv("take the bind's event"))?;
+    platform
+        .take_event(port2)
+        .map_err(pv("take the bind's event"))?;
     platform.notify(port2).map_err(pv("notify"))?;
     platform.notify(port).map_err(pv("notify"))?;
     store
         .write(TxId::NONE, &format!("{DIR}/guest-step"), b"mapped")
         .map_err(pv("write"))?;
-    say!(platform, "selftest: mapped dom0's grant {dom0_ref}, bound its port {dom0_port} as {}", port2.0);
+    say!(
+        platform,
+        "selftest: mapped dom0's grant {dom0_ref}, bound its port {dom0_port} as {}",
+        port2.0
+    );
 
     // 6. dom0 unmapped our pages.
     wait_for(platform, &dom0_key, |v| v == "unmapped")?;
     wait_event(platform, port2, "event from dom0 on its port")?;
-    ensure(platform.reap_grants() == 3, "the grants end once dom0 unmapped")?;
+    ensure(
+        platform.reap_grants() == 3,
+        "the grants end once dom0 unmapped",
+    )?;
     drop(foreign);
     ensure(platform.leaked_pages() == 0, "dom0's page unmapped")?;
     ensure(platform.pages_in_use() == baseline, "every pool page back")?;
     platform.unbind(port).map_err(pv("close"))?;
     platform.unbind(port2).map_err(pv("close"))?;
-    ensure(platform.notify(port).is_err(), "a closed port refuses a notify")?;
+    ensure(
+        platform.notify(port).is_err(),
+        "a closed port refuses a notify",
+    )?;
     store.unwatch(&dom0_key, "dom0").map_err(pv("unwatch"))?;
     store
         .write(TxId::NONE, &format!("{DIR}/guest-step"), b"done")

@@ -71,7 +71,16 @@ fn check(op: &'static str, rc: i64) -> Result<i64> {
 /// `xen_version(XENVER_version)`: `(major, minor)`.
 pub fn xen_version() -> (u16, u16) {
     // SAFETY: XENVER_version takes no argument buffer (a null pointer) and changes nothing.
-    let v = unsafe { hypercall(abi::HYPERVISOR_XEN_VERSION, u64::from(abi::XENVER_VERSION), 0, 0, 0, 0) };
+    let v = unsafe {
+        hypercall(
+            abi::HYPERVISOR_XEN_VERSION,
+            u64::from(abi::XENVER_VERSION),
+            0,
+            0,
+            0,
+            0,
+        )
+    };
     ((v >> 16) as u16, v as u16)
 }
 
@@ -86,7 +95,14 @@ pub fn xen_version() -> (u16, u16) {
 pub unsafe fn update_va_mapping(va: usize, pte: u64) -> Result<()> {
     // SAFETY: the caller vouches for what leaves and enters the address space.
     let rc = unsafe {
-        hypercall(abi::HYPERVISOR_UPDATE_VA_MAPPING, va as u64, pte, abi::UVMF_INVLPG, 0, 0)
+        hypercall(
+            abi::HYPERVISOR_UPDATE_VA_MAPPING,
+            va as u64,
+            pte,
+            abi::UVMF_INVLPG,
+            0,
+            0,
+        )
     };
     check("update_va_mapping", rc).map(drop)
 }
@@ -210,7 +226,11 @@ pub fn evtchn_alloc_unbound(remote: u16) -> Result<u32> {
         remote_dom: remote,
         port: 0,
     };
-    event_channel_op("EVTCHNOP_alloc_unbound", abi::EVTCHNOP_ALLOC_UNBOUND, &mut arg)?;
+    event_channel_op(
+        "EVTCHNOP_alloc_unbound",
+        abi::EVTCHNOP_ALLOC_UNBOUND,
+        &mut arg,
+    )?;
     Ok(arg.port)
 }
 
@@ -231,17 +251,29 @@ pub fn evtchn_bind_interdomain(remote: u16, remote_port: u32) -> Result<u32> {
 
 /// `EVTCHNOP_send`.
 pub fn evtchn_send(port: u32) -> Result<()> {
-    event_channel_op("EVTCHNOP_send", abi::EVTCHNOP_SEND, &mut abi::EvtchnPort { port })
+    event_channel_op(
+        "EVTCHNOP_send",
+        abi::EVTCHNOP_SEND,
+        &mut abi::EvtchnPort { port },
+    )
 }
 
 /// `EVTCHNOP_unmask`.
 pub fn evtchn_unmask(port: u32) -> Result<()> {
-    event_channel_op("EVTCHNOP_unmask", abi::EVTCHNOP_UNMASK, &mut abi::EvtchnPort { port })
+    event_channel_op(
+        "EVTCHNOP_unmask",
+        abi::EVTCHNOP_UNMASK,
+        &mut abi::EvtchnPort { port },
+    )
 }
 
 /// `EVTCHNOP_close`.
 pub fn evtchn_close(port: u32) -> Result<()> {
-    event_channel_op("EVTCHNOP_close", abi::EVTCHNOP_CLOSE, &mut abi::EvtchnPort { port })
+    event_channel_op(
+        "EVTCHNOP_close",
+        abi::EVTCHNOP_CLOSE,
+        &mut abi::EvtchnPort { port },
+    )
 }
 
 /// `SCHEDOP_poll`: block until one of `ports` is pending or system time `timeout` (0: none).

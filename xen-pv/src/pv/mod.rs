@@ -36,8 +36,8 @@ use xen_types::{DomId, GrantRef, Port};
 use xenstore::TxId;
 
 use crate::abi::{
-    self, GnttabMapGrantRef, GnttabUnmapGrantRef, StartInfo, PAGE_SHIFT, PAGE_SIZE,
-    PTE_KERNEL_RW, SCHED_POLL_MAX_PORTS,
+    self, GnttabMapGrantRef, GnttabUnmapGrantRef, StartInfo, PAGE_SHIFT, PAGE_SIZE, PTE_KERNEL_RW,
+    SCHED_POLL_MAX_PORTS,
 };
 use crate::console::Console;
 use crate::error::{PvError, Result};
@@ -236,15 +236,28 @@ impl Platform {
         let console = match p2m.va_of_mfn(start.console_mfn) {
             // SAFETY: the console page of the start-of-day region: mapped for good; the ring
             // is shared with xenconsoled and reached only through the view.
-            Ok(va) => Console::new(unsafe { region(va, PAGE_SIZE, true) }, PortBell {
-                port: Port(start.console_evtchn),
-                shared_info,
-            }),
+            Ok(va) => Console::new(
+                unsafe { region(va, PAGE_SIZE, true) },
+                PortBell {
+                    port: Port(start.console_evtchn),
+                    shared_info,
+                },
+            ),
             Err(_) => hypercall::shutdown(abi::SHUTDOWN_CRASH),
         };
-        match Self::finish_boot(start, p2m, shared_info, console) {
-            Ok(platform) => install(platform),
-            Err((console, e)) => {
+        match Self::finish_boot(&start, &p2m, shared_info) {
+            Ok((book, store)) => install(Platform {
+                start,
+                p2m,
+                shared_info,
+                console,
+                store,
+                book: RefCell::new(book),
+                domid: Cell::new(None),
+                leaked_pages: Cell::new(0),
+                xen_version: hypercall::xen_version(),
+            }),
+            Err(e) => {
                 let mut out = OneLine(&console);
                 let _ = writeln!(out, "ERROR boot: {e}");
                 hypercall::shutdown(abi::SHUTDOWN_CRASH)
@@ -263,46 +276,30 @@ impl Platform {
         }
     }
 
+    /// The rest of boot, once the console works: the stack's guard page, the grant table and
+    /// the book of pool pages, the xenstore client.
     fn finish_boot(
-        start: StartInfo,
-        p2m: P2m,
+        start: &StartInfo,
+        p2m: &P2m,
         shared_info: SharedRegion<'static>,
-        console: Console<'static, PortBell>,
-    ) -> core::result::Result<Platform, (Console<'static, PortBell>, PvError)> {
-        let with_console = |console, e| Err((console, e));
+    ) -> Result<(Book<'static>, StoreClient<'static, PortBell>)> {
         // The boot stack's guard page: unmapped, so an overflow faults instead of corrupting.
         // SAFETY: the guard page below the stack is never used; its frame is given up.
-        if let Err(e) = unsafe { hypercall::update_va_mapping(memory::stack_guard_va(), 0) } {
-            return with_console(console, e);
-        }
-        let table = match Self::map_grant_table() {
-            Ok(table) => table,
-            Err(e) => return with_console(console, e),
-        };
+        unsafe { hypercall::update_va_mapping(memory::stack_guard_va(), 0)? };
+        let table = Self::map_grant_table()?;
         let mut book = Book::new(table, POOL_PAGES);
         for page in SHARED_INFO_PAGE..GRANT_TABLE_PAGE + GRANT_FRAMES {
             book.reserve_page(page);
         }
-        let store = match p2m.va_of_mfn(start.store_mfn) {
-            // SAFETY: the xenstore page of the start-of-day region: mapped for good, shared
-            // with xenstored, reached only through the view.
-            Ok(va) => StoreClient::new(unsafe { region(va, PAGE_SIZE, true) }, PortBell {
-                port: Port(start.store_evtchn),
-                shared_info,
-            }),
-            Err(e) => return with_console(console, e),
-        };
-        Ok(Platform {
-            start,
-            p2m,
+        let va = p2m.va_of_mfn(start.store_mfn)?;
+        // SAFETY: the xenstore page of the start-of-day region: mapped for good, shared with
+        // xenstored, reached only through the view.
+        let page = unsafe { region(va, PAGE_SIZE, true) };
+        let bell = PortBell {
+            port: Port(start.store_evtchn),
             shared_info,
-            console,
-            store,
-            book: RefCell::new(book),
-            domid: Cell::new(None),
-            leaked_pages: Cell::new(0),
-            xen_version: hypercall::xen_version(),
-        })
+        };
+        Ok((book, StoreClient::new(page, bell)))
     }
 
     /// Set up the grant table and map its frames over the pool pages after shared_info.
@@ -313,7 +310,9 @@ impl Platform {
         for (i, mfn) in frames.iter().enumerate() {
             // SAFETY: these pool pages are reserved for the table for good; Xen's table
             // frames are mapped there and reached only through the view below.
-            unsafe { hypercall::update_va_mapping(va + i * PAGE_SIZE, mfn << PAGE_SHIFT | PTE_KERNEL_RW)? };
+            unsafe {
+                hypercall::update_va_mapping(va + i * PAGE_SIZE, mfn << PAGE_SHIFT | PTE_KERNEL_RW)?
+            };
         }
         // SAFETY: the GRANT_FRAMES pages at `va` now map the table, for good.
         let entries = unsafe { region(va, GRANT_FRAMES * PAGE_SIZE, true) };
@@ -424,7 +423,12 @@ impl Platform {
     // ---- Grants ------------------------------------------------------------------------------
 
     /// Grant `count` zeroed, contiguous pages to `domid` (writable or read-only for it).
-    pub fn share_pages(&self, domid: DomId, count: usize, writable: bool) -> Result<SharedPages<'_>> {
+    pub fn share_pages(
+        &self,
+        domid: DomId,
+        count: usize,
+        writable: bool,
+    ) -> Result<SharedPages<'_>> {
         if count == 0 {
             return Err(PvError::OutOfPages(0));
         }
@@ -486,7 +490,10 @@ impl Platform {
         // SAFETY: the pool pages at the ops' addresses were just taken for this mapping and
         // are used by nothing; once mapped they are reached only through the view below.
         let mapped = unsafe { hypercall::gnttab_map(&mut ops) };
-        let failed = ops.iter().find(|op| op.status != abi::GNTST_OKAY).map(|op| op.status);
+        let failed = ops
+            .iter()
+            .find(|op| op.status != abi::GNTST_OKAY)
+            .map(|op| op.status);
         let mapping = ForeignMapping {
             platform: self,
             first_page: first,
@@ -560,7 +567,9 @@ impl AsSharedRegion for SharedPages<'_> {
 
 impl fmt::Debug for SharedPages<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SharedPages").field("refs", &self.refs()).finish()
+        f.debug_struct("SharedPages")
+            .field("refs", &self.refs())
+            .finish()
     }
 }
 
@@ -634,7 +643,9 @@ impl Drop for ForeignMapping<'_> {
             if restored {
                 book.free_pages(self.first_page + i, 1);
             } else {
-                self.platform.leaked_pages.set(self.platform.leaked_pages.get() + 1);
+                self.platform
+                    .leaked_pages
+                    .set(self.platform.leaked_pages.get() + 1);
             }
         }
     }

@@ -35,7 +35,13 @@ fn pattern_e(i: usize) -> u8 {
     ((i * 11 + 7) % 251) as u8
 }
 
-fn check(mem: &impl SharedMemory, offset: usize, len: usize, pattern: fn(usize) -> u8, what: &str) -> Res {
+fn check(
+    mem: &impl SharedMemory,
+    offset: usize,
+    len: usize,
+    pattern: fn(usize) -> u8,
+    what: &str,
+) -> Res {
     let mut bytes = vec![0u8; len];
     mem.region().copy_out(offset, &mut bytes);
     match (0..len).find(|&i| bytes[i] != pattern(i)) {
@@ -77,7 +83,9 @@ fn wait_events(ev: &Evtchn, ports: &[Port]) -> Res {
     while !missing.is_empty() {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(format!("no event from the guest on {missing:?} within {STEP_WAIT:?}").into());
+            return Err(
+                format!("no event from the guest on {missing:?} within {STEP_WAIT:?}").into(),
+            );
         }
         let mut fds = [PollFd::new(ev.as_fd(), PollFlags::POLLIN)];
         let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
@@ -111,14 +119,27 @@ pub fn selftest(guest: DomId) -> Res {
     let tab = Gnttab::open()?;
     let map = tab.map_grant_refs(guest, &[GrantRef(r0), GrantRef(r1)], true, None)?;
     check(&map, 0, PAGE_SIZE, pattern_a, "the guest's first page")?;
-    check(&map, PAGE_SIZE, PAGE_SIZE, |_| 0, "the guest's second page (zeroed)")?;
+    check(
+        &map,
+        PAGE_SIZE,
+        PAGE_SIZE,
+        |_| 0,
+        "the guest's second page (zeroed)",
+    )?;
     fill(&map, PAGE_SIZE, PAGE_SIZE, pattern_c);
     ensure(
-        tab.map_grant_refs(guest, &[GrantRef(r2)], true, None).is_err(),
+        tab.map_grant_refs(guest, &[GrantRef(r2)], true, None)
+            .is_err(),
         "the guest's read-only grant mapped writable",
     )?;
     let read_only = tab.map_grant_refs(guest, &[GrantRef(r2)], false, None)?;
-    check(&read_only, 0, PAGE_SIZE, pattern_b, "the guest's read-only page")?;
+    check(
+        &read_only,
+        0,
+        PAGE_SIZE,
+        pattern_b,
+        "the guest's read-only page",
+    )?;
     let ev = Evtchn::open()?;
     let to_guest_port = ev.bind_interdomain(guest, Port(guest_port))?;
     // Xen marks a freshly bound port pending: drain that event, so that the wait below counts
@@ -138,15 +159,30 @@ pub fn selftest(guest: DomId) -> Res {
         format!("mapped {} {}", mine.refs()[0].0, our_port.0).as_bytes(),
     )?;
     ev.notify(to_guest_port)?;
-    eprintln!("guest-selftest: mapped, shared ref {:?}, offered port {our_port:?}", mine.refs()[0]);
+    eprintln!(
+        "guest-selftest: mapped, shared ref {:?}, offered port {our_port:?}",
+        mine.refs()[0]
+    );
 
     // 5. The guest mapped our page and notified both ports.
     wait_events(&ev, &[to_guest_port, our_port])?;
     wait_for(&xs, &step_key, |v| v == "mapped")?;
-    check(&mine, PAGE_SIZE / 2, PAGE_SIZE / 2, pattern_e, "the guest's write into our page")?;
+    check(
+        &mine,
+        PAGE_SIZE / 2,
+        PAGE_SIZE / 2,
+        pattern_e,
+        "the guest's write into our page",
+    )?;
     // The guest has dropped its grants by now, but we still map the pages: they must still be
     // the guest's first page as granted (a guest that reused them would have changed them).
-    check(&map, 0, PAGE_SIZE, pattern_a, "the guest's first page, still mapped")?;
+    check(
+        &map,
+        0,
+        PAGE_SIZE,
+        pattern_a,
+        "the guest's first page, still mapped",
+    )?;
     drop(map);
     drop(read_only);
     xs.write(TxId::NONE, &dom0_key, b"unmapped")?;
