@@ -248,15 +248,17 @@ impl<'a, D: Doorbell> StoreClient<'a, D> {
     pub fn next_watch_event(&self, deadline: Instant) -> Result<Option<WatchEvent>> {
         let mut state = self.state.borrow_mut();
         loop {
-            if let Some(event) = state.events.pop_front() {
-                return Ok(Some(event));
-            }
+            // Decode first: events may be buffered behind the last reply (xenstored sends a new
+            // watch's first event right after its OK), with no event-channel kick to come.
             if let Some(msg) = Self::next_message(&mut state)? {
                 return Err(PvError::StoreProtocol(alloc::format!(
                     "an unrequested {} reply (request {})",
                     msg.msg_type,
                     msg.req_id
                 )));
+            }
+            if let Some(event) = state.events.pop_front() {
+                return Ok(Some(event));
             }
             if !self.pull(&mut state)? && !self.bell.wait(deadline) {
                 return Ok(None);
@@ -445,6 +447,21 @@ mod tests {
         let soon = Instant(xenstored.clock.get() + 2_000_000_000);
         assert_eq!(client.next_watch_event(soon).unwrap(), None);
         let _ = deadline;
+    }
+
+    /// Regression: the first event of a new watch, sent by xenstored right behind the watch's
+    /// OK and pulled into the decoder with it, was only looked at after a wait for a kick that
+    /// never came (seen on real Xen: "a new watch fires at once" failed).
+    #[test]
+    fn a_watch_event_that_came_with_the_reply_is_returned_without_waiting() {
+        let mut page = Page([0; 4096]);
+        let region = SharedRegion::from(&mut page.0[..]);
+        let xenstored = FakeXenstored::new(region, 1024);
+        let client = StoreClient::new(region, &xenstored);
+        client.watch("data/w", "tok").unwrap();
+        // A deadline already passed: only what is buffered can answer.
+        let event = client.next_watch_event(Instant(0)).unwrap();
+        assert_eq!(event.map(|e| e.path), Some("data/w".to_string()));
     }
 
     #[test]
