@@ -44,13 +44,17 @@ xenconsoled --log=guest --log-dir=/var/log/xen/console
 # dom0 (grants and event channels both ways, xenstore), and a job it must refuse.
 guest_log() { echo "/var/log/xen/console/guest-$1.log"; }
 uptime_s() { cut -d' ' -f1 /proc/uptime; }
-# wait_line LOG REGEX SECONDS: wait until the console log LOG has a line matching REGEX.
+# wait_line LOG REGEX SECONDS: wait until the console log LOG has a line matching REGEX
+# (timed by /proc/uptime: under a loaded emulator a fixed count of sleeps takes far longer).
 wait_line() {
-    for _ in $(seq 1 $(($3 * 20))); do
-        tr -d '\r' < "$1" 2>/dev/null | grep -qE "$2" && return 0
-        sleep 0.05
+    read -r now _ < /proc/uptime
+    end=$((${now%.*} + $3))
+    while :; do
+        grep -qE "$2" "$1" 2>/dev/null && return 0
+        read -r now _ < /proc/uptime
+        [ "${now%.*}" -lt "$end" ] || return 1
+        sleep 0.1
     done
-    return 1
 }
 # guest_gone NAME: wait up to 30 s for the domain to shut itself down (on_poweroff destroys it).
 guest_gone() {
@@ -87,8 +91,8 @@ guest_selftest() {
     log=$(guest_log guest-selftest)
     if wait_line "$log" '^READY$' 60; then
         t1=$(uptime_s)
-        mem=$(xl list guest-selftest | awk 'NR == 2 {print $3}')
-        echo "FIGURE guest memory: $mem MiB (memory = 32 in its xl config)"
+        kib=$(xenstore-read "/local/domain/$G/memory/target")
+        echo "FIGURE guest memory: $((kib / 1024)) MiB (its memory target in xenstore)"
         echo "FIGURE guest from xl create to READY: $(awk "BEGIN {printf \"%.2f\", $t1 - $t0}") s"
     else
         echo "the guest printed no READY within 60 s"
