@@ -13,6 +13,10 @@
 //! xen_pv::entry!(main);
 //! ```
 //!
+//! The crate provides the image's global allocator (a 2 MiB `.bss` heap) and its panic handler,
+//! which prints `ERROR panic: <message>` on one console line and crashes the domain (xl's
+//! `on_crash` then applies).
+//!
 //! Unsafe code lives in [`hypercall`] (the asm and the hypercalls' argument structs),
 //! [`memory`] (the `.bss` pool, heap and stack, the p2m and M2P), `heap` (the allocator),
 //! `boot` (entry, notes) and here, where pages become [`SharedRegion`]s: every page that Xen
