@@ -38,8 +38,95 @@ side c-loopback timeout 60 $CPEER server 0 1 65536 65536 echo
 result c-loopback timeout 60 $CPEER client 0 1 echo-check $PAYLOAD
 wait
 
-# The guest.
 xenconsoled --log=guest --log-dir=/var/log/xen/console
+
+# The unikernel guest (guest/ on xen-pv), alone on the machine: its image, its self-test against
+# dom0 (grants and event channels both ways, xenstore), and a job it must refuse.
+guest_log() { echo "/var/log/xen/console/guest-$1.log"; }
+uptime_s() { cut -d' ' -f1 /proc/uptime; }
+# wait_line LOG REGEX SECONDS: wait until the console log LOG has a line matching REGEX
+# (timed by /proc/uptime: under a loaded emulator a fixed count of sleeps takes far longer).
+wait_line() {
+    read -r now _ < /proc/uptime
+    end=$((${now%.*} + $3))
+    while :; do
+        grep -qE "$2" "$1" 2>/dev/null && return 0
+        read -r now _ < /proc/uptime
+        [ "${now%.*}" -lt "$end" ] || return 1
+        sleep 0.1
+    done
+}
+# guest_gone NAME: wait up to 30 s for the domain to shut itself down (on_poweroff destroys it).
+guest_gone() {
+    for _ in $(seq 1 150); do xl domid "$1" >/dev/null 2>&1 || return 0; sleep 0.2; done
+    echo "domain $1 is still there"
+    return 1
+}
+# guest_post_mortem NAME: what Xen and the guest said, for a failed check; then destroy it.
+guest_post_mortem() {
+    echo "----- $1 console -----"
+    tr -d '\r' < "$(guest_log "$1")" | sed 's/^/guest| /'
+    if D=$(xl domid "$1" 2>/dev/null); then
+        xl list "$1"
+        xenctx "$D" 2>&1 | head -40
+        xl destroy "$1"
+    fi
+    xl dmesg | tail -30
+}
+
+guest_image_size() {
+    size=$(stat -c %s /boot/vchan-guest)
+    echo "FIGURE guest image: $size bytes ($((size / 1024)) KiB; goal at most 512 KiB)"
+    [ "$size" -le $((512 * 1024)) ]
+}
+result guest-image-size guest_image_size
+
+guest_selftest() {
+    failed=
+    t0=$(uptime_s)
+    timeout 60 xl create /etc/xen/guest-selftest.cfg || return 1
+    G=$(xl domid guest-selftest) || return 2
+    timeout 400 $PEER guest-selftest "$G" &
+    peer=$!
+    log=$(guest_log guest-selftest)
+    if wait_line "$log" '^READY$' 60; then
+        t1=$(uptime_s)
+        kib=$(xenstore-read "/local/domain/$G/memory/target")
+        echo "FIGURE guest memory: $((kib / 1024)) MiB (its memory target in xenstore)"
+        echo "FIGURE guest from xl create to READY: $(awk "BEGIN {printf \"%.2f\", $t1 - $t0}") s"
+    else
+        echo "the guest printed no READY within 60 s"
+    fi
+    wait $peer || failed="dom0's half of the self-test failed"
+    wait_line "$log" '^(DONE|ERROR)' 60 || failed="the guest printed neither DONE nor ERROR"
+    tr -d '\r' < "$log" | grep -qx DONE || failed=${failed:-"the guest did not print DONE"}
+    guest_gone guest-selftest || failed=${failed:-"the guest did not shut down"}
+    if [ -n "$failed" ]; then
+        echo "$failed"
+        guest_post_mortem guest-selftest
+        return 3
+    fi
+    tr -d '\r' < "$log" | sed 's/^/guest| /'
+}
+result guest-selftest guest_selftest
+
+guest_bad_job() {
+    timeout 60 xl create /etc/xen/guest-bad.cfg || return 1
+    log=$(guest_log guest-bad)
+    wait_line "$log" '^ERROR ' 60 || { guest_post_mortem guest-bad; return 2; }
+    tr -d '\r' < "$log" | grep -qx 'ERROR unknown job "frobnicate": extra= names one of send, recv, echo, http, selftest' ||
+        { guest_post_mortem guest-bad; return 3; }
+    guest_gone guest-bad || { guest_post_mortem guest-bad; return 4; }
+}
+result guest-bad-job guest_bad_job
+
+# The Linux guest. Its time from `xl create` to its first test, next to the unikernel's.
+T0=$(uptime_s)
+(
+    if wait_line "$(guest_log domu)" '^(PASS|FAIL) domu-boot' 300; then
+        echo "FIGURE Linux domU from xl create to its first test: $(awk "BEGIN {printf \"%.2f\", $(uptime_s) - $T0}") s"
+    fi
+) &
 if timeout 120 xl create /etc/xen/domu.cfg; then
     D=$(xl domid domu)
     echo "domU is domain $D"

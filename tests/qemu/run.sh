@@ -18,6 +18,7 @@ XEN_BIN=usr/lib/xen-4.17/bin
 # Every check the run must report as PASS.
 EXPECTED=(
     boot xenstore-dom0 xs-dom0 backends-dom0 c-loopback
+    guest-image-size guest-selftest guest-bad-job
     domu-boot xenstore-domu
     cat-dom0-server-sends cat-domu-server-sends cat-dom0-server-receives cat-domu-server-receives
     c-server-rust-client rust-server-c-client
@@ -146,6 +147,8 @@ build_programs() {
         --features tokio,hyper,axum --example http-server --example http-client
     HTTP_SERVER_BIN=$ROOT/target/release/examples/http-server
     HTTP_CLIENT_BIN=$ROOT/target/release/examples/http-client
+    say "building the unikernel guest image (scripts/guest)"
+    GUEST_IMG=$("$ROOT/scripts/guest" | tail -n1)
     say "compiling the libxenvchan peer"
     mkdir -p "$WORK"
     gcc -O2 -Wall -Wextra -Werror -o "$WORK/vchan-peer" "$HERE/c/vchan-peer.c" -lxenvchan -lxenstore
@@ -219,6 +222,22 @@ build_images() {
     mkdir -p "$IMG/boot" "$IMG/etc/xen"
     cp "$XROOT/vmlinux.gz" "$IMG/boot/vmlinux.gz"
     cp "$WORK/domu.cpio.gz" "$IMG/boot/domu.cpio.gz"
+    # The unikernel guest (guest/ on xen-pv): its platform self-test with dom0, and a bad job.
+    cp "$GUEST_IMG" "$IMG/boot/vchan-guest"
+    copy_prog "$XROOT/$XEN_BIN/xenctx" "$IMG/$XEN_BIN/xenctx"
+    local job
+    for job in "selftest:selftest 0" "bad:frobnicate 1"; do
+        cat >"$IMG/etc/xen/guest-${job%%:*}.cfg" <<CFG
+name = "guest-${job%%:*}"
+type = "pv"
+kernel = "/boot/vchan-guest"
+extra = "${job#*:}"
+memory = 32
+vcpus = 1
+on_poweroff = "destroy"
+on_crash = "preserve"
+CFG
+    done
     cat >"$IMG/etc/xen/domu.cfg" <<'CFG'
 name = "domu"
 type = "pv"
@@ -292,6 +311,12 @@ judge() {
             echo "FAIL bench-report"
             fail=$((fail + 1))
         }
+    fi
+    # The unikernel guest's figures (issue 18): image size, memory, time to READY next to the
+    # Linux domU's time to its first test, both from the start of `xl create`.
+    if grep -q '^FIGURE ' "$WORK/console.log"; then
+        echo "The unikernel guest next to the Linux domU (times under QEMU's emulation):"
+        sed -n 's/^FIGURE /  /p' "$WORK/console.log"
     fi
     echo "qemu tier: wall time $(($(date +%s) - START)) s, console log $WORK/console.log"
     echo "$pass passed, $fail failed"

@@ -15,6 +15,9 @@
 //!
 //! `qemu-peer devices` exercises the `/dev/xen` backends directly, in dom0 against itself.
 //!
+//! `qemu-peer guest-selftest GUEST` is dom0's half of the unikernel guest's platform self-test
+//! (its `selftest 0` job): grants and event channels both ways, through xenstore.
+//!
 //! ```text
 //! qemu-peer conduit-serve ENDPOINT COUNT EXPECTED_PEER
 //! qemu-peer conduit-call ENDPOINT FILE COUNT
@@ -27,6 +30,7 @@
 #![forbid(unsafe_code)]
 
 mod devices;
+mod guest;
 
 use std::error::Error;
 use std::fs;
@@ -86,6 +90,7 @@ fn run(args: &[String]) -> Res {
             }
         }
         "devices" => devices::check(),
+        "guest-selftest" => guest::selftest(arg(&args, 1, "guest domid")?.parse()?),
         "xenstore" => xenstore_check(arg(&args, 1, "dom0|guest")? == "guest"),
         "server" => {
             let client: DomId = arg(&args, 1, "client domid")?.parse()?;
