@@ -35,7 +35,7 @@ use xen_types::{DomId, Port};
 
 use crate::abi;
 pub use crate::error::ChannelError;
-use crate::platform::{EventChannels, GrantMap, GrantShare, Platform, Store, StoreError, TxId};
+use crate::platform::{EventChannels, GrantMap, GrantShare, Platform, TxId, XenStore, XenstoreError};
 #[cfg(not(vchan_loom))]
 pub use crate::ring::Chunks;
 pub use crate::ring::Notify;
@@ -157,7 +157,7 @@ pub struct Liveness {
 
 impl Liveness {
     /// Look at the peer's home (one store read): false, and remembered, if it is gone.
-    pub fn look<S: Store + ?Sized>(&self, store: &S) -> bool {
+    pub fn look<S: XenStore + ?Sized>(&self, store: &S) -> bool {
         match store.read(TxId::NONE, &self.home) {
             Err(e) if e.errno() == Some(xenstore::Errno::ENOENT) => {
                 // ORDERING: Release pairs with the Acquire load in `is_gone`; the flag carries
@@ -679,8 +679,7 @@ pub type ReaderOf<P> = Reader<Memory<P>>;
 /// The writing half of platform `P`'s endpoints.
 pub type WriterOf<P> = Writer<Memory<P>>;
 /// The error of platform `P`'s endpoints.
-pub type ErrorOf<P> =
-    crate::error::Error<<P as Platform>::DeviceError, crate::platform::StoreErrorOf<P>>;
+pub type ErrorOf<P> = crate::error::Error<<P as Platform>::DeviceError>;
 
 /// The grant-sharing or grant-mapping handle an endpoint opened.
 enum Device<P: Platform> {
@@ -706,7 +705,7 @@ impl<P: Platform> Hold<P> {
 
     /// Remove a server's xenstore keys now, rather than at close: once its client has connected,
     /// nobody else should find them. Idempotent; a client has nothing to remove.
-    pub fn unpublish(&mut self) -> Result<(), crate::platform::StoreErrorOf<P>> {
+    pub fn unpublish(&mut self) -> Result<(), XenstoreError> {
         if let Some(publication) = &self.publication {
             // Kept on failure: the close tries again.
             publication.withdraw(&*self.store)?;

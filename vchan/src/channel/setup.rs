@@ -16,8 +16,8 @@ use crate::abi;
 use crate::error::{Error, Op};
 use crate::layout::{Layout, Placement, Side};
 use crate::platform::{
-    self, Access, EventChannels, GrantMap, GrantShare, GrantedPages, Perm, Platform, Store,
-    StoreError, TxId,
+    Access, EventChannels, GrantMap, GrantShare, GrantedPages, Perm, Platform, TxId, XenStore,
+    XenstoreError,
 };
 use crate::ring::{Consumer, ControlPage, Producer, RingGeometry, Role};
 use xen_types::memory::AsSharedRegion;
@@ -37,13 +37,13 @@ pub struct Publication {
 impl Publication {
     /// Write each `(key, value)` of `entries` at `path/key` with permissions `perms`, in one
     /// transaction (retried while it conflicts), noting the ancestors of `path` it creates.
-    pub fn publish<S: Store + ?Sized>(
+    pub fn publish<S: XenStore>(
         store: &S,
         path: &str,
         entries: &[(&str, &str)],
         perms: &[Perm],
-    ) -> Result<Publication, S::Error> {
-        let created = platform::transaction(store, |tx| {
+    ) -> Result<Publication, XenstoreError> {
+        let created = store.transaction(|tx| {
             let created = missing_ancestors(store, tx, path)?;
             for (key, value) in entries {
                 let key = alloc::format!("{path}/{key}");
@@ -65,8 +65,8 @@ impl Publication {
 
     /// Remove the keys and, if now empty, the directories publishing created, in one
     /// transaction. Idempotent.
-    pub fn withdraw<S: Store + ?Sized>(&self, store: &S) -> Result<(), S::Error> {
-        platform::transaction(store, |tx| {
+    pub fn withdraw<S: XenStore>(&self, store: &S) -> Result<(), XenstoreError> {
+        store.transaction(|tx| {
             match store.rm(tx, &self.path) {
                 Ok(()) => {}
                 Err(e) if e.errno() == Some(Errno::ENOENT) => {}
@@ -86,11 +86,11 @@ impl Publication {
 }
 
 /// The ancestors of `path` that do not exist yet, deepest first, up to the first that does.
-fn missing_ancestors<S: Store + ?Sized>(
+fn missing_ancestors<S: XenStore>(
     store: &S,
     tx: TxId,
     path: &str,
-) -> Result<Vec<String>, S::Error> {
+) -> Result<Vec<String>, XenstoreError> {
     let mut missing = Vec::new();
     let mut current = path;
     while let Some(cut) = current.rfind('/') {
