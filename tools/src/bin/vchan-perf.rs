@@ -234,6 +234,13 @@ fn peer<B: Backend + Sync>(backend: &B, role: &PeerRole) -> Result<Option<String
             msg_size,
             count,
         } => connect(backend, server_domid, port, mode, msg_size, count).map(Some),
+        PeerRole::Ops {
+            domid,
+            port,
+            ring_min,
+            msg_size,
+            count,
+        } => ops(backend, domid, port, ring_min, msg_size, count).map(Some),
         PeerRole::Loopback {
             domid,
             port,
@@ -251,6 +258,47 @@ fn peer<B: Backend + Sync>(backend: &B, role: &PeerRole) -> Result<Option<String
             served.map(|()| Some(line))
         }),
     }
+}
+
+/// Both ends in this thread, non-blocking: `count` rounds of a write and the reads that drain it
+/// (as the C peer's `ops`, for an instruction count of the calls themselves).
+fn ops<B: Backend>(
+    backend: &B,
+    domid: DomId,
+    port: u32,
+    ring_min: usize,
+    msg_size: usize,
+    count: u64,
+) -> Result<String, String> {
+    check_msg(msg_size)?;
+    let sizes = RingSizes {
+        server_read: ring_min,
+        server_write: ring_min,
+    };
+    let server = Vchan::server(backend, domid, &Address::Port(port), sizes)
+        .map_err(|e| format!("cannot serve: {}", describe(&e)))?;
+    let client = Vchan::client(backend, domid, &Address::Port(port), Some(CONNECT_WAIT))
+        .map_err(|e| format!("cannot connect: {}", describe(&e)))?;
+    server.set_nonblocking(true);
+    client.set_nonblocking(true);
+    let sent = pattern(msg_size);
+    let mut back = vec![0u8; msg_size];
+    let mut calls = 0u64;
+    for _ in 0..count {
+        let mut done = 0;
+        while done < msg_size {
+            let n = server.write(&sent[done..]).map_err(|e| describe(&e))?;
+            let m = client.read(&mut back).map_err(|e| describe(&e))?;
+            calls += 2;
+            if n == 0 || m != n || back[..n] != sent[done..done + n] {
+                return Err("a round lost or changed bytes".into());
+            }
+            done += n;
+        }
+    }
+    client.close().map_err(|e| describe(&e))?;
+    server.close().map_err(|e| describe(&e))?;
+    Ok(format!("ops {calls}"))
 }
 
 /// The server's side: serve `client_domid` at `port`, wait for it, then send the stream or echo.

@@ -85,6 +85,22 @@ pub enum PeerRole {
         /// Bytes to receive (stream) or timed rounds (pingpong).
         count: u64,
     },
+    /// The cost of the calls themselves, for an instruction count (scripts/callgrind): one
+    /// thread holds both ends (this domain serving itself, non-blocking) and makes COUNT rounds
+    /// of one write of MSG_SIZE bytes and the reads that take them; prints `ops CALLS`.
+    Ops {
+        /// This domain's id.
+        #[arg(value_parser = parse_domid)]
+        domid: DomId,
+        /// The vchan port.
+        port: u32,
+        /// Minimum size of both rings in bytes (0: the in-page 1024/2048-byte rings).
+        ring_min: usize,
+        /// Bytes per write.
+        msg_size: usize,
+        /// Rounds.
+        count: u64,
+    },
     /// Both ends in this process: serve this domain (DOMID, its own id) at PORT from a second
     /// thread and connect to it; print the measurement as `client` does.
     Loopback {

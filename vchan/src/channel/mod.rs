@@ -35,7 +35,9 @@ use xen_types::{DomId, Port};
 
 use crate::abi;
 pub use crate::error::ChannelError;
-use crate::platform::{EventChannels, GrantMap, GrantShare, Platform, TxId, XenStore, XenstoreError};
+use crate::platform::{
+    EventChannels, GrantMap, GrantShare, Platform, TxId, XenStore, XenstoreError,
+};
 #[cfg(not(vchan_loom))]
 pub use crate::ring::Chunks;
 pub use crate::ring::Notify;
