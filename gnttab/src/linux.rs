@@ -137,6 +137,7 @@ fn map_region(fd: &OwnedFd, len: usize, writable: bool, index: u64) -> io::Resul
 }
 
 /// The first byte of a mapping made by [`map_region`] (which refuses a null one).
+#[inline]
 fn region_start(map: &MmapRaw) -> NonNull<u8> {
     NonNull::new(map.as_mut_ptr()).expect("map_region refuses a null mapping")
 }
@@ -328,12 +329,15 @@ impl fmt::Debug for GntshrPages {
 // page-aligned by mmap and never null (`map_region`); memmap2 unmaps it only when `map` is
 // dropped, with `self`, and hands out nothing but raw pointers to it.
 unsafe impl SharedMemory for GntshrPages {
+    #[inline]
     fn as_ptr(&self) -> NonNull<u8> {
         region_start(&self.map)
     }
+    #[inline]
     fn len(&self) -> usize {
         self.map.len()
     }
+    #[inline]
     fn is_writable(&self) -> bool {
         // The sharer's own mapping: it fills the pages, whatever the grantee may do.
         true
@@ -503,12 +507,15 @@ impl fmt::Debug for GnttabMapping {
 // memmap2 unmaps it only when `map` is dropped, with `self`, and hands out nothing but raw
 // pointers to it.
 unsafe impl SharedMemory for GnttabMapping {
+    #[inline]
     fn as_ptr(&self) -> NonNull<u8> {
         region_start(&self.map)
     }
+    #[inline]
     fn len(&self) -> usize {
         self.map.len()
     }
+    #[inline]
     fn is_writable(&self) -> bool {
         self.writable
     }

@@ -484,7 +484,16 @@ impl<B: Backend> Vchan<B> {
     /// Send the event an operation owes. The data is already committed, so a failure cannot be
     /// reported as "nothing written" (the C blocking write loses its position that way): it is
     /// kept and reported by the next call.
+    #[inline]
     fn notify(&self, notify: Notify) {
+        // Most operations owe nothing: that case costs one test, here in the caller.
+        if notify.is_owed() {
+            self.send_owed(notify);
+        }
+    }
+
+    #[inline(never)]
+    fn send_owed(&self, notify: Notify) {
         let p = self.parts();
         if let Err(source) = p.link.send(&p.events, notify) {
             *lock(&self.deferred) = Some(VchanError::Backend {

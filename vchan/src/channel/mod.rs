@@ -330,6 +330,7 @@ impl<M: AsSharedRegion> Reader<M> {
     /// Read what is available, up to `buf.len()` (at least one byte): `Done(0)` is the end of
     /// the stream (the peer closed, or shut down its writing side, and everything it wrote has
     /// been read).
+    #[inline]
     pub fn read(
         &mut self,
         link: &Link<M>,
@@ -410,6 +411,7 @@ impl<M: AsSharedRegion> Reader<M> {
     /// The decision shared by every read: try; on a final look ask for an event, try again, and
     /// settle the end (re-checking the ring after seeing it, so data written just before a close
     /// is never lost).
+    #[inline]
     fn step<T>(
         &mut self,
         link: &Link<M>,
@@ -485,6 +487,7 @@ impl<M: AsSharedRegion> Writer<M> {
 
     /// Write as much of `buf` as fits (at least one byte). `PeerClosed` once the peer has gone,
     /// `ShutDown` after [`shutdown`](Self::shutdown).
+    #[inline]
     pub fn write(
         &mut self,
         link: &Link<M>,
@@ -594,6 +597,7 @@ impl<M: AsSharedRegion> Writer<M> {
     }
 
     /// The decision shared by every write.
+    #[inline]
     fn step<T>(
         &mut self,
         link: &Link<M>,
