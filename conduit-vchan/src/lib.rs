@@ -96,6 +96,8 @@ mod hyper_connector;
 pub mod rendezvous;
 #[cfg(any(feature = "axum", feature = "tonic"))]
 mod serve_glue;
+#[cfg(feature = "vchan")]
+mod throttle;
 #[cfg(feature = "tls")]
 mod tls;
 #[cfg(feature = "vchan")]
@@ -109,6 +111,8 @@ pub use blocking::{
     connect, Connection, Connector, ListenOptions, Listener, Peer, DEFAULT_CONNECT_TIMEOUT,
 };
 pub use endpoint::{Domain, Endpoint, ParseError, Transport, VchanPort};
+#[cfg(feature = "vchan")]
+pub use error::Limit;
 pub use error::{describe, ConduitError, Result};
 #[cfg(feature = "hyper")]
 pub use hyper_connector::{Connecting, HyperConnector};
