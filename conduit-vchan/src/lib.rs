@@ -116,8 +116,6 @@ pub use error::Limit;
 pub use error::{describe, ConduitError, Result};
 #[cfg(feature = "hyper")]
 pub use hyper_connector::{Connecting, HyperConnector};
-#[cfg(feature = "vchan")]
-pub use rendezvous::Allow;
 #[cfg(feature = "tonic")]
 pub use serve_glue::Incoming;
 #[cfg(feature = "vchan")]

@@ -5,8 +5,8 @@
 //!
 //! | path | written by | permissions | meaning |
 //! |---|---|---|---|
-//! | `/local/domain/L/data/conduit/S` | L | owner L; write for each allowed domain (or for all) | the service is open |
-//! | `.../S/R` | C, in one transaction with its permissions | owner C; none for others; read and write for L | a request |
+//! | `/local/domain/L/data/conduit/S` | L (its value: a random id of the listener) | owner L; write for each allowed domain (or for all) | the service is open |
+//! | `.../S/R` | C, in one transaction with its permissions (L writes `refused` into it to refuse) | owner C; none for others; read and write for L | a request |
 //! | `.../S/R/vchan/{ring-ref,event-channel}` | L (a vchan server for C) | owner L; read for C | the answer: a fresh vchan |
 //!
 //! The listener learns who asks from the request node's **owner**, as xenstored records it,
@@ -16,11 +16,19 @@
 //! the creating transaction (allowed for the owner, and for a privileged domain), and a request
 //! owned by L can only come from L itself or a privileged domain, which is trusted anyway.
 //!
-//! Clean-up: the client removes its request once connected (or when it gives up); the listener
-//! removes a request when it has been served, refused (policy or too many pending), has waited
-//! longer than the request timeout, or its requester's domain is gone (seen through
-//! `@releaseDomain` where the listener may watch it, else through the timeout); closing the
-//! listener removes the service and every pending request.
+//! Clean-up: the client removes its request once connected (or refused, or when it gives up);
+//! the listener removes a request when it has been served, when it was refused and its client
+//! has not removed it within the request timeout, when it has waited longer than the request
+//! timeout, or when its requester's domain is gone (seen through `@releaseDomain` where the
+//! listener may watch it, else through the timeout); it drops the answer of a request its
+//! client removed without connecting; closing the listener removes the service and every
+//! pending request.
+//!
+//! Any domain the service admits may write into its directory, so it may remove it: the
+//! listener then publishes it again, with the requests it is answering, and goes on serving;
+//! a client whose request vanished unanswered asks again. Connects keep within their domain's
+//! xenstore quotas: [`MAX_CONNECTS_IN_FLIGHT`], [`MAX_TRANSACTIONS`], and retries with a
+//! backoff within the connect timeout ([`ConduitError::Limit`] past it).
 
 use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, BTreeSet};
@@ -41,9 +49,9 @@ pub(crate) fn service_dir(listener: DomId, service: &str) -> String {
     format!("/local/domain/{listener}/data/conduit/{service}")
 }
 
-/// Which domains may use a service.
+/// Which domains may use a service (set through [`crate::ListenOptions::allow`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Allow {
+pub(crate) enum Allow {
     /// Any domain.
     Any,
     /// Only these.
@@ -622,6 +630,24 @@ struct Pending<B: Backend> {
     keys: Option<[(&'static str, Vec<u8>); 2]>,
 }
 
+/// A store error met by a listener's writes that is this domain's quota (its other programs
+/// hold it) or a busy store: worth trying again at the next round rather than giving up.
+fn store_limit(e: &XenstoreError) -> bool {
+    [StoreOp::StartTransaction, StoreOp::Change]
+        .into_iter()
+        .any(|op| throttle::limit_met(op, e).is_some())
+}
+
+/// What to do with a new request.
+enum Answer<B: Backend> {
+    /// Answered: wait for its client. (Boxed: a vchan endpoint is hundreds of bytes.)
+    Serve(Box<Pending<B>>),
+    /// Refuse it.
+    Refuse,
+    /// Take it again at the next round (a store quota or a busy store).
+    Later,
+}
+
 /// What [`Service::list`] found.
 enum Listing {
     /// The directory as we published it, and its requests.
@@ -742,24 +768,29 @@ impl<B: Backend, S: XenStore> Service<B, S> {
                 continue;
             }
             let node = format!("{}/{id}", self.dir);
-            let requester = match self.store.get_perms(TxId::NONE, &node) {
-                Ok(perms) => perms.first().map(|p| p.domid),
-                Err(_) => None,
-            };
-            let answer = match requester {
-                Some(domid)
-                    if self.options.allow.allows(domid)
-                        && self.pending.len() < self.options.max_pending =>
-                {
-                    self.answer(&node, domid)
-                }
-                _ => None,
+            let answer = match self.store.get_perms(TxId::NONE, &node) {
+                // Gone already: its client gave up.
+                Err(XenstoreError::Errno(Errno::ENOENT)) => continue,
+                Ok(perms) => match perms.first().map(|p| p.domid) {
+                    Some(domid)
+                        if self.options.allow.allows(domid)
+                            && self.pending.len() < self.options.max_pending =>
+                    {
+                        self.answer(&node, domid)
+                    }
+                    _ => Answer::Refuse,
+                },
+                Err(e) if throttle::limit_met(StoreOp::Watch, &e).is_some() => Answer::Later,
+                Err(_) => Answer::Refuse,
             };
             match answer {
-                Some(pending) => {
-                    self.pending.insert(id, pending);
+                Answer::Serve(pending) => {
+                    self.pending.insert(id, *pending);
                 }
-                None => {
+                // This domain's store quota (its other programs) or a busy store: the request
+                // stays unseen, and is taken again at the next round.
+                Answer::Later => {}
+                Answer::Refuse => {
                     // Not allowed, too many, or the answer could not be published: say so in
                     // the request (its client reads it and removes it). A request we cannot
                     // even mark is removed: its client sees it vanish and asks again.
@@ -804,15 +835,18 @@ impl<B: Backend, S: XenStore> Service<B, S> {
 
     /// Publish a fresh vchan server for `requester` under its request `node`, and read back
     /// the keys it published.
-    fn answer(&self, node: &str, requester: DomId) -> Option<Pending<B>> {
+    fn answer(&self, node: &str, requester: DomId) -> Answer<B> {
         let path = format!("{node}/vchan");
-        let server = Vchan::server(
+        let server = match Vchan::server(
             &self.backend,
             requester,
             &Address::Path(path.clone()),
             self.options.sizes,
-        )
-        .ok()?;
+        ) {
+            Ok(server) => server,
+            Err(VchanError::Xenstore(e)) if store_limit(&e) => return Answer::Later,
+            Err(_) => return Answer::Refuse,
+        };
         let key = |name: &'static str| {
             self.store
                 .read(TxId::NONE, &format!("{path}/{name}"))
@@ -822,12 +856,12 @@ impl<B: Backend, S: XenStore> Service<B, S> {
         let keys = key("ring-ref")
             .zip(key("event-channel"))
             .map(|(r, e)| [r, e]);
-        Some(Pending {
+        Answer::Serve(Box::new(Pending {
             requester,
             server,
             since: Instant::now(),
             keys,
-        })
+        }))
     }
 
     /// See that the service's directory is as published, and publish it again if not. A
@@ -890,7 +924,7 @@ impl<B: Backend, S: XenStore> Service<B, S> {
             Ok(Kept::Restored) => {
                 // Refused requests went with the directory; their clients ask again.
                 self.refused.clear();
-                self.restorations.unreported += 1;
+                self.restorations.unreported = self.restorations.unreported.saturating_add(1);
                 self.report_restorations();
                 Ok(())
             }
@@ -900,6 +934,8 @@ impl<B: Backend, S: XenStore> Service<B, S> {
                          listener"
                     .to_owned(),
             }),
+            // The next round lists the directory, finds it altered and tries again.
+            Err(e) if store_limit(&e) => Ok(()),
             Err(e) => Err(xs_error(
                 "publish again the removed directory of",
                 &self.endpoint,

@@ -8,7 +8,7 @@ use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use conduit_vchan::{describe, ConduitError, Connector, ListenOptions, Listener, Peer, Xen};
+use conduit_vchan::{describe, ConduitError, Connector, Limit, ListenOptions, Listener, Peer, Xen};
 use vchan::sim::{SimDomain, SimXen};
 use vchan::Backend;
 use xen_types::DomId;
@@ -575,5 +575,77 @@ fn a_guest_that_removes_the_service_directory_over_and_over_stops_nobody() {
         reports[0]
     );
     drop(Arc::into_inner(listener).expect("the server let go of the listener"));
+    world.assert_clean();
+}
+
+/// A guest at one of its xenstore quotas (its other programs hold the rest: here, a connection
+/// of its own): a connect waits it out within its timeout and succeeds once the quota frees up;
+/// past the timeout it fails with `ConduitError::Limit`, whose one line names the quota. At the
+/// watch quota it does not even wait: it looks for its answer without a watch.
+#[test]
+fn a_guest_at_its_xenstore_quotas_waits_them_out_or_names_the_one_it_met() {
+    let world = World::new(&[7]);
+    let listener = world.bind_in(DomId::DOM0, "vchan://*/svc", ListenOptions::new());
+    let hog = world.xen.domain(DomId(7)).open_store().unwrap();
+    let short = world.connector(7).timeout(Duration::from_millis(500));
+    let long = world.connector(7).timeout(Duration::from_secs(20));
+    let serving = thread::scope(|s| {
+        let serving = s.spawn(|| (0..3).map(|_| echo_once(&listener)).collect::<Vec<_>>());
+        let limit_of = |e: ConduitError| match e {
+            ConduitError::Limit { limit, .. } => {
+                let line = e.to_string();
+                assert_eq!(line.lines().count(), 1, "{line}");
+                assert!(
+                    line.starts_with("vchan://0/svc: no connection within 0.5 s"),
+                    "{line}"
+                );
+                eprintln!("{line}");
+                limit
+            }
+            other => panic!("not a limit: {}", describe(&other)),
+        };
+
+        // Transactions: the guest's 10 are all open.
+        let held: Vec<TxId> = (0..10).map(|_| hog.transaction_start().unwrap()).collect();
+        let e = call(&short, "vchan://0/svc", b"t").unwrap_err();
+        assert_eq!(limit_of(e), Limit::StoreTransactions);
+        let waiting = s.spawn(|| call(&long, "vchan://0/svc", b"after transactions"));
+        thread::sleep(Duration::from_millis(300));
+        for tx in held {
+            hog.transaction_end(tx, false).unwrap();
+        }
+        assert_eq!(waiting.join().unwrap().unwrap(), b"after transactions");
+
+        // Watches: the guest's 128 are all registered; the connect looks without one.
+        for i in 0..128 {
+            hog.watch(&format!("data/w{i}"), "hog").unwrap();
+        }
+        assert_eq!(
+            call(&long, "vchan://0/svc", b"without a watch").unwrap(),
+            b"without a watch"
+        );
+        for i in 0..128 {
+            hog.unwatch(&format!("data/w{i}"), "hog").unwrap();
+        }
+
+        // Nodes: the guest owns all the nodes it may.
+        let mut filled = 0;
+        while hog
+            .write(TxId::NONE, &format!("data/fill/{filled}"), b"")
+            .is_ok()
+        {
+            filled += 1;
+        }
+        assert!(filled > 900, "the node quota met after {filled} nodes");
+        let e = call(&short, "vchan://0/svc", b"n").unwrap_err();
+        assert_eq!(limit_of(e), Limit::StoreNodes);
+        let waiting = s.spawn(|| call(&long, "vchan://0/svc", b"after nodes"));
+        thread::sleep(Duration::from_millis(300));
+        hog.rm(TxId::NONE, "data/fill").unwrap();
+        assert_eq!(waiting.join().unwrap().unwrap(), b"after nodes");
+        serving.join().unwrap()
+    });
+    assert_eq!(serving, vec![Peer::Vchan(DomId(7)); 3]);
+    drop(listener);
     world.assert_clean();
 }
