@@ -411,13 +411,16 @@ fn two_hundred_connects_at_once_from_a_guest_all_succeed() {
                 }
             })
         };
+        // A bound against a hang only: each connect waits its turn, and a loaded machine may
+        // take longer than the default 10 s to get through 200.
+        let connector = rig.connector.clone().timeout(Duration::from_secs(120));
         let started = std::time::Instant::now();
         let outcomes: Vec<Result<(), String>> = thread::scope(|s| {
             let clients: Vec<_> = (0..N)
                 .map(|i| {
-                    let (rig, target) = (&rig, &target);
+                    let (connector, target) = (&connector, &target);
                     s.spawn(move || {
-                        let mut conn = rig.connector.connect(target).map_err(|e| describe(&e))?;
+                        let mut conn = connector.connect(target).map_err(|e| describe(&e))?;
                         conn.write_all(i.to_string().as_bytes()).unwrap();
                         conn.shutdown_write().unwrap();
                         let mut got = Vec::new();

@@ -365,7 +365,18 @@ fn sixty_clients_in_a_guest_reach_a_dom0_service_at_once() {
     let backend = format!("tcp://127.0.0.1:{}", web.port);
     let mut dom0_proxy = Proxy::start(&host, 0, &["vchan://*/http", &backend]);
     dom0_proxy.listening();
-    let mut guest_proxy = Proxy::start(&host, GUEST, &["tcp://127.0.0.1:0", "vchan://0/http"]);
+    // --connect-timeout: a bound against a hang only (a loaded machine may take longer than the
+    // default 10 s to get 60 connects through).
+    let mut guest_proxy = Proxy::start(
+        &host,
+        GUEST,
+        &[
+            "tcp://127.0.0.1:0",
+            "vchan://0/http",
+            "--connect-timeout",
+            "120",
+        ],
+    );
     let front = guest_proxy
         .listening()
         .strip_prefix("tcp://")
