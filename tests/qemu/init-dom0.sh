@@ -171,6 +171,11 @@ if [ -n "$D" ]; then
     wait
     result conduit-dom0-calls-domu timeout 120 $PEER conduit-call "vchan://$D/echo" $PAYLOAD 4
 
+    # A burst from the guest: 50 connects at once to a dom0 service, within the guest's xenstore
+    # quotas (10 transactions, 128 watches at once), every one answered with its own body.
+    side conduit-burst-domu-calls-dom0 timeout 300 $PEER conduit-burst-serve 'vchan://*/burst' 50 $D
+    wait
+
     # HTTP over conduit-vchan (the axum server and hyper client examples), both ways at once:
     # each side serves the payload and fetches the other's, four requests at a time.
     http-server 'vchan://*/http' --file $PAYLOAD 2>/tmp/http-server.log &

@@ -24,7 +24,7 @@ EXPECTED=(
     c-server-rust-client rust-server-c-client
     ring-1024-2048 ring-2048-1024 ring-4k ring-64k ring-1m
     kill-client kill-server
-    conduit-domu-calls-dom0 conduit-dom0-calls-domu
+    conduit-domu-calls-dom0 conduit-dom0-calls-domu conduit-burst-domu-calls-dom0
     http-dom0-fetches-domu http-domu-fetches-dom0 proxy-dom0-fetches-domu-web
     bench-ours-40 bench-c-41 bench-ours-42 bench-c-43 bench-ours-44 bench-c-45
     destroy-dom0-server destroy-dom0-client destroy-released

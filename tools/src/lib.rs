@@ -5,34 +5,6 @@ pub mod cli;
 
 pub use cli::parse_cli;
 pub use conduit_vchan::describe;
-use vchan::xen::XenDomain;
-use vchan::xensim::XensimDomain;
-
-/// The platforms the tools run on, picked at run time.
-pub enum Platform {
-    /// The simulated host (`XENSIM_DIR` is set, as under `xensim run`).
-    Xensim(XensimDomain),
-    /// Real Xen, through `/dev/xen`.
-    Xen(XenDomain),
-}
-
-/// The simulated host when `XENSIM_DIR` is set, else real Xen if its devices open; the error
-/// is one line that says how to get either.
-pub fn platform() -> Result<Platform, String> {
-    if std::env::var_os(xensim::ENV_DIR).is_some() {
-        return XensimDomain::from_env()
-            .map(Platform::Xensim)
-            .map_err(|e| format!("cannot use the simulated host: {e}"));
-    }
-    let xen = XenDomain::new();
-    match xen.probe() {
-        Ok(()) => Ok(Platform::Xen(xen)),
-        Err(e) => Err(format!(
-            "no Xen available: {e}; run inside a Xen domain (as root), or on the simulated host \
-             under `xensim run` (XENSIM_DIR is not set)"
-        )),
-    }
-}
 
 /// Parse a number of seconds (`10`, `0.5`): finite, not negative.
 pub fn parse_seconds(text: &str) -> Result<std::time::Duration, String> {

@@ -19,10 +19,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::Duration;
 
-use conduit_vchan::{Connection, Connector, Endpoint, ListenOptions, Listener, Transport};
+use conduit_vchan::{Connection, Connector, Endpoint, ListenOptions, Listener, Transport, Xen};
 use tools::cli::parse_domid;
 use tools::cli::vchan_cat::Cli;
-use tools::{describe, platform, Platform};
+use tools::describe;
 use vchan::{Address, Backend, RingSizes, Vchan};
 use xen_types::DomId;
 
@@ -323,10 +323,14 @@ fn main() -> ExitCode {
         .and_then(|opts| {
             let outcome = match &opts.peer {
                 Peer::Endpoint(endpoint) => run_endpoint(&opts, endpoint),
-                Peer::Domain { domid, address } => match platform().map_err(|e| (e, 1))? {
-                    Platform::Xensim(backend) => run(&backend, &opts, *domid, address),
-                    Platform::Xen(backend) => run(&backend, &opts, *domid, address),
-                },
+                Peer::Domain { domid, address } => {
+                    match Xen::from_env().map_err(|e| (e.to_string(), 1))? {
+                        Xen::Xensim(backend) => run(&backend, &opts, *domid, address),
+                        Xen::Real(backend) => run(&backend, &opts, *domid, address),
+                        // Never from the environment: the in-process simulation is made in code.
+                        Xen::Sim(backend) => run(&backend, &opts, *domid, address),
+                    }
+                }
             };
             outcome.map_err(|e| (e, 1))
         });

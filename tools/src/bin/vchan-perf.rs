@@ -35,9 +35,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 #[path = "vchan-perf/proxy.rs"]
 mod proxy;
 
+use conduit_vchan::Xen;
 use proxy::{Carrier, Rig};
 use tools::cli::vchan_perf::{Cli, Cmd, Mode, PeerRole, TableArgs};
-use tools::{describe, platform, Platform};
+use tools::describe;
 use vchan::layout::{Layout, Side};
 use vchan::xensim::XensimDomain;
 use vchan::{Address, Backend, RingSizes, State, Vchan, VchanError};
@@ -396,9 +397,11 @@ fn check_msg(msg: usize) -> Result<(), String> {
 }
 
 fn run_peer(role: &PeerRole) -> Result<(), String> {
-    let line = match platform()? {
-        Platform::Xensim(backend) => peer(&backend, role)?,
-        Platform::Xen(backend) => peer(&backend, role)?,
+    let line = match Xen::from_env().map_err(|e| e.to_string())? {
+        Xen::Xensim(backend) => peer(&backend, role)?,
+        Xen::Real(backend) => peer(&backend, role)?,
+        // Never from the environment: the in-process simulation is made in code.
+        Xen::Sim(backend) => peer(&backend, role)?,
     };
     if let Some(line) = line {
         let mut out = io::stdout().lock();
@@ -1595,13 +1598,15 @@ fn measure_all(plan: &Plan, runner: &mut Runner) -> Result<Results, String> {
 }
 
 fn table(args: &TableArgs) -> Result<(), String> {
-    let dir = std::env::var_os(xensim::ENV_DIR)
-        .map(PathBuf::from)
-        .ok_or_else(|| {
-            "`table` runs on the simulated host: start it as `xensim run --dir DIR --domid 0 -- \
-             vchan-perf table` with domain 1 created (scripts/bench does all of this)"
-                .to_owned()
-        })?;
+    let dir =
+        match Xen::from_env() {
+            Ok(Xen::Xensim(host)) => host.dir().to_owned(),
+            _ => return Err(
+                "`table` runs on the simulated host: start it as `xensim run --dir DIR --domid 0 \
+                 -- vchan-perf table` with domain 1 created (scripts/bench does all of this)"
+                    .to_owned(),
+            ),
+        };
     if !xenstore::daemon::socket_path(&dir, DomId(1)).exists() {
         return Err(format!(
             "domain 1 does not exist on the simulated host in {}: create it with \

@@ -111,8 +111,12 @@ impl Proxy {
         }
 
         let start = |text: String| Refusal::Start(text);
+        let log = Log { quiet: cli.quiet };
         let mut connector = Connector::new().timeout(cli.connect_timeout);
-        let mut options = ListenOptions::new();
+        // What the listener met and recovered from (a service directory another domain
+        // removed, published again): one line each, even with -q.
+        let mut options =
+            ListenOptions::new().on_recovered(move |e| log.error(format_args!("{}", describe(e))));
         if is_vchan(listen) || is_vchan(target) {
             let xen = Xen::from_env().map_err(|e| start(describe(&e)))?;
             connector = connector.xen(xen.clone());
@@ -158,7 +162,7 @@ impl Proxy {
             options,
             max_connections: cli.max_connections as usize,
             check: !cli.no_check,
-            log: Log { quiet: cli.quiet },
+            log,
         })
     }
 
