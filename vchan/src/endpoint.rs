@@ -17,7 +17,7 @@ use xen_types::{DomId, Port};
 use crate::backend::Backend;
 use crate::channel::{
     self, Address, Channel, ChannelError, Dial, Hold, LinkOf, Notify, ReaderOf, RingSizes, State,
-    Step, WriterOf,
+    Step, Want, WriterOf,
 };
 use crate::error::{Op, Result, VchanError};
 use crate::ring::Role;
@@ -27,7 +27,7 @@ mod drive;
 #[cfg(not(vchan_loom))]
 mod splice;
 
-use drive::{encode_timeout, Spin, Way, NO_TIMEOUT};
+use drive::{encode_timeout, Spin, Turns, Way, NO_TIMEOUT};
 
 /// One end of a vchan: a byte stream (or a packet channel) to the peer domain.
 ///
@@ -41,6 +41,8 @@ pub struct Vchan<B: Backend> {
     parts: Option<Parts<B>>,
     waiter: Waiter,
     nonblocking: AtomicBool,
+    /// Which way operations completed lately: whether a blocked one spins or sleeps.
+    turns: Turns,
     read_timeout: AtomicU64,
     write_timeout: AtomicU64,
     /// Set when a notify failed after data was committed; reported by the next call.
@@ -116,6 +118,7 @@ impl<B: Backend> Vchan<B> {
             }),
             waiter: Waiter::new(),
             nonblocking: AtomicBool::new(false),
+            turns: Turns::default(),
             read_timeout: AtomicU64::new(NO_TIMEOUT),
             write_timeout: AtomicU64::new(NO_TIMEOUT),
             notify_failed: AtomicBool::new(false),
@@ -222,8 +225,7 @@ impl<B: Backend> Vchan<B> {
     /// wrote has been read.
     pub fn read(&self, buf: &mut [u8]) -> Result<usize> {
         let p = self.parts();
-        let wanted = buf.len();
-        self.drive(Way::Read, Spin::For(wanted), |look| {
+        self.drive(Way::Read, Spin::For(Want::Stream), |look| {
             lock(&p.reader).read(&p.link, buf, look)
         })
     }
@@ -233,8 +235,7 @@ impl<B: Backend> Vchan<B> {
     /// bytes left in the ring.
     pub fn recv(&self, buf: &mut [u8]) -> Result<()> {
         let p = self.parts();
-        let wanted = buf.len();
-        self.drive(Way::Read, Spin::For(wanted), |look| {
+        self.drive(Way::Read, Spin::For(Want::Packet(buf.len())), |look| {
             lock(&p.reader).recv(&p.link, buf, look)
         })
     }
@@ -243,7 +244,7 @@ impl<B: Backend> Vchan<B> {
     /// Fails with `PeerClosed` once the peer has gone, `ShutDown` after `shutdown_write`.
     pub fn write(&self, buf: &[u8]) -> Result<usize> {
         let p = self.parts();
-        self.drive(Way::Write, Spin::For(buf.len()), |look| {
+        self.drive(Way::Write, Spin::For(Want::Stream), |look| {
             lock(&p.writer).write(&p.link, buf, look)
         })
     }
@@ -252,7 +253,7 @@ impl<B: Backend> Vchan<B> {
     /// never hold it (in either mode), and `PeerClosed` once the peer has gone.
     pub fn send(&self, buf: &[u8]) -> Result<()> {
         let p = self.parts();
-        self.drive(Way::Write, Spin::For(buf.len()), |look| {
+        self.drive(Way::Write, Spin::For(Want::Packet(buf.len())), |look| {
             lock(&p.writer).send(&p.link, buf, look)
         })
     }

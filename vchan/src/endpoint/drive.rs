@@ -2,12 +2,12 @@
 //! before sleeping, the sleep on the event fd with its liveness look, the timeouts, and the
 //! events owed to the peer.
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use super::{lock, Vchan};
 use crate::backend::Backend;
-use crate::channel::{Look, Notify, Step, LIVENESS_CHECK};
+use crate::channel::{Look, Notify, Step, Want, LIVENESS_CHECK};
 use crate::error::{Op, Result, VchanError};
 
 /// Which half an operation uses.
@@ -21,10 +21,65 @@ pub(super) enum Way {
 /// or of room to write).
 #[derive(Clone, Copy)]
 pub(super) enum Spin {
-    /// Spin until this many bytes (of data, or of room) are there.
-    For(usize),
+    /// Spin until the bytes (of data, or of room) the operation wants are worth a look.
+    For(Want),
     /// Go straight to the final look.
     No,
+}
+
+impl Way {
+    fn other(self) -> Way {
+        match self {
+            Way::Read => Way::Write,
+            Way::Write => Way::Read,
+        }
+    }
+}
+
+/// Which way operations completed lately, for what a blocked operation spins for. Any byte is
+/// worth taking at once when the peer is answering: a reply to what this end wrote, or room
+/// freed by a peer that reads because this end read what it wrote. In a one-way stream, taking
+/// every chunk the moment it lands keeps both ends on the same lines: the reader keeps loading
+/// the control page's line that the writer stores to after every chunk, and copies each chunk
+/// while the writer's stores to it are still in flight. Waiting for a quarter of the ring lets
+/// the writer get ahead, and the operations that follow find their bytes without waiting
+/// (measured on the simulated host, 1 MiB rings and 4 KiB writes: 0.78x the C library taking
+/// every chunk, above it waiting). So a blocked stream operation waits for any byte if the
+/// other way completed an operation since this way last waited, and for a batch otherwise.
+#[derive(Debug, Default)]
+pub(super) struct Turns {
+    read: AtomicBool,
+    written: AtomicBool,
+}
+
+impl Turns {
+    fn flag(&self, way: Way) -> &AtomicBool {
+        match way {
+            Way::Read => &self.read,
+            Way::Write => &self.written,
+        }
+    }
+
+    /// An operation the `way` way completed.
+    fn done(&self, way: Way) {
+        // ORDERING: Relaxed, here and below: a hint for a choice of waiting, never for what is
+        // in the ring; a lost update only changes one wait from a spin to a sleep or back. Load
+        // first, so that a flag already set costs no store (and its line stays shared).
+        let flag = self.flag(way);
+        if !flag.load(Ordering::Relaxed) {
+            flag.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether the other way completed an operation since this way last asked (and forget it).
+    fn answered(&self, way: Way) -> bool {
+        let flag = self.flag(way.other());
+        let answered = flag.load(Ordering::Relaxed);
+        if answered {
+            flag.store(false, Ordering::Relaxed);
+        }
+        answered
+    }
 }
 
 /// A timeout slot's value for "none".
@@ -58,6 +113,7 @@ impl<B: Backend> Vchan<B> {
             match (op(look)?, look) {
                 (Step::Done(value, notify), _) => {
                     self.notify(notify);
+                    self.turns.done(way);
                     return Ok(value);
                 }
                 (Step::Blocked, Look::Quick) => {
@@ -67,11 +123,17 @@ impl<B: Backend> Vchan<B> {
                         Look::Final
                     } else {
                         match spin {
-                            Spin::For(wanted) => spin_until(|| match way {
-                                Way::Read => lock(&p.reader).next_look(&p.link, wanted),
-                                Way::Write => lock(&p.writer).next_look(&p.link, wanted),
-                            })
-                            .unwrap_or(Look::Final),
+                            Spin::For(want) => {
+                                let want = match self.turns.answered(way) {
+                                    true => want,
+                                    false => want.batched(),
+                                };
+                                spin_until(|| match way {
+                                    Way::Read => lock(&p.reader).next_look(&p.link, want),
+                                    Way::Write => lock(&p.writer).next_look(&p.link, want),
+                                })
+                                .unwrap_or(Look::Final)
+                            }
                             Spin::No => Look::Final,
                         }
                     };

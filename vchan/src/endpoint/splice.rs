@@ -8,7 +8,7 @@ use xen_types::memory::fd as zero_copy;
 use super::drive::{Spin, Way};
 use super::{lock, Vchan};
 use crate::backend::Backend;
-use crate::channel::{Notify, Step};
+use crate::channel::{Notify, Step, Want};
 use crate::error::{SpliceError, VchanError};
 
 impl<B: Backend> Vchan<B> {
@@ -20,7 +20,7 @@ impl<B: Backend> Vchan<B> {
     #[cfg(not(vchan_loom))]
     pub fn fill_from(&self, source: BorrowedFd<'_>, max: usize) -> Result<usize, SpliceError> {
         let p = self.parts();
-        self.drive(Way::Write, Spin::For(1), |look| {
+        self.drive(Way::Write, Spin::For(Want::Stream), |look| {
             let mut writer = lock(&p.writer);
             let chunks = match writer.writable(&p.link, max, look) {
                 Ok(Step::Done(chunks, _)) => chunks,
@@ -38,7 +38,7 @@ impl<B: Backend> Vchan<B> {
     #[cfg(not(vchan_loom))]
     pub fn drain_to(&self, sink: BorrowedFd<'_>, max: usize) -> Result<usize, SpliceError> {
         let p = self.parts();
-        self.drive(Way::Read, Spin::For(1), |look| {
+        self.drive(Way::Read, Spin::For(Want::Stream), |look| {
             let mut reader = lock(&p.reader);
             let chunks = match reader.readable(&p.link, max, look) {
                 Ok(Step::Done(chunks, _)) => chunks,
