@@ -1637,7 +1637,10 @@ fn table(args: &TableArgs) -> Result<(), String> {
         verbose: args.verbose,
     };
     let started = Instant::now();
-    let results = measure_all(&plan, &mut runner)?;
+    let results = match args.proxy_only {
+        true => Results::default(),
+        false => measure_all(&plan, &mut runner)?,
+    };
     let proxy_bin = match &args.proxy_bin {
         Some(p) => p.clone(),
         None => runner.ours.with_file_name("vchan-proxy"),
@@ -1679,12 +1682,14 @@ fn table(args: &TableArgs) -> Result<(), String> {
         );
     }
     out.push('\n');
-    out.push_str(&legend(&columns));
-    out.push('\n');
-    out.push_str(&tables(&results, &columns));
-    out.push('\n');
+    if !args.proxy_only {
+        out.push_str(&legend(&columns));
+        out.push('\n');
+        out.push_str(&tables(&results, &columns));
+        out.push('\n');
+    }
     out.push_str(&proxy_table(&proxies));
-    if !args.quick {
+    if !args.quick && !args.proxy_only {
         progress("idle connected pair");
         let (idle, cpu) = idle_cpu()?;
         let _ = writeln!(
@@ -1698,7 +1703,7 @@ fn table(args: &TableArgs) -> Result<(), String> {
     io::stdout()
         .write_all(out.as_bytes())
         .map_err(|e| format!("cannot write standard output: {e}"))?;
-    if let Some(path) = &args.svg {
+    if let Some(path) = args.svg.as_ref().filter(|_| !args.proxy_only) {
         let title = "vchan-perf: vchan-rs and libxenvchan on the simulated Xen host";
         let subtitle = format!("{}; {}; {runs}", machine(), utc_now());
         write_svg(path, &svg(&results, &columns, title, &subtitle))?;
@@ -1723,7 +1728,12 @@ fn measure_proxies(
         ));
     }
     let mut rows = Vec::new();
-    for carrier in [Carrier::Direct, Carrier::Ours, Carrier::Xen] {
+    for carrier in [
+        Carrier::Direct,
+        Carrier::Ours,
+        Carrier::OursBigRings,
+        Carrier::Xen,
+    ] {
         if carrier == Carrier::Xen && c_proxy.is_none() {
             rows.push((carrier, None));
             continue;
@@ -1734,6 +1744,7 @@ fn measure_proxies(
         let mb: u64 = match carrier {
             Carrier::Direct => 512,
             Carrier::Ours => 128,
+            Carrier::OursBigRings => 512,
             Carrier::Xen => 4,
         };
         let first = if plan.quick {
@@ -1791,7 +1802,8 @@ fn proxy_table(rows: &[(Carrier, Option<f64>)]) -> String {
     ]);
     let mut out = format!(
         "A stream through a proxy pair, {} writes: a Unix socket -> the carrier -> a Unix socket\n\
-         (the server side's rings: ours 64 KiB, vchan-socket-proxy's the in-page 1024/2048 it asks for):\n\n",
+         (the server side's rings: ours 64 KiB by default, vchan-socket-proxy's the in-page\n\
+         1024/2048 it asks for; a ring's worth moves per wake-up, so bigger rings carry more):\n\n",
         size_label(PROXY_WRITE)
     );
     out.push_str(&render(&head, &table, 1));

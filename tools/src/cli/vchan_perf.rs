@@ -173,6 +173,9 @@ pub struct TableArgs {
     /// /usr/lib/xen-4.17/bin/vchan-socket-proxy when it is there; without it, n/a).
     #[arg(long, value_name = "PATH")]
     pub c_proxy: Option<PathBuf>,
+    /// Measure only the proxy row (and the direct socket it is compared with).
+    #[arg(long)]
+    pub proxy_only: bool,
     /// Log every run (its size and duration) on standard error.
     #[arg(long, short)]
     pub verbose: bool,

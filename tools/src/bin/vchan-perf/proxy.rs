@@ -20,8 +20,10 @@ use super::{Runner, Timed, RUN_LIMIT};
 pub(super) enum Carrier {
     /// The reader's socket, fed directly.
     Direct,
-    /// Our vchan-proxy at both ends.
+    /// Our vchan-proxy at both ends, with its default rings (64 KiB).
     Ours,
+    /// Our vchan-proxy at both ends, the server side asking for 1 MiB rings (`--ring-size 1M`).
+    OursBigRings,
     /// Our vchan-proxy in dom0, Xen's vchan-socket-proxy in domain 1.
     Xen,
 }
@@ -31,6 +33,7 @@ impl Carrier {
         match self {
             Carrier::Direct => "the Unix socket, fed directly",
             Carrier::Ours => "vchan-proxy in dom0 -> vchan -> vchan-proxy in domain 1",
+            Carrier::OursBigRings => "the same, the rings 1 MiB (--ring-size 1M)",
             Carrier::Xen => "vchan-proxy in dom0 -> vchan -> Xen's vchan-socket-proxy in domain 1",
         }
     }
@@ -86,9 +89,11 @@ impl Rig {
             (Carrier::Xen, None) => return Err("no vchan-socket-proxy".into()),
             _ => {
                 let mut command = Command::new(proxy);
+                command.args(["-q", "--no-check"]);
+                if carrier == Carrier::OursBigRings {
+                    command.args(["--ring-size", "1M"]);
+                }
                 command.args([
-                    "-q",
-                    "--no-check",
                     &format!("vchan://0/{port}"),
                     &format!("unix://{}", sink_path.display()),
                 ]);
