@@ -8,7 +8,7 @@ extern crate alloc;
 
 #[cfg(target_os = "none")]
 mod guest {
-    use alloc::string::{String, ToString};
+    use alloc::string::ToString;
     use vchan_guest::{parse, Job};
     use xen_pv::pv::{Platform, ShutdownReason};
 
@@ -21,6 +21,7 @@ mod guest {
         }};
     }
 
+    mod jobs;
     mod selftest;
 
     fn main(platform: &'static Platform) -> ! {
@@ -33,10 +34,16 @@ mod guest {
         );
         let outcome = match parse(platform.cmdline()) {
             Err(e) => Err(e.to_string()),
-            Ok(plan) => match plan.job {
-                Job::SelfTest { peer } => selftest::run(platform, peer),
-                _ => Err(String::from("vchan jobs need the channel core")),
-            },
+            Ok(plan) => {
+                let ring = plan.ring_size();
+                match plan.job {
+                    Job::Send { chan, bytes } => jobs::send(platform, &chan, ring, bytes),
+                    Job::Recv { chan } => jobs::recv(platform, &chan, ring),
+                    Job::Echo { chan } => jobs::echo(platform, &chan, ring),
+                    Job::Http { port } => jobs::http(platform, port, ring),
+                    Job::SelfTest { peer } => selftest::run(platform, peer),
+                }
+            }
         };
         match outcome {
             Ok(()) => say!(platform, "DONE"),
