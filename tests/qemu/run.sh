@@ -6,7 +6,7 @@
 # Environment (all optional):
 #   XEN_QEMU_CACHE    downloaded packages and unpacked images (default /var/cache/xenvchan-qemu)
 #   XEN_QEMU_WORK     per-run images and the console log (default <repo>/target/qemu)
-#   XEN_QEMU_TIMEOUT  hard limit on the QEMU run in seconds (default 420)
+#   XEN_QEMU_TIMEOUT  hard limit on the QEMU run in seconds (default 1200)
 #   XEN_QEMU_GUEST_BYTES  bytes each unikernel guest transfer carries (default GUEST_BYTES below)
 set -euo pipefail
 
@@ -14,9 +14,9 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 CACHE=${XEN_QEMU_CACHE:-/var/cache/xenvchan-qemu}
 WORK=${XEN_QEMU_WORK:-$ROOT/target/qemu}
-TIMEOUT=${XEN_QEMU_TIMEOUT:-420}
+TIMEOUT=${XEN_QEMU_TIMEOUT:-1200}
 # What each of the unikernel guest's eight transfers carries (TESTING.md says why this size).
-GUEST_BYTES=${XEN_QEMU_GUEST_BYTES:-$((16 * 1024 * 1024))}
+GUEST_BYTES=${XEN_QEMU_GUEST_BYTES:-$((64 * 1024 * 1024))}
 XEN_BIN=usr/lib/xen-4.17/bin
 # Every check the run must report as PASS.
 EXPECTED=(
