@@ -1,6 +1,6 @@
 //! The guest image: boots on xen-pv, runs the job named by xl's `extra=` line, prints `READY`
 //! once it is published or connected and `DONE` or `ERROR <one line>` at the end, then powers
-//! the domain off. Built for `x86_64-unknown-none` by `scripts/guest`.
+//! the domain off (`http` serves until the domain is destroyed, unless it fails). Built for `x86_64-unknown-none` by `scripts/guest`.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
 #[cfg(target_os = "none")]

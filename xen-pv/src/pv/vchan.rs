@@ -5,15 +5,23 @@
 //! ```ignore
 //! use vchan::bare::BareVchan;
 //! use vchan::{Address, RingSizes};
+//! use xen_pv::pv::{Platform, ShutdownReason};
+//! use xen_types::DomId;
 //!
-//! fn main(platform: &'static xen_pv::pv::Platform) -> ! {
+//! fn main(platform: &'static Platform) -> ! {
 //!     let devices = platform.devices();
 //!     let address = Address::Path("data/vchan/0/1".into());
-//!     let mut chan = BareVchan::server(&devices, DomId(0), &address, RingSizes::default())?;
-//!     chan.write_all(b"hello, dom0")?;
-//!     chan.close()?;
-//!     ...
+//!     let sent = BareVchan::server(&devices, DomId::DOM0, &address, RingSizes::default())
+//!         .and_then(|mut chan| {
+//!             chan.write_all(b"hello, dom0")?;
+//!             chan.close()
+//!         });
+//!     platform.shutdown(match sent {
+//!         Ok(()) => ShutdownReason::Poweroff,
+//!         Err(_) => ShutdownReason::Crash,
+//!     })
 //! }
+//! xen_pv::entry!(main);
 //! ```
 //!
 //! What differs from the Linux devices:
