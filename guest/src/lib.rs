@@ -22,6 +22,9 @@
 
 extern crate alloc;
 
+pub mod http;
+pub mod sha256;
+
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use core::fmt;
@@ -87,11 +90,6 @@ pub enum Job {
 }
 
 impl Job {
-    /// Whether this job needs the vchan channel core.
-    pub fn needs_vchan(&self) -> bool {
-        !matches!(self, Job::SelfTest { .. })
-    }
-
     /// Whether the guest is a server in this job (and `ring=` applies).
     pub fn is_server(&self) -> bool {
         match self {
@@ -101,6 +99,48 @@ impl Job {
             Job::Http { .. } => true,
             Job::SelfTest { .. } => false,
         }
+    }
+}
+
+/// The byte stream the jobs send and serve: byte `i` is `i % 251` (a period prime to every
+/// ring and page size, so a byte out of place shows).
+///
+/// ```
+/// use vchan_guest::Pattern;
+/// let p = Pattern::new();
+/// assert_eq!(p.chunk(250, 3), [250, 0, 1]);
+/// assert_eq!(p.chunk(1 << 40, 1_000_000).len(), Pattern::MAX_CHUNK);
+/// ```
+#[derive(Debug, Clone)]
+pub struct Pattern {
+    block: Vec<u8>,
+}
+
+impl Default for Pattern {
+    fn default() -> Self {
+        Pattern::new()
+    }
+}
+
+impl Pattern {
+    /// The period.
+    pub const PERIOD: usize = 251;
+    /// The most one [`chunk`](Pattern::chunk) gives.
+    pub const MAX_CHUNK: usize = 64 * 1024;
+
+    /// The pattern, precomputed once (the data path then only slices it).
+    pub fn new() -> Pattern {
+        let len = Self::MAX_CHUNK + Self::PERIOD;
+        Pattern {
+            block: (0..len).map(|i| (i % Self::PERIOD) as u8).collect(),
+        }
+    }
+
+    /// The stream's bytes from offset `at`, at most `max` (and [`MAX_CHUNK`](Self::MAX_CHUNK)).
+    pub fn chunk(&self, at: u64, max: u64) -> &[u8] {
+        let start = (at % Self::PERIOD as u64) as usize;
+        let len = max.min(Self::MAX_CHUNK as u64) as usize;
+        &self.block[start..start + len]
     }
 }
 
@@ -376,19 +416,6 @@ mod tests {
         );
         for line in ["", "frobnicate", "send server 0 p", "echo client 0 a//b"] {
             assert!(!err(line).contains('\n'));
-        }
-    }
-
-    #[test]
-    fn only_the_selftest_runs_without_the_channel_core() {
-        assert!(!parse("selftest 0").unwrap().job.needs_vchan());
-        for line in [
-            "send client 0 p 1",
-            "recv server 0 p",
-            "echo client 0 p",
-            "http 80",
-        ] {
-            assert!(parse(line).unwrap().job.needs_vchan(), "{line}");
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The guest image: boots on xen-pv, runs the job named by xl's `extra=` line, prints `READY`
 //! once it is published or connected and `DONE` or `ERROR <one line>` at the end, then powers
-//! the domain off. Built for `x86_64-unknown-none` by `scripts/guest`.
+//! the domain off (`http` serves until the domain is destroyed, unless it fails). Built for `x86_64-unknown-none` by `scripts/guest`.
 #![cfg_attr(target_os = "none", no_std, no_main)]
 
 #[cfg(target_os = "none")]
@@ -8,7 +8,7 @@ extern crate alloc;
 
 #[cfg(target_os = "none")]
 mod guest {
-    use alloc::string::{String, ToString};
+    use alloc::string::ToString;
     use vchan_guest::{parse, Job};
     use xen_pv::pv::{Platform, ShutdownReason};
 
@@ -21,6 +21,7 @@ mod guest {
         }};
     }
 
+    mod jobs;
     mod selftest;
 
     fn main(platform: &'static Platform) -> ! {
@@ -33,10 +34,16 @@ mod guest {
         );
         let outcome = match parse(platform.cmdline()) {
             Err(e) => Err(e.to_string()),
-            Ok(plan) => match plan.job {
-                Job::SelfTest { peer } => selftest::run(platform, peer),
-                _ => Err(String::from("vchan jobs need the channel core")),
-            },
+            Ok(plan) => {
+                let ring = plan.ring_size();
+                match plan.job {
+                    Job::Send { chan, bytes } => jobs::send(platform, &chan, ring, bytes),
+                    Job::Recv { chan } => jobs::recv(platform, &chan, ring),
+                    Job::Echo { chan } => jobs::echo(platform, &chan, ring),
+                    Job::Http { port } => jobs::http(platform, port, ring),
+                    Job::SelfTest { peer } => selftest::run(platform, peer),
+                }
+            }
         };
         match outcome {
             Ok(()) => say!(platform, "DONE"),

@@ -6,19 +6,25 @@
 # Environment (all optional):
 #   XEN_QEMU_CACHE    downloaded packages and unpacked images (default /var/cache/xenvchan-qemu)
 #   XEN_QEMU_WORK     per-run images and the console log (default <repo>/target/qemu)
-#   XEN_QEMU_TIMEOUT  hard limit on the QEMU run in seconds (default 420)
+#   XEN_QEMU_TIMEOUT  hard limit on the QEMU run in seconds (default 1200)
+#   XEN_QEMU_GUEST_BYTES  bytes each unikernel guest transfer carries (default GUEST_BYTES below)
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 CACHE=${XEN_QEMU_CACHE:-/var/cache/xenvchan-qemu}
 WORK=${XEN_QEMU_WORK:-$ROOT/target/qemu}
-TIMEOUT=${XEN_QEMU_TIMEOUT:-420}
+TIMEOUT=${XEN_QEMU_TIMEOUT:-1200}
+# What each of the unikernel guest's eight transfers carries (TESTING.md says why this size).
+GUEST_BYTES=${XEN_QEMU_GUEST_BYTES:-$((64 * 1024 * 1024))}
 XEN_BIN=usr/lib/xen-4.17/bin
 # Every check the run must report as PASS.
 EXPECTED=(
     boot xenstore-dom0 xs-dom0 backends-dom0 c-loopback
     guest-image-size guest-selftest guest-bad-job
+    guest-send-server-c guest-send-client-c guest-recv-server-c guest-recv-client-c
+    guest-send-server-cat guest-send-client-cat guest-recv-server-cat guest-recv-client-cat
+    guest-echo-c guest-http-proxy guest-destroyed guest-peer-killed-server guest-peer-killed-client
     domu-boot xenstore-domu
     cat-dom0-server-sends cat-domu-server-sends cat-dom0-server-receives cat-domu-server-receives
     c-server-rust-client rust-server-c-client
@@ -210,6 +216,9 @@ build_images() {
     pack "$WORK/domu" "$WORK/domu.cpio.gz"
 
     base_image "$WORK/dom0"
+    # The unikernel guest's transfers: their size, and the sha256 of that much of its stream.
+    echo "$GUEST_BYTES" >"$IMG/guest-bytes"
+    "$PEER_BIN" pattern "$GUEST_BYTES" | sha256sum | cut -d' ' -f1 >"$IMG/guest-bytes.sha256"
     local p
     for p in xenstored xen-init-dom0 xl xenconsoled; do
         copy_prog "$XROOT/$XEN_BIN/$p" "$IMG/$XEN_BIN/$p"

@@ -209,6 +209,13 @@ impl<'p, P: BarePlatform> BareVchan<'p, P> {
         })
     }
 
+    /// Remove a server's xenstore keys now, rather than at close: once its client has
+    /// connected, nobody else should find them (a second client would join a channel that is
+    /// taken, or, later, one that is closing). Idempotent; a client has nothing to remove.
+    pub fn unpublish(&mut self) -> Result<(), ErrorOf<P>> {
+        self.channel_mut().hold.unpublish().map_err(Error::Xenstore)
+    }
+
     /// Shut down writing (half-close): a peer of this crate reads the end of the stream after
     /// everything written; both sides can still read.
     pub fn shutdown_write(&mut self) -> Result<(), ErrorOf<P>> {

@@ -72,6 +72,19 @@ impl From<XenstoreError> for PvError {
     }
 }
 
+/// For the `XenStore` trait (the vchan core's store): xenstored's error names stay errnos;
+/// everything else (a timeout, a broken ring or protocol) is a protocol error with this
+/// crate's message.
+impl From<PvError> for XenstoreError {
+    fn from(e: PvError) -> XenstoreError {
+        match e {
+            PvError::Store(errno) => XenstoreError::Errno(errno),
+            PvError::StoreProtocol(what) => XenstoreError::Protocol(what),
+            other => XenstoreError::Protocol(other.to_string()),
+        }
+    }
+}
+
 impl From<xenstore::wire::WireError> for PvError {
     fn from(e: xenstore::wire::WireError) -> PvError {
         PvError::StoreProtocol(e.to_string())

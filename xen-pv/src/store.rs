@@ -16,7 +16,7 @@ use core::time::Duration;
 use xen_types::memory::SharedRegion;
 use xen_types::DomId;
 use xenstore::wire::{Decoder, Message, MsgType, Reply, Request};
-use xenstore::{Perm, TxId, WatchEvent};
+use xenstore::{Perm, TxId, WatchEvent, XenStore};
 
 use crate::abi::{XenstoreDomainInterface, XENSTORE_RING_SIZE};
 use crate::error::{PvError, Result};
@@ -267,6 +267,62 @@ impl<'a, D: Doorbell> StoreClient<'a, D> {
     }
 }
 
+/// The store as the `xenstore` crate's [`XenStore`] trait (what the vchan channel core uses):
+/// every call forwards to the inherent one; a wait for a watch event with no timeout waits in
+/// slices of [`REPLY_TIMEOUT`] until one comes.
+impl<D: Doorbell> XenStore for StoreClient<'_, D> {
+    fn read(&self, tx: TxId, path: &str) -> xenstore::Result<Vec<u8>> {
+        Ok(StoreClient::read(self, tx, path)?)
+    }
+    fn write(&self, tx: TxId, path: &str, value: &[u8]) -> xenstore::Result<()> {
+        Ok(StoreClient::write(self, tx, path, value)?)
+    }
+    fn mkdir(&self, tx: TxId, path: &str) -> xenstore::Result<()> {
+        Ok(StoreClient::mkdir(self, tx, path)?)
+    }
+    fn rm(&self, tx: TxId, path: &str) -> xenstore::Result<()> {
+        Ok(StoreClient::rm(self, tx, path)?)
+    }
+    fn directory(&self, tx: TxId, path: &str) -> xenstore::Result<Vec<String>> {
+        Ok(StoreClient::directory(self, tx, path)?)
+    }
+    fn get_perms(&self, tx: TxId, path: &str) -> xenstore::Result<Vec<Perm>> {
+        Ok(StoreClient::get_perms(self, tx, path)?)
+    }
+    fn set_perms(&self, tx: TxId, path: &str, perms: &[Perm]) -> xenstore::Result<()> {
+        Ok(StoreClient::set_perms(self, tx, path, perms)?)
+    }
+    fn transaction_start(&self) -> xenstore::Result<TxId> {
+        Ok(StoreClient::transaction_start(self)?)
+    }
+    fn transaction_end(&self, tx: TxId, commit: bool) -> xenstore::Result<()> {
+        Ok(StoreClient::transaction_end(self, tx, commit)?)
+    }
+    fn watch(&self, path: &str, token: &str) -> xenstore::Result<()> {
+        Ok(StoreClient::watch(self, path, token)?)
+    }
+    fn unwatch(&self, path: &str, token: &str) -> xenstore::Result<()> {
+        Ok(StoreClient::unwatch(self, path, token)?)
+    }
+    fn next_watch_event(&self, timeout: Option<Duration>) -> xenstore::Result<Option<WatchEvent>> {
+        match timeout {
+            Some(timeout) => {
+                let deadline = self.bell.now().after(timeout);
+                Ok(StoreClient::next_watch_event(self, deadline)?)
+            }
+            None => loop {
+                let deadline = self.bell.now().after(REPLY_TIMEOUT);
+                if let Some(event) = StoreClient::next_watch_event(self, deadline)? {
+                    return Ok(Some(event));
+                }
+            },
+        }
+    }
+    fn get_domain_path(&self, domid: DomId) -> xenstore::Result<String> {
+        Ok(StoreClient::get_domain_path(self, domid)?)
+    }
+}
+
 fn unexpected(reply: &Reply) -> PvError {
     PvError::StoreProtocol(alloc::format!("unexpected reply {reply:?}"))
 }
@@ -278,7 +334,7 @@ mod tests {
     use alloc::vec;
     use core::cell::Cell;
     use xenstore::store::{ConnId, Store};
-    use xenstore::{Access, Errno};
+    use xenstore::{Access, Errno, XenstoreError};
 
     #[repr(C, align(8))]
     struct Page([u8; 4096]);
@@ -487,6 +543,69 @@ mod tests {
         assert_eq!(client.get_domain_path(GUEST).unwrap(), "/local/domain/5");
         client.mkdir(TxId::NONE, "data/empty").unwrap();
         assert_eq!(client.read(TxId::NONE, "data/empty").unwrap(), b"");
+    }
+
+    /// The client as the vchan core sees it: xenstore's `XenStore` trait, errnos kept, the
+    /// trait's transaction helper, and a watch wait bounded by its timeout on our clock.
+    #[test]
+    fn the_xenstore_trait_forwards_with_errnos_and_timeouts() {
+        let mut page = Page([0; 4096]);
+        let region = SharedRegion::from(&mut page.0[..]);
+        let xenstored = FakeXenstored::new(region, 100);
+        let client = StoreClient::new(region, &xenstored);
+        let xs = &client;
+        let written = XenStore::transaction(xs, |tx| {
+            XenStore::write(xs, tx, "data/v/ring-ref", b"8")?;
+            XenStore::write(xs, tx, "data/v/event-channel", b"5")?;
+            XenStore::directory(xs, tx, "data/v")
+        })
+        .unwrap();
+        assert_eq!(written, ["ring-ref", "event-channel"]);
+        assert_eq!(
+            XenStore::read(xs, TxId::NONE, "data/v/ring-ref").unwrap(),
+            b"8"
+        );
+        let missing = XenStore::read(xs, TxId::NONE, "data/none").unwrap_err();
+        assert_eq!(missing.errno(), Some(Errno::ENOENT));
+        assert_eq!(
+            XenStore::get_domain_path(xs, GUEST).unwrap(),
+            "/local/domain/5"
+        );
+        XenStore::watch(xs, "data/v", "t").unwrap();
+        let first = XenStore::next_watch_event(xs, Some(Duration::from_secs(5))).unwrap();
+        assert_eq!(first.map(|e| e.path), Some("data/v".to_string()));
+        let asked = xenstored.clock.get();
+        assert_eq!(
+            XenStore::next_watch_event(xs, Some(Duration::from_secs(3))).unwrap(),
+            None
+        );
+        let waited = xenstored.clock.get() - asked;
+        assert!(
+            (3_000_000_000..5_000_000_000).contains(&waited),
+            "waited {waited} ns for a 3 s timeout"
+        );
+        // A change comes through the trait too; with no timeout it waits until one does.
+        let dom0 = xenstored.dom0;
+        xenstored
+            .store
+            .borrow_mut()
+            .write(dom0, TxId::NONE, "/local/domain/5/data/v/x", b"1")
+            .unwrap();
+        let event = XenStore::next_watch_event(xs, None).unwrap().unwrap();
+        assert_eq!(event.path, "data/v/x");
+    }
+
+    #[test]
+    fn store_errors_become_xenstore_errors_keeping_the_errno() {
+        let e = XenstoreError::from(PvError::Store(Errno::EACCES));
+        assert_eq!(e.errno(), Some(Errno::EACCES));
+        let e = XenstoreError::from(PvError::Timeout("a xenstore reply"));
+        assert_eq!(e.errno(), None);
+        assert!(
+            e.to_string()
+                .contains("timed out waiting for a xenstore reply"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -24,6 +24,7 @@
 
 pub mod hypercall;
 pub mod memory;
+pub mod vchan;
 
 mod boot;
 mod heap;
@@ -121,8 +122,11 @@ fn wait_ports(
             }
         }
         // Returns at once if a port became pending since the check above (Xen tests the
-        // bits after marking us as polling), so no event is lost between the two.
-        hypercall::sched_poll(&raw[..ports.len()], deadline.map_or(0, |d| d.0.max(1)))?;
+        // bits after marking us as polling), so no event is lost between the two. Xen takes
+        // the deadline as a signed time: one past i64::MAX (a saturated `Instant::after`)
+        // would be in the past and make this loop spin, so it is clamped (292 years).
+        let timeout = deadline.map_or(0, |d| d.0.clamp(1, i64::MAX as u64));
+        hypercall::sched_poll(&raw[..ports.len()], timeout)?;
     }
 }
 

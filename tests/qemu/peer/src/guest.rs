@@ -1,7 +1,9 @@
 //! dom0's half of the unikernel guest's platform self-test (`qemu-peer guest-selftest GUEST`):
 //! the steps and byte patterns are those of the guest's `selftest` job
 //! (guest/src/guest/selftest.rs), over the real gntdev, gntalloc, /dev/xen/evtchn and xenstored.
+//! Also the stream of its vchan jobs (`qemu-peer pattern BYTES`).
 
+use std::io::Write;
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
@@ -195,5 +197,20 @@ pub fn selftest(guest: DomId) -> Res {
     ev.unbind(our_port)?;
     xs.unwatch(&dir, "selftest")?;
     eprintln!("guest-selftest: every step held");
+    Ok(())
+}
+
+/// Write `bytes` bytes of the guest's stream (byte i = `i % 251`) to stdout.
+pub fn pattern(bytes: u64) -> Res {
+    let block: Vec<u8> = (0..64 * 1024 + 251).map(|i| (i % 251) as u8).collect();
+    let mut out = std::io::stdout().lock();
+    let mut done = 0u64;
+    while done < bytes {
+        let start = (done % 251) as usize;
+        let n = (bytes - done).min(64 * 1024) as usize;
+        out.write_all(&block[start..start + n])?;
+        done += n as u64;
+    }
+    out.flush()?;
     Ok(())
 }

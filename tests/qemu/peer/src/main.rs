@@ -18,6 +18,9 @@
 //! `qemu-peer guest-selftest GUEST` is dom0's half of the unikernel guest's platform self-test
 //! (its `selftest 0` job): grants and event channels both ways, through xenstore.
 //!
+//! `qemu-peer pattern BYTES` writes the unikernel guest's stream to stdout: BYTES bytes, byte i
+//! being `i % 251` (what its `send` job and `http` job's `/bytes/N` produce).
+//!
 //! ```text
 //! qemu-peer conduit-serve ENDPOINT COUNT EXPECTED_PEER
 //! qemu-peer conduit-call ENDPOINT FILE COUNT
@@ -101,6 +104,7 @@ fn run(args: &[String]) -> Res {
         }
         "devices" => devices::check(),
         "guest-selftest" => guest::selftest(arg(&args, 1, "guest domid")?.parse()?),
+        "pattern" => guest::pattern(arg(&args, 1, "byte count")?.parse()?),
         "xenstore" => xenstore_check(arg(&args, 1, "dom0|guest")? == "guest"),
         "server" => {
             let client: DomId = arg(&args, 1, "client domid")?.parse()?;
