@@ -224,30 +224,74 @@ impl TlsStream {
 }
 
 /// Sends `close_notify` unless [`TlsStream::shutdown_write`] did, so that the peer reads a clean
-/// end of stream (rustls reports an unexpected end otherwise), and everything written before it.
-/// It waits for room in the transport at most the handshake timeout (a peer that does not read
-/// cannot hold the drop for ever); errors are ignored: the peer may be gone.
+/// end of stream (rustls reports an unexpected end otherwise), and everything written before it,
+/// then lingers briefly over a socket ([`TlsStream::linger`]). It waits for room in the transport
+/// at most the handshake timeout (a peer that does not read cannot hold the drop for ever);
+/// errors are ignored: the peer may be gone.
 impl Drop for TlsStream {
     fn drop(&mut self) {
+        if !*self.handshaken.get_mut() {
+            return;
+        }
         let outbox = self
             .outbox
             .get_mut()
             .unwrap_or_else(PoisonError::into_inner);
-        if !*self.handshaken.get_mut() || outbox.closed {
-            return;
-        }
-        let session = self
-            .session
-            .get_mut()
-            .unwrap_or_else(PoisonError::into_inner);
-        session.send_close_notify();
-        while session.wants_write() {
-            if session.write_tls(&mut outbox.records).is_err() {
+        if !outbox.closed {
+            let session = self
+                .session
+                .get_mut()
+                .unwrap_or_else(PoisonError::into_inner);
+            session.send_close_notify();
+            while session.wants_write() {
+                if session.write_tls(&mut outbox.records).is_err() {
+                    return;
+                }
+            }
+            // The transport closes right after: its timeout needs no clearing.
+            let sent =
+                Bounded::new(&self.transport, self.handshake_timeout).write_all(&outbox.records);
+            if sent.is_err() {
                 return;
             }
         }
-        // The transport closes right after: its timeout needs no clearing.
-        let _ = Bounded::new(&self.transport, self.handshake_timeout).write_all(&outbox.records);
+        self.linger();
+    }
+}
+
+/// How long a dropped connection over a socket waits for its peer's end (see
+/// [`TlsStream::linger`]).
+const LINGER: Duration = Duration::from_millis(200);
+
+/// The most a dropped connection reads (and discards) while it lingers.
+const LINGER_BYTES: usize = 256 << 10;
+
+impl TlsStream {
+    /// After `close_notify`, on drop: end the write side and read what the peer still sends,
+    /// until its end, [`LINGER`] or [`LINGER_BYTES`]. A socket closed with bytes unread is reset
+    /// rather than ended (TCP: RFC 1122 4.2.2.13; a Unix socket gives its peer `ECONNRESET`),
+    /// and the reset can destroy what the peer has not yet read, `close_notify` and the data
+    /// before it included. A TLS 1.3 server sends session tickets a client may never read, so
+    /// a client that writes, then drops, would otherwise often be reset. A vchan has no reset.
+    fn linger(&self) {
+        if !matches!(self.transport, Stream::Tcp(_) | Stream::Unix(_)) {
+            return;
+        }
+        // Already shut down if `shutdown_write` sent the `close_notify`.
+        let _ = self.transport.shutdown_write();
+        let deadline = Instant::now() + LINGER;
+        let mut sink = [0u8; 4096];
+        let mut taken = 0;
+        while taken < LINGER_BYTES {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || self.transport.set_read_timeout(Some(left)).is_err() {
+                return;
+            }
+            match (&self.transport).read(&mut sink) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => taken += n,
+            }
+        }
     }
 }
 
