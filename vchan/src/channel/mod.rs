@@ -301,6 +301,11 @@ impl<M: AsSharedRegion> Reader<M> {
         self.ring.capacity()
     }
 
+    /// Where the ring this half reads lies: the owner of its region and its geometry there.
+    pub fn placement(&self) -> (&M, crate::ring::RingGeometry) {
+        self.ring.placement()
+    }
+
     /// Bytes ready to read now; also asks the peer for an event when it writes more.
     pub fn data_ready(&self) -> Result<usize, ChannelError> {
         Ok(self.ring.request_and_recheck()?)
@@ -449,6 +454,11 @@ impl<M: AsSharedRegion> Writer<M> {
     /// The ring's capacity.
     pub fn capacity(&self) -> usize {
         self.ring.capacity()
+    }
+
+    /// Where the ring this half writes lies: the owner of its region and its geometry there.
+    pub fn placement(&self) -> (&M, crate::ring::RingGeometry) {
+        self.ring.placement()
     }
 
     /// Bytes that can be written now; also asks the peer for an event when it frees more.
