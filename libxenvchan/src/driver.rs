@@ -447,10 +447,14 @@ impl Dropin {
 
     /// 2 (a server whose client has not connected yet), 1 (connected) or 0 (closed, gone, or
     /// corrupt: `EPROTO`): never the raw live byte. A server with `server_persist` set is always
-    /// 1, as in C. At most every [`LIVENESS_CHECK`], this also looks whether the peer's domain
-    /// still exists (one store read).
+    /// 1, as in C. The indices are checked too (two loads): a program that asks after each
+    /// event, as vchan-socket-proxy does before draining with `data_ready`, learns of a corrupt
+    /// ring here, where `data_ready` can only say 0. At most every [`LIVENESS_CHECK`], this also
+    /// looks whether the peer's domain still exists (one store read).
     pub fn is_open(&self, mode: Mode) -> Result<c_int, Errno> {
         self.check_corrupt()?;
+        lock(&self.reader).available().map_err(|e| self.fail(e))?;
+        lock(&self.writer).space().map_err(|e| self.fail(e))?;
         if self.link.role() == Role::Server && mode.persist {
             return Ok(1);
         }

@@ -303,6 +303,13 @@ impl EventChannels for Events {
 
 struct ShareHandle(NonNull<XengntshrHandle>);
 
+// SAFETY: a libxengnttab handle may be used from any thread, and from several at once: each
+// call is an ioctl, an mmap or a munmap on the handle's fd (Linux), or a request on its own
+// connection (xensim's stand-in, which locks its state); the handle itself is never written.
+unsafe impl Send for ShareHandle {}
+// SAFETY: as above.
+unsafe impl Sync for ShareHandle {}
+
 impl Drop for ShareHandle {
     fn drop(&mut self) {
         // SAFETY: the handle came from `xengntshr_open`; every share holds this value, so none
@@ -432,6 +439,11 @@ impl GrantShare for Sharer {
 // ----- grant mapping ------------------------------------------------------------------------
 
 struct MapHandle(NonNull<XengnttabHandle>);
+
+// SAFETY: as for `ShareHandle`.
+unsafe impl Send for MapHandle {}
+// SAFETY: as for `ShareHandle`.
+unsafe impl Sync for MapHandle {}
 
 impl Drop for MapHandle {
     fn drop(&mut self) {
@@ -694,16 +706,20 @@ impl Store for KeyStore {
         let path = store_path(path)?;
         let len = c_uint::try_from(value.len())
             .map_err(|_| StoreFailure(io::Error::from_raw_os_error(libc::E2BIG)))?;
-        // SAFETY: an open connection, a NUL-terminated path, `len` readable bytes.
         self.with(|h| {
-            xs_bool(unsafe { xs_write(h, tx.0, path.as_ptr(), value.as_ptr().cast(), len) })
+            // SAFETY: an open connection, a NUL-terminated path, `len` readable bytes.
+            let ok = unsafe { xs_write(h, tx.0, path.as_ptr(), value.as_ptr().cast(), len) };
+            xs_bool(ok)
         })
     }
 
     fn rm(&self, tx: TxId, path: &str) -> Result<(), StoreFailure> {
         let path = store_path(path)?;
-        // SAFETY: an open connection and a NUL-terminated path.
-        self.with(|h| xs_bool(unsafe { xs_rm(h, tx.0, path.as_ptr()) }))
+        self.with(|h| {
+            // SAFETY: an open connection and a NUL-terminated path.
+            let ok = unsafe { xs_rm(h, tx.0, path.as_ptr()) };
+            xs_bool(ok)
+        })
     }
 
     fn directory(&self, tx: TxId, path: &str) -> Result<Vec<String>, StoreFailure> {
@@ -717,16 +733,14 @@ impl Store for KeyStore {
             }
             // SAFETY: libxenstore returned one malloc'd block: `num` pointers to NUL-terminated
             // names inside it, ours to read and free once.
-            let list = unsafe { std::slice::from_raw_parts(names, num as usize) }
-                .iter()
+            let entries = unsafe { std::slice::from_raw_parts(names, num as usize) };
+            let mut list = Vec::with_capacity(entries.len());
+            for &name in entries {
                 // SAFETY: each entry is a NUL-terminated name in that block.
-                .map(|&name| {
-                    unsafe { CStr::from_ptr(name) }
-                        .to_string_lossy()
-                        .into_owned()
-                })
-                .collect();
-            // SAFETY: as above.
+                let name = unsafe { CStr::from_ptr(name) };
+                list.push(name.to_string_lossy().into_owned());
+            }
+            // SAFETY: as above; freed once, after the copies.
             unsafe { libc::free(names.cast()) };
             Ok(list)
         })

@@ -115,3 +115,6 @@ wait_key() {
     echo "no $1 after 180 s"
     return 1
 }
+
+# dropin CMD...: run CMD on the drop-in libxenvchan (tests/qemu/run.sh puts it in /dropin).
+dropin() { LD_LIBRARY_PATH=/dropin "$@"; }

@@ -104,6 +104,40 @@ if [ -n "$D" ]; then
     kill $PROXY
     wait $PROXY || { echo "FAIL proxy-dom0 (exit $?)"; cat /tmp/proxy-dom0.log; }
 
+    # The drop-in libxenvchan on real Xen. A probe serving on it (its handle's fields, a
+    # notify through ctrl->event with the real libxenevtchn, every descriptor close-on-exec,
+    # flags rewritten between calls) talks to the probe on Debian's library in the guest.
+    dropin_fields() {
+        dropin timeout 120 vchan-probe server "$1" "data/vchan/$1/64" 0 0 fields >/tmp/fields ||
+            return 1
+        for want in "is_open 2" "notify-through-event 0" "fd_for_select matches" "cloexec all" \
+            "is_open-connected 1" "nonblocking-read 0" "blocking-recv 6 second" \
+            "read-after-close -1 EPIPE" "is_open-after-close 0" "done"; do
+            grep -q "^$want" /tmp/fields || {
+                echo "no '$want' from the probe:"
+                cat /tmp/fields
+                return 1
+            }
+        done
+    }
+    result dropin-fields dropin_fields $D
+    # Xen's vchan-socket-proxy on the drop-in, stdin/stdout as its other end, in both modes:
+    # server mode receiving from our vchan-cat and sending to a C client on Debian's library in
+    # the guest; client mode (libxl's way to a stub domain's QMP) receiving from our server and
+    # sending to a C server on Debian's library. An fd held open read-write on a fifo is an input
+    # that never ends.
+    mkfifo /tmp/idle
+    result dropin-proxy-server-ours recv_check dropin timeout 120 \
+        vchan-socket-proxy -m server $D data/vchan/$D/60 - 0<>/tmp/idle
+    side dropin-proxy-server-c dropin timeout 120 \
+        vchan-socket-proxy -m server $D data/vchan/$D/61 - <$PAYLOAD >/dev/null
+    wait
+    result dropin-proxy-client-ours recv_check dropin timeout 120 \
+        vchan-socket-proxy -m client $D /local/domain/$D/data/vchan/0/62 - 0<>/tmp/idle
+    side dropin-proxy-client-c dropin timeout 120 \
+        vchan-socket-proxy -m client $D /local/domain/$D/data/vchan/0/63 - <$PAYLOAD >/dev/null
+    wait
+
     # The benchmark, dom0 to domU: dom0 serves (and writes), the guest reads and reports.
     echo "$BENCH_CELLS" | while read -r impl port ring mode msg count; do
         side "bench-$impl-$port" timeout 300 $(bench_prog "$impl") server $D "$port" "$ring" "$mode" "$msg" "$count"

@@ -58,6 +58,27 @@ wait $PROXY || { echo "FAIL proxy-domu (exit $?)"; cat /tmp/proxy-domu.log; }
 kill $WEB
 wait $WEB || echo "FAIL http-server-local (exit $?)"
 
+# The drop-in libxenvchan's checks, in dom0's order: the other end of each, on Debian's library
+# or ours (vchan-cat).
+dropin_fields_client() {
+    wait_key /local/domain/0/data/vchan/$ME/64/event-channel || return 1
+    timeout 120 vchan-probe client 0 /local/domain/0/data/vchan/$ME/64 fields >/tmp/fields-c ||
+        return 1
+    grep -qx "sent second" /tmp/fields-c || { cat /tmp/fields-c; return 1; }
+}
+side dropin-fields dropin_fields_client
+wait
+side dropin-proxy-server-ours send_client 0 60 $PAYLOAD
+wait
+c_recv_client() {
+    wait_key /local/domain/0/data/vchan/$ME/$1/event-channel || return 1
+    timeout 120 vchan-nc 0 /local/domain/0/data/vchan/$ME/$1 </dev/null
+}
+result dropin-proxy-server-c recv_check c_recv_client 61
+side dropin-proxy-client-ours send_server 0 62 $PAYLOAD
+wait
+result dropin-proxy-client-c recv_check timeout 120 vchan-nc -l 0 data/vchan/0/63 0 0 </dev/null
+
 echo "$BENCH_CELLS" | while read -r impl port ring mode msg count; do
     result "bench-$impl-$port" bench_client "$impl" 0 "$port" "$ring" "$mode" "$msg" "$count"
 done

@@ -6,7 +6,7 @@
 #[path = "xensim_support.rs"]
 mod support;
 
-#[path = "libxenvchan_support.rs"]
+#[path = "libxenvchan/support.rs"]
 mod dropin;
 
 // The drop-in's own declaration of the struct, to compare with what gcc makes of the header.

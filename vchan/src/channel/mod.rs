@@ -311,6 +311,12 @@ impl<M: AsSharedRegion> Reader<M> {
         Ok(self.ring.request_and_recheck()?)
     }
 
+    /// Bytes ready to read now, asking nothing of the peer (a look that only checks the ring:
+    /// corrupt indices are an error).
+    pub fn available(&self) -> Result<usize, ChannelError> {
+        Ok(self.ring.available()?)
+    }
+
     /// For a driver that spins between looks: which look an operation wanting `wanted` bytes
     /// should make next, if one would now get somewhere: a quick one if the bytes are there (or
     /// the ring is corrupt: the operation reports it), the final one if the end is known (which
@@ -464,6 +470,11 @@ impl<M: AsSharedRegion> Writer<M> {
     /// Bytes that can be written now; also asks the peer for an event when it frees more.
     pub fn buffer_space(&self) -> Result<usize, ChannelError> {
         Ok(self.ring.request_and_recheck()?)
+    }
+
+    /// Bytes that can be written now, asking nothing of the peer (see [`Reader::available`]).
+    pub fn space(&self) -> Result<usize, ChannelError> {
+        Ok(self.ring.space()?)
     }
 
     /// Whether this half was shut down.

@@ -1,5 +1,6 @@
 //! Shared pieces of the drop-in libxenvchan's tests (included with `#[path]` by each
-//! `libxenvchan_*` test, after `xensim_support.rs` as `support`): the drop-in built by
+//! `libxenvchan_*` test, after `xensim_support.rs` as `support`; a subdirectory, so cargo does
+//! not take it for a test of its own): the drop-in built by
 //! `scripts/libxenvchan`, the C programs of `tests/c` compiled against Debian's header, and
 //! commands that run a program on one library or the other.
 #![allow(dead_code)]
