@@ -138,10 +138,6 @@ impl RawServer {
         page.store_u32(abi::LEFT_CONS, cons.wrapping_add(n), SeqCst);
         self.kick();
     }
-
-    fn left_prod(&self) -> u32 {
-        self.page().load_u32(abi::LEFT_PROD, SeqCst)
-    }
 }
 
 impl Drop for RawServer {
