@@ -640,3 +640,66 @@ fn spin_until(ready: impl Fn() -> Option<Look>) -> Option<Look> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sys::StoreFailure;
+    use vchan::Error;
+
+    fn io(raw: i32) -> io::Error {
+        io::Error::from_raw_os_error(raw)
+    }
+
+    /// Each set-up failure has the errno a C caller can act on; none is left at 0.
+    #[test]
+    fn setup_failures_map_to_errno() {
+        let layout = || vchan::layout::Layout::for_min_sizes(2 << 20, 0).unwrap_err();
+        let cases: Vec<(vchan::channel::ErrorOf<Libs>, Role, Errno)> = vec![
+            (Error::Layout(layout()), Role::Server, Errno::EINVAL),
+            (Error::Layout(layout()), Role::Client, Errno::EPROTO),
+            (
+                Error::BadKey {
+                    key: "ring-ref",
+                    value: "0".into(),
+                },
+                Role::Client,
+                Errno::EPROTO,
+            ),
+            (
+                Error::NoServer { path: "p".into() },
+                Role::Client,
+                Errno::ENOENT,
+            ),
+            (
+                Error::NotWaiting { path: "p".into() },
+                Role::Client,
+                Errno::EBUSY,
+            ),
+            (
+                Error::Backend {
+                    op: vchan::Op::MapControlPage,
+                    source: io(libc::EACCES),
+                },
+                Role::Client,
+                Errno::EACCES,
+            ),
+            (
+                Error::Backend {
+                    op: vchan::Op::OpenSharer,
+                    source: io(0),
+                },
+                Role::Server,
+                Errno::EIO,
+            ),
+            (
+                Error::Xenstore(StoreFailure(io(libc::EACCES))),
+                Role::Server,
+                Errno::EACCES,
+            ),
+        ];
+        for (error, role, errno) in cases {
+            assert_eq!(setup_errno(&error, role), errno, "{error} ({role:?})");
+        }
+    }
+}

@@ -178,9 +178,23 @@ fn set_cloexec(fd: c_int) -> io::Result<()> {
 /// (to look at the peer's domain now and then), which is never restarted, and cannot tell which
 /// signal came; so it carries on when every caught signal's handler has `SA_RESTART`, as
 /// `read(2)` would have for any of them, and fails with `EINTR` when some handler lacks it.
+///
+/// Fault signals (`SIGSEGV`, `SIGBUS`, `SIGFPE`, `SIGILL`, `SIGTRAP`, `SIGSYS`) are left out:
+/// their handlers run for the thread's own faulting instruction, never while it waits (and
+/// crash reporters, or Rust's own stack-overflow guard, install them without `SA_RESTART`).
 pub fn handlers_restart() -> bool {
+    const UNCATCHABLE_OR_FAULTS: [c_int; 8] = [
+        libc::SIGKILL,
+        libc::SIGSTOP,
+        libc::SIGSEGV,
+        libc::SIGBUS,
+        libc::SIGFPE,
+        libc::SIGILL,
+        libc::SIGTRAP,
+        libc::SIGSYS,
+    ];
     for signal in 1..=libc::SIGRTMAX() {
-        if signal == libc::SIGKILL || signal == libc::SIGSTOP {
+        if UNCATCHABLE_OR_FAULTS.contains(&signal) {
             continue;
         }
         // SAFETY: an all-zero `sigaction` is a valid value of the plain C struct, and with a
@@ -573,7 +587,7 @@ impl GrantMap for Mapper {
 
 /// A failed libxenstore call: the `errno` it set.
 #[derive(Debug)]
-pub struct StoreFailure(io::Error);
+pub struct StoreFailure(pub(crate) io::Error);
 
 impl StoreFailure {
     /// The `errno` value.
@@ -827,5 +841,41 @@ impl Platform for Libs {
 
     fn store(&self) -> Result<KeyStore, StoreFailure> {
         Ok(KeyStore::new())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+
+    extern "C" fn ignore(_: c_int) {}
+
+    /// With a handler that lacks `SA_RESTART`, a wait a signal interrupted ends with `EINTR`, as
+    /// the C library's `read(2)` would; with one that has it, the wait goes on. (Rust's own
+    /// fault handlers, which lack it, change nothing.)
+    #[test]
+    fn an_interrupted_wait_goes_on_only_if_every_handler_restarts() {
+        let set = |flags| {
+            let action = SigAction::new(SigHandler::Handler(ignore), flags, SigSet::empty());
+            // SAFETY: `ignore` does nothing, which is async-signal-safe; SIGUSR2 is not used
+            // by anything else in this test binary.
+            unsafe { sigaction(Signal::SIGUSR2, &action) }.expect("install a handler")
+        };
+        let old = set(SaFlags::SA_RESTART);
+        assert!(handlers_restart());
+        set(SaFlags::empty());
+        assert!(!handlers_restart());
+        // SAFETY: restores what was there.
+        unsafe { sigaction(Signal::SIGUSR2, &old) }.expect("restore the handler");
+        assert!(handlers_restart());
+    }
+
+    #[test]
+    fn a_store_failure_names_the_wire_error() {
+        let failure = StoreFailure(io::Error::from_raw_os_error(libc::EAGAIN));
+        assert_eq!(failure.errno(), Some(Errno::EAGAIN));
+        let failure = StoreFailure(io::Error::from_raw_os_error(libc::EPROTO));
+        assert_eq!(failure.errno(), None);
     }
 }

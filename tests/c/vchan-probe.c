@@ -20,6 +20,7 @@
  *   signal-write SIZE restart|interrupt
  *                     a SIGUSR1 handler with or without SA_RESTART, then one blocking write
  *   oversize          packets one byte larger than the rings, in both modes
+ *   persist           (server) server_persist set: two clients in turn, then cleared
  *
  * Every result line is "name value [errno]"; the last line is "done". Exit status 1 means the
  * probe itself could not run (it says why).
@@ -369,6 +370,31 @@ static void signal_write(struct libxenvchan *c, size_t size, int restart)
     free(buf);
 }
 
+/* A server with server_persist set, as the flag is written between calls: it stays open when
+ * its first client leaves, serves the next on the same page, and ends once the flag is
+ * cleared. Each line waits for the test to move the clients on. */
+static void persist(struct libxenvchan *c)
+{
+    char buf[16];
+    c->server_persist = 1;
+    c->blocking = 1;
+    need(libxenvchan_recv(c, buf, 3) == 3, "recv from the first client");
+    say("first %.3s", buf);
+    while (c->ring->cli_live != 0)
+        need(libxenvchan_wait(c) == 0, "wait for the first client's close");
+    say("is_open-persist %d", libxenvchan_is_open(c));
+    c->blocking = 0;
+    say("nonblocking-read-persist %d", libxenvchan_read(c, buf, sizeof buf));
+    c->blocking = 1;
+    need(libxenvchan_recv(c, buf, 3) == 3, "recv from the second client");
+    say("second %.3s", buf);
+    c->server_persist = 0;
+    errno = 0;
+    int n = libxenvchan_read(c, buf, sizeof buf);
+    say("read-after-close %d %s", n, errno_name(n < 0 ? errno : 0));
+    say("is_open-after-close %d", libxenvchan_is_open(c));
+}
+
 static void oversize(struct libxenvchan *c)
 {
     size_t rd = ((size_t)1 << c->read.order) + 1, wr = ((size_t)1 << c->write.order) + 1;
@@ -435,6 +461,8 @@ int main(int argc, char **argv)
         watch_open(c);
     } else if (!strcmp(scenario, "signal-write") && arg && argc > first + 2) {
         signal_write(c, strtoul(arg, NULL, 0), !strcmp(argv[first + 2], "restart"));
+    } else if (!strcmp(scenario, "persist") && server) {
+        persist(c);
     } else if (!strcmp(scenario, "oversize")) {
         oversize(c);
     } else {

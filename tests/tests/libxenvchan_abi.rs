@@ -382,3 +382,72 @@ fn init_failures_set_errno() {
     assert_eq!(value(&debian, "client_init-missing"), "NULL ENOENT");
     host.assert_clean();
 }
+
+/// `server_persist`, written by the program between calls, as C programs (tklengyel/vchan-aes)
+/// use it: the server stays open (`is_open` 1, a non-blocking read 0, not -1) when its first
+/// client leaves, serves the next one on the same page, and ends once the flag is cleared.
+/// Debian's library runs the same steps to the same results (but leaves errno at 0).
+#[test]
+fn server_persist_keeps_a_server_open_for_its_next_client() {
+    use std::io::{BufRead, BufReader, Write};
+    use vchan::xensim::XensimDomain;
+    use vchan::{Address, Vchan};
+    use xen_types::DomId;
+
+    let host = Host::start("dropin-persist", &[1]);
+    let guest = XensimDomain::new(&host.dir, DomId(1));
+    for (lib, port) in [(Lib::Dropin, 40u32), (Lib::Debian, 41)] {
+        let path = format!("data/vchan/1/{port}");
+        let mut server = run_on(
+            &host,
+            0,
+            lib,
+            &c_program("vchan-probe"),
+            &["server", "1", &path, "0", "0", "persist"],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn the probe");
+        let mut out = BufReader::new(server.stdout.take().unwrap());
+        let mut next_line = || {
+            let mut line = String::new();
+            out.read_line(&mut line).expect("read the probe");
+            line.trim_end().to_owned()
+        };
+        wait_for_key(&host, &format!("/local/domain/0/{path}/event-channel"));
+        let connect = || {
+            Vchan::client(
+                &guest,
+                DomId(0),
+                &Address::Port(port),
+                Some(Duration::from_secs(20)),
+            )
+            .expect("connect to the probe")
+        };
+        let mut first = connect();
+        first.write_all(b"one").unwrap();
+        first.close().unwrap();
+        assert_eq!(next_line(), "first one", "{lib:?}");
+        assert_eq!(next_line(), "is_open-persist 1", "{lib:?}");
+        assert_eq!(next_line(), "nonblocking-read-persist 0", "{lib:?}");
+        let mut second = connect();
+        second.write_all(b"two").unwrap();
+        assert_eq!(next_line(), "second two", "{lib:?}");
+        second.close().unwrap();
+        let after = next_line();
+        assert!(after.starts_with("read-after-close -1"), "{lib:?}: {after}");
+        if lib == Lib::Dropin {
+            assert_eq!(after, "read-after-close -1 EPIPE");
+        }
+        assert_eq!(next_line(), "is_open-after-close 0", "{lib:?}");
+        assert_eq!(next_line(), "done", "{lib:?}");
+        let status = wait_for(&mut server, Duration::from_secs(60), "the probe");
+        assert!(
+            status.success(),
+            "{lib:?}: {}",
+            support::stderr_of(&mut server)
+        );
+    }
+    host.assert_clean();
+}
