@@ -284,10 +284,13 @@ impl Dropin {
         })?;
         Ok(match progress {
             Progress::Done(n) => {
-                if n < wanted {
+                if n < wanted && !mode.blocking {
                     // As the C library does when it finds less than asked: the caller will want
                     // more, so ask the writer for an event when it writes (a program that then
-                    // waits in select() depends on it).
+                    // waits in select() depends on it). In blocking mode the next read asks
+                    // before it sleeps; asking now would make the writer send an event for
+                    // every write while the reader keeps up (spinning), the cost the spin is
+                    // there to save.
                     self.request_data();
                 }
                 n
