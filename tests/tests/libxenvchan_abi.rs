@@ -19,7 +19,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use dropin::{c_program, dropin_dir, dropin_library, lines, run_on, value, wait_for_key, Lib};
+use dropin::{
+    assert_no_server_keys, c_program, dropin_dir, dropin_library, lines, run_on, value,
+    wait_for_key, Lib,
+};
 use support::{require, wait_for, Host, LIBXENVCHAN, SOCKET_PROXY};
 
 fn tool(program: &str, args: &[&str], file: &Path) -> String {
@@ -343,6 +346,7 @@ fn a_handles_fields_are_true_on_both_ends_whichever_library_is_on_the_other() {
         }
     }
     host.assert_clean();
+    assert_no_server_keys(&host);
 }
 
 /// The C library builds `PATH/ring-ref` in 64-byte buffers, so a path over 49 characters is cut
@@ -354,6 +358,7 @@ fn a_long_xenstore_path_is_used_whole() {
     assert!(path.len() > 200);
     fields(&host, Lib::Dropin, Lib::Dropin, (0, 0), &path);
     host.assert_clean();
+    assert_no_server_keys(&host);
 }
 
 /// Every failure of the init calls sets errno: a ring over 1 MiB is `EINVAL` (the C library
@@ -450,4 +455,5 @@ fn server_persist_keeps_a_server_open_for_its_next_client() {
         );
     }
     host.assert_clean();
+    assert_no_server_keys(&host);
 }

@@ -444,4 +444,5 @@ fn a_blocking_read_ends_when_the_peer_domain_is_gone() {
     assert_eq!(value(&lines, "is_open"), "0 0");
     drop(client);
     host.assert_clean();
+    dropin::assert_no_server_keys(&host);
 }

@@ -18,7 +18,7 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use dropin::{c_program, run_on, wait_for_key, Lib};
+use dropin::{assert_no_server_keys, c_program, run_on, wait_for_key, Lib};
 use support::{artifacts, digest, random_bytes, require, wait_for, Host, SOCKET_PROXY};
 
 const MIB: usize = 1 << 20;
@@ -182,6 +182,7 @@ fn placement(tag: &str, sizes: (usize, usize)) {
         started.elapsed().as_secs_f64()
     );
     host.assert_clean();
+    assert_no_server_keys(&host);
 }
 
 #[test]
@@ -346,7 +347,8 @@ fn xens_vchan_socket_proxy_on_the_dropin_serves_clients_in_turn() {
         "the C client",
     );
 
-    // Stopped as a toolstack stops it; its close releases everything.
+    // Stopped as a toolstack stops it (SIGKILL: the host reclaims its grants and port; its keys
+    // stay in xenstore, as they would after the C library).
     let _ = proxy.kill();
     let _ = proxy.wait();
     let _ = std::fs::remove_file(&socket);

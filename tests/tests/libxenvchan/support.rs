@@ -155,3 +155,17 @@ pub fn value<'a>(lines: &'a [String], name: &str) -> &'a str {
         .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
         .unwrap_or_else(|| panic!("the probe printed no {name:?}: {lines:#?}"))
 }
+
+/// Every vchan server that served domain 1 from dom0 removed its keys at its close (C servers
+/// remove their path, ours also the directories publishing created): nothing is left under
+/// `/local/domain/0/data/vchan/1`.
+pub fn assert_no_server_keys(host: &Host) {
+    use xenstore::{Errno, TxId, XenStore};
+    let store = xenstore::client::Client::open_path(&host.dir.join("dom0.sock"))
+        .expect("connect to dom0's store");
+    match store.directory(TxId::NONE, "/local/domain/0/data/vchan/1") {
+        Ok(children) => assert!(children.is_empty(), "servers' keys left: {children:?}"),
+        Err(e) if e.errno() == Some(Errno::ENOENT) => {}
+        Err(e) => panic!("cannot list dom0's vchan directory: {e}"),
+    }
+}
