@@ -2,7 +2,7 @@
 //! compiler below and, against the header itself, by `tests/tests/libxenvchan_abi.rs` (which
 //! includes this file and compares it with what gcc says of Debian's header).
 //!
-//! Programs read and write these fields directly (LIBXENVCHAN-ABI.md §5): `blocking` and
+//! Programs read and write these fields directly (libxenvchan/ABI.md §5): `blocking` and
 //! `server_persist` between calls, `is_server`, `event` and `event_port` to notify through
 //! libxenevtchn, `ring` to reach the shared page. No field here is ever trusted: the library
 //! keeps its own copy of everything it needs, and reads only the flag byte from this struct,

@@ -8,7 +8,8 @@
 //!   0 where they cannot proceed;
 //! - waiting on the event fd (a short spin first, then `poll(2)` and `xenevtchn_pending`), with
 //!   a look at the peer's domain every [`LIVENESS_CHECK`] of sleep;
-//! - errno values for every failure, and the fixes the C library lacks (LIBXENVCHAN-ABI.md §6).
+//! - errno values for every failure, and the fixes the C library lacks (`libxenvchan/ABI.md`
+//!   §6).
 //!
 //! Locks: the reading and the writing half each have their own, held only while the core looks,
 //! never while sleeping, so one thread can read while another writes, and `data_ready` or

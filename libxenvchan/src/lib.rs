@@ -7,7 +7,7 @@
 //! LD_LIBRARY_PATH=$(scripts/libxenvchan | tail -n1) /usr/lib/xen-4.17/bin/vchan-socket-proxy ...
 //! ```
 //!
-//! What changes for the program is what the C library gets wrong (LIBXENVCHAN-ABI.md §6): a
+//! What changes for the program is what the C library gets wrong (libxenvchan/ABI.md §6): a
 //! peer that corrupts the ring gives -1 with `errno` `EPROTO` and `is_open` 0, never 0 for ever;
 //! a peer whose domain was destroyed reads as closed (blocking calls look every 500 ms of
 //! sleep, `is_open` at most every 500 ms); a blocking write cut short reports what it wrote;

@@ -157,7 +157,7 @@ fn check(rc: c_int) -> io::Result<()> {
 }
 
 /// Mark `fd` close-on-exec. libxenevtchn and gntdev's handle open theirs with `O_CLOEXEC`
-/// already; libxengnttab's gntalloc handle does not (LIBXENVCHAN-ABI.md §6), so a program that
+/// already; libxengnttab's gntalloc handle does not (libxenvchan/ABI.md §6), so a program that
 /// forks and execs would leak it into the child.
 fn set_cloexec(fd: c_int) -> io::Result<()> {
     use nix::fcntl::{fcntl, FcntlArg, FdFlag};

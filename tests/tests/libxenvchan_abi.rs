@@ -350,7 +350,7 @@ fn a_handles_fields_are_true_on_both_ends_whichever_library_is_on_the_other() {
 }
 
 /// The C library builds `PATH/ring-ref` in 64-byte buffers, so a path over 49 characters is cut
-/// short on both sides (LIBXENVCHAN-ABI.md §6). The drop-in takes any path xenstore does.
+/// short on both sides (libxenvchan/ABI.md §6). The drop-in takes any path xenstore does.
 #[test]
 fn a_long_xenstore_path_is_used_whole() {
     let host = Host::start("dropin-longpath", &[1]);
