@@ -127,15 +127,16 @@ if [ -n "$D" ]; then
     # sending to a C server on Debian's library. An fd held open read-write on a fifo is an input
     # that never ends.
     mkfifo /tmp/idle
-    result dropin-proxy-server-ours recv_check dropin timeout 120 \
+    result dropin-proxy-server-ours recv_check_small dropin timeout 120 \
         vchan-socket-proxy -m server $D data/vchan/$D/60 - 0<>/tmp/idle
     side dropin-proxy-server-c dropin timeout 120 \
-        vchan-socket-proxy -m server $D data/vchan/$D/61 - <$PAYLOAD >/dev/null
+        vchan-socket-proxy -m server $D data/vchan/$D/61 - <$SMALL_PAYLOAD >/dev/null
     wait
-    result dropin-proxy-client-ours recv_check dropin timeout 120 \
+    result dropin-proxy-client-ours recv_check_small dropin timeout 120 \
         vchan-socket-proxy -m client $D /local/domain/$D/data/vchan/0/62 - 0<>/tmp/idle
     side dropin-proxy-client-c dropin timeout 120 \
-        vchan-socket-proxy -m client $D /local/domain/$D/data/vchan/0/63 - <$PAYLOAD >/dev/null
+        vchan-socket-proxy -m client $D /local/domain/$D/data/vchan/0/63 - <$SMALL_PAYLOAD \
+        >/dev/null
     wait
 
     # The benchmark, dom0 to domU: dom0 serves (and writes), the guest reads and reports.

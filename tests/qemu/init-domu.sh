@@ -68,16 +68,17 @@ dropin_fields_client() {
 }
 side dropin-fields dropin_fields_client
 wait
-side dropin-proxy-server-ours send_client 0 60 $PAYLOAD
+side dropin-proxy-server-ours send_client 0 60 $SMALL_PAYLOAD
 wait
 c_recv_client() {
     wait_key /local/domain/0/data/vchan/$ME/$1/event-channel || return 1
     timeout 120 vchan-nc 0 /local/domain/0/data/vchan/$ME/$1 </dev/null
 }
-result dropin-proxy-server-c recv_check c_recv_client 61
-side dropin-proxy-client-ours send_server 0 62 $PAYLOAD
+result dropin-proxy-server-c recv_check_small c_recv_client 61
+side dropin-proxy-client-ours send_server 0 62 $SMALL_PAYLOAD
 wait
-result dropin-proxy-client-c recv_check timeout 120 vchan-nc -l 0 data/vchan/0/63 0 0 </dev/null
+result dropin-proxy-client-c recv_check_small timeout 120 vchan-nc -l 0 data/vchan/0/63 0 0 \
+    </dev/null
 
 echo "$BENCH_CELLS" | while read -r impl port ring mode msg count; do
     result "bench-$impl-$port" bench_client "$impl" 0 "$port" "$ring" "$mode" "$msg" "$count"
