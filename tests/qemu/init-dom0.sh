@@ -126,17 +126,20 @@ if [ -n "$D" ]; then
     # the guest; client mode (libxl's way to a stub domain's QMP) receiving from our server and
     # sending to a C server on Debian's library. An fd held open read-write on a fifo is an input
     # that never ends.
+    # proxy_send MODE DOMID PATH: the proxy sending the small payload. Its input is opened here,
+    # inside the background job: the shell gives a background job /dev/null as its input,
+    # whatever the caller redirected.
+    proxy_send() {
+        dropin timeout 120 vchan-socket-proxy -m "$1" "$2" "$3" - <$SMALL_PAYLOAD >/dev/null
+    }
     mkfifo /tmp/idle
     result dropin-proxy-server-ours recv_check_small dropin timeout 120 \
         vchan-socket-proxy -m server $D data/vchan/$D/60 - 0<>/tmp/idle
-    side dropin-proxy-server-c dropin timeout 120 \
-        vchan-socket-proxy -m server $D data/vchan/$D/61 - <$SMALL_PAYLOAD >/dev/null
+    side dropin-proxy-server-c proxy_send server $D data/vchan/$D/61
     wait
     result dropin-proxy-client-ours recv_check_small dropin timeout 120 \
         vchan-socket-proxy -m client $D /local/domain/$D/data/vchan/0/62 - 0<>/tmp/idle
-    side dropin-proxy-client-c dropin timeout 120 \
-        vchan-socket-proxy -m client $D /local/domain/$D/data/vchan/0/63 - <$SMALL_PAYLOAD \
-        >/dev/null
+    side dropin-proxy-client-c proxy_send client $D /local/domain/$D/data/vchan/0/63
     wait
 
     # The benchmark, dom0 to domU: dom0 serves (and writes), the guest reads and reports.
