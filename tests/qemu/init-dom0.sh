@@ -126,20 +126,24 @@ if [ -n "$D" ]; then
     # the guest; client mode (libxl's way to a stub domain's QMP) receiving from our server and
     # sending to a C server on Debian's library. An fd held open read-write on a fifo is an input
     # that never ends.
-    # proxy_send MODE DOMID PATH: the proxy sending the small payload. Its input is opened here,
-    # inside the background job: the shell gives a background job /dev/null as its input,
-    # whatever the caller redirected.
+    # proxy_send MODE DOMID PATH PORT: the proxy sending the small payload; its input ends once
+    # the guest says it has every byte. (vchan-socket-proxy, on either library, never exits if
+    # its input ends while its last bytes wait to fit the ring: it writes them and then waits
+    # for an event nobody sends. With the input held open until everything has arrived, it ends
+    # with nothing left to write, and closes.) The input is made here, inside the background
+    # job: the shell gives a background job /dev/null, whatever the caller redirected.
     proxy_send() {
-        dropin timeout 120 vchan-socket-proxy -m "$1" "$2" "$3" - <$SMALL_PAYLOAD >/dev/null
+        { cat $SMALL_PAYLOAD; wait_key /local/domain/$2/data/dropin-received-$4; } |
+            dropin timeout 180 vchan-socket-proxy -m "$1" "$2" "$3" - >/dev/null
     }
     mkfifo /tmp/idle
     result dropin-proxy-server-ours recv_check_small dropin timeout 120 \
         vchan-socket-proxy -m server $D data/vchan/$D/60 - 0<>/tmp/idle
-    side dropin-proxy-server-c proxy_send server $D data/vchan/$D/61
+    side dropin-proxy-server-c proxy_send server $D data/vchan/$D/61 61
     wait
     result dropin-proxy-client-ours recv_check_small dropin timeout 120 \
         vchan-socket-proxy -m client $D /local/domain/$D/data/vchan/0/62 - 0<>/tmp/idle
-    side dropin-proxy-client-c proxy_send client $D /local/domain/$D/data/vchan/0/63
+    side dropin-proxy-client-c proxy_send client $D /local/domain/$D/data/vchan/0/63 63
     wait
 
     # The benchmark, dom0 to domU: dom0 serves (and writes), the guest reads and reports.
