@@ -18,9 +18,13 @@ use xen_types::DomId;
 #[cfg(feature = "vchan")]
 use crate::endpoint::{Domain, VchanPort};
 use crate::endpoint::{Endpoint, Transport};
+#[cfg(feature = "vchan")]
+use crate::error::Limit;
 use crate::error::{ConduitError, Result};
 #[cfg(feature = "vchan")]
 use crate::rendezvous::{self, ServiceOptions};
+#[cfg(feature = "vchan")]
+use crate::throttle::{self, Backoff, StoreOp};
 #[cfg(feature = "tls")]
 use crate::tls::TlsStream;
 #[cfg(feature = "vchan")]
@@ -186,16 +190,6 @@ impl Connection {
     /// handshake timeout.
     pub fn shutdown_write(&self) -> io::Result<()> {
         self.stream.shutdown_write()
-    }
-
-    /// The vchan underneath, if it is one (not under TLS, where its bytes are records that
-    /// only the session may read and write).
-    #[cfg(feature = "vchan")]
-    pub fn as_vchan(&self) -> Option<&VchanStream> {
-        match &self.stream {
-            Stream::Vchan(v) => Some(v),
-            _ => None,
-        }
     }
 
     /// Whether TLS runs over the transport.
@@ -566,7 +560,9 @@ pub(crate) fn connect_vchan<B: IntoVchanStream>(
 
 /// Connect at an integer port's conventional path. Keys found there may belong to a server that
 /// has its client already, or is closing (a listener publishes afresh for the next connection):
-/// such a server refuses with `NotWaiting`, and we look again until `timeout`.
+/// such a server refuses with `NotWaiting`, and we look again until `timeout`. A store quota or
+/// a busy store met on the way is waited out too, backing off; and a client waiting for its
+/// server's keys holds a watch, so it counts among the process's connects in flight.
 #[cfg(feature = "vchan")]
 fn connect_port<B: vchan::Backend>(
     backend: &B,
@@ -576,14 +572,43 @@ fn connect_port<B: vchan::Backend>(
     name: &str,
 ) -> Result<vchan::Vchan<B>> {
     let deadline = std::time::Instant::now() + timeout;
+    let gave_up = |limit| ConduitError::Limit {
+        endpoint: name.to_owned(),
+        limit,
+        seconds: timeout.as_secs_f64(),
+    };
+    let mut backoff = Backoff::new();
     loop {
+        let Some(place) = throttle::CONNECTS.enter(deadline) else {
+            return Err(gave_up(Limit::ConnectsInFlight));
+        };
         let left = deadline.saturating_duration_since(std::time::Instant::now());
-        match vchan::Vchan::client(backend, server, &vchan::Address::Port(port), Some(left)) {
+        let outcome =
+            vchan::Vchan::client(backend, server, &vchan::Address::Port(port), Some(left));
+        drop(place);
+        let error = match outcome {
+            Ok(vchan) => return Ok(vchan),
             Err(e) if taken_by_another(&e) && !left.is_zero() => {
                 std::thread::sleep(Duration::from_millis(10));
+                continue;
             }
-            outcome => return outcome.map_err(rendezvous::vchan_error("connect to", name)),
+            Err(e) => e,
+        };
+        match store_limit(&error) {
+            Some(_) if backoff.pause(deadline) => {}
+            Some(limit) => return Err(gave_up(limit)),
+            None => return Err(rendezvous::vchan_error("connect to", name)(error)),
         }
+    }
+}
+
+/// The store quota or busy store a vchan client met, if that is what stopped it.
+#[cfg(feature = "vchan")]
+fn store_limit(e: &vchan::VchanError) -> Option<Limit> {
+    match e {
+        // A client reads and watches: a watch quota (E2BIG) or a busy store.
+        vchan::VchanError::Xenstore(e) => throttle::limit_met(StoreOp::Watch, e),
+        _ => None,
     }
 }
 
@@ -738,6 +763,28 @@ impl ListenOptions {
     #[cfg(feature = "vchan")]
     pub fn ring_sizes(mut self, sizes: vchan::RingSizes) -> ListenOptions {
         self.service.sizes = sizes;
+        self
+    }
+
+    /// Call `report` with each error a `vchan://.../SERVICE` listener met and recovered from,
+    /// going on serving: today [`ConduitError::ServiceRestored`], a service directory removed
+    /// (a domain the service admits may write into it, so it may remove it) and published
+    /// again. Without it they are dropped: this library never prints. `report` runs on the
+    /// listener's thread, so it should be quick (write a line, count).
+    ///
+    /// ```
+    /// use conduit_vchan::{describe, ListenOptions};
+    ///
+    /// let options = ListenOptions::new()
+    ///     .on_recovered(|e| eprintln!("my-server: {}", describe(e)));
+    /// # drop(options);
+    /// ```
+    #[cfg(feature = "vchan")]
+    pub fn on_recovered(
+        mut self,
+        report: impl Fn(&ConduitError) + Send + Sync + 'static,
+    ) -> ListenOptions {
+        self.service.recovered = rendezvous::Recovered(Some(Arc::new(report)));
         self
     }
 }

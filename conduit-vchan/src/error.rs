@@ -106,6 +106,33 @@ pub enum ConduitError {
         #[source]
         source: io::Error,
     },
+    /// A vchan connect waited for a limit until its timeout: this process's bound on connects
+    /// waiting on xenstore, or a quota or a busy answer of the store (see [`Limit`]). Below
+    /// the limits a connect waits its turn and retries, with a backoff, within its timeout.
+    #[cfg(feature = "vchan")]
+    #[error("{endpoint}: no connection within {seconds:.1} s: {limit}")]
+    Limit {
+        /// The endpoint, as named.
+        endpoint: String,
+        /// The limit the connect met last.
+        limit: Limit,
+        /// How long it waited.
+        seconds: f64,
+    },
+    /// A service's directory was removed from xenstore (by a domain the service admits, which
+    /// may write into it, or by hand) and the listener published it again, with the requests
+    /// it was answering, and went on serving. Reported through
+    /// [`ListenOptions::on_recovered`](crate::ListenOptions::on_recovered), never by `accept`.
+    #[cfg(feature = "vchan")]
+    #[error("the directory of {endpoint} was removed from xenstore {times} time(s) since the last report (by a domain the service admits, or by hand); published again")]
+    ServiceRestored {
+        /// The endpoint, as named.
+        endpoint: String,
+        /// How many removals this report covers (later ones within
+        /// [`RESTORE_REPORT_INTERVAL`](crate::rendezvous::RESTORE_REPORT_INTERVAL) are counted,
+        /// not reported one by one).
+        times: u32,
+    },
     /// The listener stopped (its rendezvous failed or it was closed).
     #[error("the listener on {endpoint} stopped: {reason}")]
     ListenerStopped {
@@ -137,6 +164,84 @@ impl ConduitError {
             #[cfg(feature = "tls")]
             ConduitError::Tls { source, .. } => source.kind(),
             ConduitError::ListenerStopped { .. } => io::ErrorKind::BrokenPipe,
+            #[cfg(feature = "vchan")]
+            ConduitError::Limit { limit, .. } => limit.kind(),
+            #[cfg(feature = "vchan")]
+            ConduitError::ServiceRestored { .. } => io::ErrorKind::Other,
+        }
+    }
+}
+
+/// A limit that can keep a vchan connect waiting ([`ConduitError::Limit`]): this process's own
+/// bounds, which keep it within its domain's xenstore quotas, and the store's answers.
+#[cfg(feature = "vchan")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Limit {
+    /// This process's bound on vchan connects waiting on xenstore at once
+    /// ([`MAX_CONNECTS_IN_FLIGHT`](crate::rendezvous::MAX_CONNECTS_IN_FLIGHT)): each holds a
+    /// watch and a node of its domain while it waits for its answer. The others wait their turn.
+    ConnectsInFlight,
+    /// This process's bound on rendezvous transactions open at once
+    /// ([`MAX_TRANSACTIONS`](crate::rendezvous::MAX_TRANSACTIONS)).
+    Transactions,
+    /// The store's quota of transactions open at once for this domain (`ENOSPC` when one
+    /// starts; xenstored's `-t`, 10 by default, for all of a guest's processes together).
+    StoreTransactions,
+    /// The store's quota of nodes this domain may own (`ENOSPC` on a write; xenstored's `-E`,
+    /// 1000 by default).
+    StoreNodes,
+    /// The store's quota of watches this domain may hold (`E2BIG`; xenstored's `-W`, 128 by
+    /// default).
+    StoreWatches,
+    /// The store answered `EAGAIN` or `EBUSY` every time (busy, or other writers kept
+    /// conflicting with the request's transaction).
+    StoreBusy,
+}
+
+#[cfg(feature = "vchan")]
+impl Limit {
+    /// The `io::ErrorKind` of a connect that gave up at this limit.
+    pub fn kind(self) -> io::ErrorKind {
+        match self {
+            Limit::StoreTransactions | Limit::StoreNodes | Limit::StoreWatches => {
+                io::ErrorKind::QuotaExceeded
+            }
+            Limit::ConnectsInFlight | Limit::Transactions | Limit::StoreBusy => {
+                io::ErrorKind::ResourceBusy
+            }
+        }
+    }
+}
+
+#[cfg(feature = "vchan")]
+impl std::fmt::Display for Limit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use crate::rendezvous::{MAX_CONNECTS_IN_FLIGHT, MAX_TRANSACTIONS};
+        match self {
+            Limit::ConnectsInFlight => write!(
+                f,
+                "this process already had {MAX_CONNECTS_IN_FLIGHT} vchan connects waiting on \
+                 xenstore (conduit-vchan's bound) all along"
+            ),
+            Limit::Transactions => write!(
+                f,
+                "this process's {MAX_TRANSACTIONS} rendezvous transaction(s) at a time \
+                 (conduit-vchan's bound) stayed taken"
+            ),
+            Limit::StoreTransactions => f.write_str(
+                "xenstore's quota of transactions open at once for this domain stayed full \
+                 (ENOSPC; xenstored -t, 10 by default)",
+            ),
+            Limit::StoreNodes => f.write_str(
+                "xenstore's quota of nodes this domain may own stayed full (ENOSPC; xenstored \
+                 -E, 1000 by default)",
+            ),
+            Limit::StoreWatches => f.write_str(
+                "xenstore's quota of watches for this domain stayed full (E2BIG; xenstored -W, \
+                 128 by default)",
+            ),
+            Limit::StoreBusy => f.write_str("xenstore answered EAGAIN or EBUSY every time"),
         }
     }
 }

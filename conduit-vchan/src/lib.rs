@@ -106,6 +106,8 @@ mod pump;
 pub mod rendezvous;
 #[cfg(any(feature = "axum", feature = "tonic"))]
 mod serve_glue;
+#[cfg(feature = "vchan")]
+mod throttle;
 #[cfg(feature = "tls")]
 mod tls;
 #[cfg(feature = "vchan")]
@@ -121,13 +123,13 @@ pub use blocking::{
     connect, Connection, Connector, ListenOptions, Listener, Peer, DEFAULT_CONNECT_TIMEOUT,
 };
 pub use endpoint::{Domain, Endpoint, ParseError, Transport, VchanPort};
+#[cfg(feature = "vchan")]
+pub use error::Limit;
 pub use error::{describe, ConduitError, Result};
 #[cfg(feature = "hyper")]
 pub use hyper_connector::{Connecting, HyperConnector};
 #[cfg(feature = "tokio")]
 pub use pump::{Pump, PumpError};
-#[cfg(feature = "vchan")]
-pub use rendezvous::Allow;
 #[cfg(feature = "tonic")]
 pub use serve_glue::Incoming;
 #[cfg(feature = "vchan")]

@@ -29,12 +29,20 @@ pub enum Xen {
 }
 
 impl Xen {
-    /// The platform this process runs on, as the tools choose it: the simulated host when
-    /// `XENSIM_DIR` is set (as under `xensim run`), else real Xen when its devices open.
+    /// The platform this process runs on: the simulated host when `XENSIM_DIR` is set (as
+    /// under `xensim run`), else real Xen when its devices open. The one place where a program
+    /// of this workspace chooses its platform (the tools call it too).
+    ///
+    /// The error is one line that says how to get either: "cannot use the simulated host:
+    /// ..." when `XENSIM_DIR` is set but the rest of `xensim run`'s environment is not, else
+    /// "no Xen available: ...", followed by how to run inside a Xen domain or under
+    /// `xensim run`.
     pub fn from_env() -> io::Result<Xen> {
         #[cfg(feature = "xensim")]
-        if std::env::var_os(evtchn_env::DIR).is_some() {
-            return XensimDomain::from_env().map(Xen::Xensim);
+        if std::env::var_os(xensim::ENV_DIR).is_some() {
+            return XensimDomain::from_env().map(Xen::Xensim).map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot use the simulated host: {e}"))
+            });
         }
         #[cfg(target_os = "linux")]
         {
@@ -43,7 +51,8 @@ impl Xen {
                 io::Error::new(
                     e.kind(),
                     format!(
-                        "no Xen here ({e}); run in a Xen domain as root, or under `xensim run`"
+                        "no Xen available: {e}; run inside a Xen domain (as root), or on the \
+                         simulated host under `xensim run` (XENSIM_DIR is not set)"
                     ),
                 )
             })?;
@@ -52,15 +61,10 @@ impl Xen {
         #[cfg(not(target_os = "linux"))]
         Err(io::Error::new(
             io::ErrorKind::Unsupported,
-            "real Xen needs Linux; set XENSIM_DIR for the simulated host",
+            "no Xen available: real Xen needs Linux; run on the simulated host under \
+             `xensim run` (XENSIM_DIR is not set)",
         ))
     }
-}
-
-/// The environment variable that selects the simulated host (from `xensim`).
-#[cfg(feature = "xensim")]
-mod evtchn_env {
-    pub const DIR: &str = "XENSIM_DIR";
 }
 
 impl fmt::Debug for Xen {

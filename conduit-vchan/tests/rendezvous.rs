@@ -8,7 +8,7 @@ use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use conduit_vchan::{ConduitError, Connector, ListenOptions, Listener, Peer, Xen};
+use conduit_vchan::{describe, ConduitError, Connector, Limit, ListenOptions, Listener, Peer, Xen};
 use vchan::sim::{SimDomain, SimXen};
 use vchan::Backend;
 use xen_types::DomId;
@@ -453,6 +453,199 @@ fn a_guest_destroyed_mid_transfer_ends_its_peers_stream_at_once() {
     writer.join().unwrap();
     drop(client);
     drop(Arc::into_inner(server).expect("the threads let go of the connection"));
+    drop(listener);
+    world.assert_clean();
+}
+
+/// Regression (issue 20): a domain the service admits may write into its directory, so it may
+/// remove it; the listener then stopped (`ListenerStopped`) and every later client was turned
+/// away. Now it publishes the directory again (its permissions, and the requests it was
+/// answering), says so once through `on_recovered`, and goes on serving: every honest connect
+/// made while another guest removes the directory over and over succeeds.
+#[test]
+fn a_guest_that_removes_the_service_directory_over_and_over_stops_nobody() {
+    const THREADS: usize = 8;
+    const EACH: usize = 20;
+    let world = World::new(&[7, 9]);
+    let reports = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let listener = {
+        let reports = Arc::clone(&reports);
+        world.bind_in(
+            DomId::DOM0,
+            "vchan://*/svc",
+            ListenOptions::new().on_recovered(move |e| reports.lock().unwrap().push(e.to_string())),
+        )
+    };
+    let dir = service_dir(DomId::DOM0, "svc");
+    let dom0 = world.xen.store().connect(DomId::DOM0);
+    let published = dom0.get_perms(TxId::NONE, &dir).unwrap();
+    let listener = Arc::new(listener);
+    let serving = {
+        let listener = Arc::clone(&listener);
+        thread::spawn(move || {
+            let mut answering = Vec::new();
+            for _ in 0..THREADS * EACH {
+                let (mut conn, peer) = listener.accept().unwrap();
+                assert_eq!(peer, Peer::Vchan(DomId(7)));
+                answering.push(thread::spawn(move || {
+                    let mut request = String::new();
+                    conn.read_to_string(&mut request).unwrap();
+                    conn.write_all(format!("answer to {request}").as_bytes())
+                        .unwrap();
+                }));
+            }
+            for a in answering {
+                a.join().unwrap();
+            }
+        })
+    };
+    let attacking = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let attacker = {
+        let (attacking, dir) = (Arc::clone(&attacking), dir.clone());
+        let store = world.xen.domain(DomId(9)).open_store().unwrap();
+        thread::spawn(move || {
+            let mut removed = 0;
+            // ORDERING: Relaxed: a polled request to stop.
+            while attacking.load(std::sync::atomic::Ordering::Relaxed) {
+                if store.rm(TxId::NONE, &dir).is_ok() {
+                    removed += 1;
+                }
+                thread::sleep(Duration::from_millis(2));
+            }
+            removed
+        })
+    };
+    let connector = world.connector(7).timeout(Duration::from_secs(20));
+    let failures: Vec<String> = thread::scope(|s| {
+        let clients: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let connector = &connector;
+                s.spawn(move || {
+                    let mut failures = Vec::new();
+                    for i in 0..EACH {
+                        let request = format!("{t}.{i}");
+                        match call(connector, "vchan://0/svc", request.as_bytes()) {
+                            Ok(reply) if reply == format!("answer to {request}").as_bytes() => {}
+                            Ok(reply) => failures.push(format!("{request}: {reply:?}")),
+                            Err(e) => failures.push(format!("{request}: {}", describe(&e))),
+                        }
+                    }
+                    failures
+                })
+            })
+            .collect();
+        clients
+            .into_iter()
+            .flat_map(|c| c.join().unwrap())
+            .collect()
+    });
+    // ORDERING: Relaxed, as above.
+    attacking.store(false, std::sync::atomic::Ordering::Relaxed);
+    let removed = attacker.join().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} of {} honest connects failed while domain 9 removed the directory {removed} times: {failures:#?}",
+        failures.len(),
+        THREADS * EACH
+    );
+    assert!(removed > 0, "domain 9 never removed the directory");
+    serving.join().unwrap();
+    // The listener is serving, with the directory as it published it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while dom0.get_perms(TxId::NONE, &dir).ok().as_ref() != Some(&published) {
+        assert!(
+            Instant::now() < deadline,
+            "the directory was not published again"
+        );
+        thread::sleep(Duration::from_millis(10));
+    }
+    served(&world, &listener, 7, "vchan://0/svc");
+    // Each restoration is reported, once at first, then grouped: never more lines than
+    // removals, and at least the first.
+    let reports = reports.lock().unwrap().clone();
+    assert!(!reports.is_empty(), "no restoration was reported");
+    assert!(
+        reports.len() <= removed,
+        "{} reports for {removed} removals",
+        reports.len()
+    );
+    assert!(
+        reports[0].contains("vchan://*/svc") && reports[0].contains("published again"),
+        "{}",
+        reports[0]
+    );
+    drop(Arc::into_inner(listener).expect("the server let go of the listener"));
+    world.assert_clean();
+}
+
+/// A guest at one of its xenstore quotas (its other programs hold the rest: here, a connection
+/// of its own): a connect waits it out within its timeout and succeeds once the quota frees up;
+/// past the timeout it fails with `ConduitError::Limit`, whose one line names the quota. At the
+/// watch quota it does not even wait: it looks for its answer without a watch.
+#[test]
+fn a_guest_at_its_xenstore_quotas_waits_them_out_or_names_the_one_it_met() {
+    let world = World::new(&[7]);
+    let listener = world.bind_in(DomId::DOM0, "vchan://*/svc", ListenOptions::new());
+    let hog = world.xen.domain(DomId(7)).open_store().unwrap();
+    let short = world.connector(7).timeout(Duration::from_millis(500));
+    let long = world.connector(7).timeout(Duration::from_secs(20));
+    let serving = thread::scope(|s| {
+        let serving = s.spawn(|| (0..3).map(|_| echo_once(&listener)).collect::<Vec<_>>());
+        let limit_of = |e: ConduitError| match e {
+            ConduitError::Limit { limit, .. } => {
+                let line = e.to_string();
+                assert_eq!(line.lines().count(), 1, "{line}");
+                assert!(
+                    line.starts_with("vchan://0/svc: no connection within 0.5 s"),
+                    "{line}"
+                );
+                eprintln!("{line}");
+                limit
+            }
+            other => panic!("not a limit: {}", describe(&other)),
+        };
+
+        // Transactions: the guest's 10 are all open.
+        let held: Vec<TxId> = (0..10).map(|_| hog.transaction_start().unwrap()).collect();
+        let e = call(&short, "vchan://0/svc", b"t").unwrap_err();
+        assert_eq!(limit_of(e), Limit::StoreTransactions);
+        let waiting = s.spawn(|| call(&long, "vchan://0/svc", b"after transactions"));
+        thread::sleep(Duration::from_millis(300));
+        for tx in held {
+            hog.transaction_end(tx, false).unwrap();
+        }
+        assert_eq!(waiting.join().unwrap().unwrap(), b"after transactions");
+
+        // Watches: the guest's 128 are all registered; the connect looks without one.
+        for i in 0..128 {
+            hog.watch(&format!("data/w{i}"), "hog").unwrap();
+        }
+        assert_eq!(
+            call(&long, "vchan://0/svc", b"without a watch").unwrap(),
+            b"without a watch"
+        );
+        for i in 0..128 {
+            hog.unwatch(&format!("data/w{i}"), "hog").unwrap();
+        }
+
+        // Nodes: the guest owns all the nodes it may.
+        let mut filled = 0;
+        while hog
+            .write(TxId::NONE, &format!("data/fill/{filled}"), b"")
+            .is_ok()
+        {
+            filled += 1;
+        }
+        assert!(filled > 900, "the node quota met after {filled} nodes");
+        let e = call(&short, "vchan://0/svc", b"n").unwrap_err();
+        assert_eq!(limit_of(e), Limit::StoreNodes);
+        let waiting = s.spawn(|| call(&long, "vchan://0/svc", b"after nodes"));
+        thread::sleep(Duration::from_millis(300));
+        hog.rm(TxId::NONE, "data/fill").unwrap();
+        assert_eq!(waiting.join().unwrap().unwrap(), b"after nodes");
+        serving.join().unwrap()
+    });
+    assert_eq!(serving, vec![Peer::Vchan(DomId(7)); 3]);
     drop(listener);
     world.assert_clean();
 }

@@ -36,6 +36,7 @@ pub unsafe trait SharedMemory: Send + Sync {
     /// The length of the region in bytes.
     fn len(&self) -> usize;
     /// Whether the region is empty (never, for a valid region).
+    #[inline]
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -44,6 +45,7 @@ pub unsafe trait SharedMemory: Send + Sync {
     /// read-modify-writes with an explicit ordering, and raw copies in and out, never a
     /// reference into the memory. The view cannot outlive the region, which stays mapped while
     /// `self` lives.
+    #[inline]
     fn region(&self) -> SharedRegion<'_> {
         if self.is_writable() {
             // SAFETY: the trait's contract: `as_ptr()` is valid for reads and writes of `len()`
@@ -97,4 +99,9 @@ pub trait GrantMap: Send + Sync {
         writable: bool,
         notify: Option<UnmapNotify>,
     ) -> io::Result<Self::Mapping>;
+
+    /// Arrange `notify` for a mapping made without one (gntdev's `SET_UNMAP_NOTIFY`, which works
+    /// on a mapping that exists): a vchan client sets it only once it has joined its server, so
+    /// that a failed attempt, whose mapping goes at once, clears nobody's live byte.
+    fn set_unmap_notify(&self, mapping: &Self::Mapping, notify: UnmapNotify) -> io::Result<()>;
 }

@@ -137,6 +137,7 @@ fn map_region(fd: &OwnedFd, len: usize, writable: bool, index: u64) -> io::Resul
 }
 
 /// The first byte of a mapping made by [`map_region`] (which refuses a null one).
+#[inline]
 fn region_start(map: &MmapRaw) -> NonNull<u8> {
     NonNull::new(map.as_mut_ptr()).expect("map_region refuses a null mapping")
 }
@@ -328,12 +329,15 @@ impl fmt::Debug for GntshrPages {
 // page-aligned by mmap and never null (`map_region`); memmap2 unmaps it only when `map` is
 // dropped, with `self`, and hands out nothing but raw pointers to it.
 unsafe impl SharedMemory for GntshrPages {
+    #[inline]
     fn as_ptr(&self) -> NonNull<u8> {
         region_start(&self.map)
     }
+    #[inline]
     fn len(&self) -> usize {
         self.map.len()
     }
+    #[inline]
     fn is_writable(&self) -> bool {
         // The sharer's own mapping: it fills the pages, whatever the grantee may do.
         true
@@ -422,6 +426,23 @@ impl Gnttab {
     }
 }
 
+impl Gnttab {
+    /// Arrange `notify` for `mapping`, made by this handle without one (see
+    /// [`GrantMap::set_unmap_notify`]).
+    pub fn set_unmap_notify(&self, mapping: &GnttabMapping, notify: UnmapNotify) -> io::Result<()> {
+        if !Arc::ptr_eq(&mapping.reservation.fd, &self.fd) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the mapping was made by another gntdev handle",
+            ));
+        }
+        match notify_arg(Some(notify), mapping.map.len(), mapping.reservation.index)? {
+            Some(arg) => ioctl_write(self.fd.as_fd(), abi::gntdev_set_unmap_notify, &arg).map(drop),
+            None => Ok(()),
+        }
+    }
+}
+
 fn unmap_grant_ref(fd: BorrowedFd<'_>, index: u64, count: usize) {
     let arg = abi::GntdevUnmapGrantRef {
         index,
@@ -443,6 +464,10 @@ impl GrantMap for Gnttab {
         notify: Option<UnmapNotify>,
     ) -> io::Result<GnttabMapping> {
         Gnttab::map_grant_refs(self, domid, refs, writable, notify)
+    }
+
+    fn set_unmap_notify(&self, mapping: &GnttabMapping, notify: UnmapNotify) -> io::Result<()> {
+        Gnttab::set_unmap_notify(self, mapping, notify)
     }
 }
 
@@ -482,12 +507,15 @@ impl fmt::Debug for GnttabMapping {
 // memmap2 unmaps it only when `map` is dropped, with `self`, and hands out nothing but raw
 // pointers to it.
 unsafe impl SharedMemory for GnttabMapping {
+    #[inline]
     fn as_ptr(&self) -> NonNull<u8> {
         region_start(&self.map)
     }
+    #[inline]
     fn len(&self) -> usize {
         self.map.len()
     }
+    #[inline]
     fn is_writable(&self) -> bool {
         self.writable
     }

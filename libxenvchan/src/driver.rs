@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use vchan::channel::{
-    Channel, ChannelError, Hold, LinkOf, Look, Memory, Notify, ReaderOf, State, Step, WriterOf,
-    LIVENESS_CHECK,
+    self, Channel, ChannelError, Hold, LinkOf, Look, Memory, Notify, ReaderOf, State, Step,
+    WriterOf, LIVENESS_CHECK,
 };
 use vchan::layout::Side;
 use vchan::platform::EventChannels;
@@ -89,10 +89,7 @@ pub fn setup_errno(e: &vchan::channel::ErrorOf<Libs>, role: Role) -> Errno {
         Error::PeerClosed | Error::ShutDown => Errno::EPIPE,
         Error::WouldBlock => Errno::EAGAIN,
         Error::TimedOut => Errno::ETIMEDOUT,
-        Error::Xenstore(e) => match e.raw_os_error() {
-            Some(raw) if raw != 0 => Errno::from_raw(raw),
-            _ => Errno::EIO,
-        },
+        Error::Xenstore(e) => sys::store_errno(e),
         Error::Backend { source, .. } => io_errno(source),
         _ => Errno::EIO,
     }
@@ -558,8 +555,9 @@ impl Dropin {
     /// For the spin: whether a look would now get somewhere.
     fn next_look(&self, want: Want) -> Option<Look> {
         match want {
-            Want::Data(n) => lock(&self.reader).next_look(&self.link, n),
-            Want::Room(n) => lock(&self.writer).next_look(&self.link, n),
+            // All of what the call waits for (a stream read waits for one byte).
+            Want::Data(n) => lock(&self.reader).next_look(&self.link, channel::Want::Packet(n)),
+            Want::Room(n) => lock(&self.writer).next_look(&self.link, channel::Want::Packet(n)),
         }
     }
 
@@ -648,7 +646,6 @@ fn spin_until(ready: impl Fn() -> Option<Look>) -> Option<Look> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sys::StoreFailure;
     use vchan::Error;
 
     fn io(raw: i32) -> io::Error {
@@ -697,7 +694,7 @@ mod tests {
                 Errno::EIO,
             ),
             (
-                Error::Xenstore(StoreFailure(io(libc::EACCES))),
+                Error::Xenstore(sys::store_failure(io(libc::EACCES))),
                 Role::Server,
                 Errno::EACCES,
             ),

@@ -16,12 +16,10 @@ use std::ptr::{self, NonNull};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use vchan::platform::{
-    EventChannels, GrantMap, GrantShare, GrantedPages, Platform, Store, StoreError,
-};
+use vchan::platform::{EventChannels, GrantMap, GrantShare, GrantedPages, Platform};
 use xen_types::memory::{AsSharedRegion, SharedRegion};
 use xen_types::{DomId, GrantRef, Port, UnmapNotify, PAGE_SIZE};
-use xenstore::{Access, Errno, Perm, TxId};
+use xenstore::{Access, Errno, Perm, TxId, WatchEvent, XenStore, XenstoreError};
 
 /// `xenevtchn_handle` (opaque).
 #[repr(C)]
@@ -121,6 +119,7 @@ extern "C" {
         data: *const c_void,
         len: c_uint,
     ) -> bool;
+    fn xs_mkdir(xsh: *mut XsHandle, t: u32, path: *const c_char) -> bool;
     fn xs_rm(xsh: *mut XsHandle, t: u32, path: *const c_char) -> bool;
     fn xs_directory(
         xsh: *mut XsHandle,
@@ -135,6 +134,13 @@ extern "C" {
         perms: *mut XsPermissions,
         num_perms: c_uint,
     ) -> bool;
+    fn xs_get_permissions(
+        xsh: *mut XsHandle,
+        t: u32,
+        path: *const c_char,
+        num: *mut c_uint,
+    ) -> *mut XsPermissions;
+    fn xs_get_domain_path(xsh: *mut XsHandle, domid: c_uint) -> *mut c_char;
     fn xs_transaction_start(xsh: *mut XsHandle) -> u32;
     fn xs_transaction_end(xsh: *mut XsHandle, t: u32, abort: bool) -> bool;
 }
@@ -487,6 +493,13 @@ pub struct Mapped {
     base: NonNull<u8>,
     count: usize,
     writable: bool,
+    /// Whose grants these are, and which (to map the page again with a notification).
+    remote: DomId,
+    refs: Vec<GrantRef>,
+    /// A second mapping of the same single page, made with the unmap notification
+    /// ([`GrantMap::set_unmap_notify`]); unmapped after the first, so the notification comes
+    /// when this value goes.
+    notifier: Mutex<Option<NonNull<u8>>>,
 }
 
 impl Mapped {
@@ -507,6 +520,17 @@ impl Drop for Mapped {
                 self.count as u32,
             )
         };
+        let notifier = self
+            .notifier
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(notifier) = notifier {
+            // SAFETY: a one-page mapping `xengnttab_map_grant_ref_notify` returned on the same
+            // handle; never handed out, so nothing reaches it. Unmapping it runs the
+            // notification.
+            unsafe { xengnttab_unmap(self.handle.0.as_ptr(), notifier.as_ptr().cast(), 1) };
+        }
     }
 }
 
@@ -579,33 +603,79 @@ impl GrantMap for Mapper {
             base,
             count: refs.len(),
             writable,
+            remote,
+            refs: refs.to_vec(),
+            notifier: Mutex::new(None),
         })
+    }
+
+    /// libxengnttab sets a notification only while it maps (`xengnttab_map_grant_ref_notify`),
+    /// so the page is mapped a second time with it, and that mapping lives as long as `mapping`
+    /// (unmapped after it): the notification runs when the first would have run it.
+    fn set_unmap_notify(&self, mapping: &Mapped, notify: UnmapNotify) -> io::Result<()> {
+        let einval = || io::Error::from_raw_os_error(libc::EINVAL);
+        let [gref] = mapping.refs[..] else {
+            // Notifications are set up on single pages only (all the core asks).
+            return Err(einval());
+        };
+        let mut notifier = mapping
+            .notifier
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if notifier.is_some() {
+            return Err(io::Error::from_raw_os_error(libc::EBUSY));
+        }
+        let offset = notify
+            .clear_byte
+            .map_or(Ok(NO_NOTIFY), |b| u32::try_from(b).map_err(|_| einval()))?;
+        let port = notify.event.map_or(NO_NOTIFY, |p| p.0);
+        // Read-only suffices when no byte is to be cleared; gntdev clears it through the
+        // mapping, so then it must be writable.
+        let prot = libc::PROT_READ
+            | if mapping.writable {
+                libc::PROT_WRITE
+            } else {
+                0
+            };
+        // SAFETY: the handle is open (`mapping` holds the same one).
+        let base = unsafe {
+            xengnttab_map_grant_ref_notify(
+                mapping.handle.0.as_ptr(),
+                domid(mapping.remote),
+                gref.0,
+                prot,
+                offset,
+                port,
+            )
+        };
+        *notifier = Some(NonNull::new(base.cast::<u8>()).ok_or_else(last_error)?);
+        Ok(())
     }
 }
 
 // ----- the store ----------------------------------------------------------------------------
 
-/// A failed libxenstore call: the `errno` it set.
-#[derive(Debug)]
-pub struct StoreFailure(pub(crate) io::Error);
-
-impl StoreFailure {
-    /// The `errno` value.
-    pub fn raw_os_error(&self) -> Option<i32> {
-        self.0.raw_os_error()
+/// A failed libxenstore call as the store's error: the `errno` it set, as the wire error of that
+/// name when there is one (`ENOENT`, `EACCES`, `EAGAIN`, ...), else as the system error.
+pub fn store_failure(e: io::Error) -> XenstoreError {
+    match e.raw_os_error() {
+        Some(raw) => match Errno::ALL.into_iter().find(|w| w.raw_os_error() == raw) {
+            Some(wire) => XenstoreError::Errno(wire),
+            None => XenstoreError::Io(e),
+        },
+        None => XenstoreError::Io(e),
     }
 }
 
-impl std::fmt::Display for StoreFailure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "xenstore: {}", self.0)
-    }
-}
-
-impl StoreError for StoreFailure {
-    fn errno(&self) -> Option<Errno> {
-        let raw = self.0.raw_os_error()?;
-        Errno::ALL.into_iter().find(|e| e.raw_os_error() == raw)
+/// The `errno` a store error stands for (`EPROTO` for a broken reply).
+pub fn store_errno(e: &XenstoreError) -> nix::errno::Errno {
+    match e {
+        XenstoreError::Errno(wire) => nix::errno::Errno::from_raw(wire.raw_os_error()),
+        XenstoreError::Io(io) => match io.raw_os_error() {
+            Some(raw) if raw != 0 => nix::errno::Errno::from_raw(raw),
+            _ => nix::errno::Errno::EIO,
+        },
+        XenstoreError::Protocol(_) => nix::errno::Errno::EPROTO,
     }
 }
 
@@ -646,8 +716,8 @@ impl KeyStore {
     /// Run `f` on the connection, opening it first if need be.
     fn with<R>(
         &self,
-        f: impl FnOnce(*mut XsHandle) -> Result<R, StoreFailure>,
-    ) -> Result<R, StoreFailure> {
+        f: impl FnOnce(*mut XsHandle) -> Result<R, XenstoreError>,
+    ) -> Result<R, XenstoreError> {
         let mut connection = self
             .connection
             .lock()
@@ -658,7 +728,7 @@ impl KeyStore {
                 // SAFETY: flags 0: a read-write connection, found as libxenstore finds it
                 // (`XENSTORED_PATH`, the daemon's socket, `/dev/xen/xenbus`).
                 let raw = unsafe { xs_open(0) };
-                let handle = NonNull::new(raw).ok_or_else(|| StoreFailure(last_error()))?;
+                let handle = NonNull::new(raw).ok_or_else(failure)?;
                 *connection = Some(Connection(handle));
                 handle
             }
@@ -668,15 +738,19 @@ impl KeyStore {
     }
 }
 
-fn failure() -> StoreFailure {
-    StoreFailure(last_error())
+fn failure() -> XenstoreError {
+    store_failure(last_error())
 }
 
-fn store_path(path: &str) -> Result<CString, StoreFailure> {
-    c_path(path).map_err(StoreFailure)
+fn too_big() -> XenstoreError {
+    store_failure(io::Error::from_raw_os_error(libc::E2BIG))
 }
 
-fn xs_bool(ok: bool) -> Result<(), StoreFailure> {
+fn store_path(path: &str) -> Result<CString, XenstoreError> {
+    c_path(path).map_err(store_failure)
+}
+
+fn xs_bool(ok: bool) -> Result<(), XenstoreError> {
     if ok {
         Ok(())
     } else {
@@ -693,10 +767,19 @@ fn access_bits(access: Access) -> c_uint {
     }
 }
 
-impl Store for KeyStore {
-    type Error = StoreFailure;
+/// The access a permission entry grants (libxenstore's other bits, such as the ignore flag,
+/// say nothing about it).
+fn access_of(bits: c_uint) -> Access {
+    match (bits & XS_PERM_READ != 0, bits & XS_PERM_WRITE != 0) {
+        (false, false) => Access::None,
+        (true, false) => Access::Read,
+        (false, true) => Access::Write,
+        (true, true) => Access::Both,
+    }
+}
 
-    fn read(&self, tx: TxId, path: &str) -> Result<Vec<u8>, StoreFailure> {
+impl XenStore for KeyStore {
+    fn read(&self, tx: TxId, path: &str) -> xenstore::Result<Vec<u8>> {
         let path = store_path(path)?;
         self.with(|h| {
             let mut len: c_uint = 0;
@@ -716,10 +799,9 @@ impl Store for KeyStore {
         })
     }
 
-    fn write(&self, tx: TxId, path: &str, value: &[u8]) -> Result<(), StoreFailure> {
+    fn write(&self, tx: TxId, path: &str, value: &[u8]) -> xenstore::Result<()> {
         let path = store_path(path)?;
-        let len = c_uint::try_from(value.len())
-            .map_err(|_| StoreFailure(io::Error::from_raw_os_error(libc::E2BIG)))?;
+        let len = c_uint::try_from(value.len()).map_err(|_| too_big())?;
         self.with(|h| {
             // SAFETY: an open connection, a NUL-terminated path, `len` readable bytes.
             let ok = unsafe { xs_write(h, tx.0, path.as_ptr(), value.as_ptr().cast(), len) };
@@ -727,7 +809,16 @@ impl Store for KeyStore {
         })
     }
 
-    fn rm(&self, tx: TxId, path: &str) -> Result<(), StoreFailure> {
+    fn mkdir(&self, tx: TxId, path: &str) -> xenstore::Result<()> {
+        let path = store_path(path)?;
+        self.with(|h| {
+            // SAFETY: an open connection and a NUL-terminated path.
+            let ok = unsafe { xs_mkdir(h, tx.0, path.as_ptr()) };
+            xs_bool(ok)
+        })
+    }
+
+    fn rm(&self, tx: TxId, path: &str) -> xenstore::Result<()> {
         let path = store_path(path)?;
         self.with(|h| {
             // SAFETY: an open connection and a NUL-terminated path.
@@ -736,7 +827,7 @@ impl Store for KeyStore {
         })
     }
 
-    fn directory(&self, tx: TxId, path: &str) -> Result<Vec<String>, StoreFailure> {
+    fn directory(&self, tx: TxId, path: &str) -> xenstore::Result<Vec<String>> {
         let path = store_path(path)?;
         self.with(|h| {
             let mut num: c_uint = 0;
@@ -760,7 +851,35 @@ impl Store for KeyStore {
         })
     }
 
-    fn set_perms(&self, tx: TxId, path: &str, perms: &[Perm]) -> Result<(), StoreFailure> {
+    fn get_perms(&self, tx: TxId, path: &str) -> xenstore::Result<Vec<Perm>> {
+        let path = store_path(path)?;
+        self.with(|h| {
+            let mut num: c_uint = 0;
+            // SAFETY: an open connection, a NUL-terminated path, a place for the count.
+            let raw = unsafe { xs_get_permissions(h, tx.0, path.as_ptr(), &mut num) };
+            if raw.is_null() {
+                return Err(failure());
+            }
+            // SAFETY: libxenstore returned a malloc'd array of `num` entries, ours to read and
+            // free once.
+            let entries = unsafe { std::slice::from_raw_parts(raw, num as usize) };
+            let perms = entries
+                .iter()
+                .map(|p| {
+                    let domid = u16::try_from(p.id).map(xen_types::DomId);
+                    domid.map(|domid| Perm {
+                        domid,
+                        access: access_of(p.perms),
+                    })
+                })
+                .collect::<Result<Vec<Perm>, _>>();
+            // SAFETY: as above; freed once, after the copies.
+            unsafe { libc::free(raw.cast()) };
+            perms.map_err(|_| XenstoreError::Protocol("a permission names no domain".into()))
+        })
+    }
+
+    fn set_perms(&self, tx: TxId, path: &str, perms: &[Perm]) -> xenstore::Result<()> {
         let path = store_path(path)?;
         let mut raw: Vec<XsPermissions> = perms
             .iter()
@@ -769,15 +888,14 @@ impl Store for KeyStore {
                 perms: access_bits(p.access),
             })
             .collect();
-        let count = c_uint::try_from(raw.len())
-            .map_err(|_| StoreFailure(io::Error::from_raw_os_error(libc::E2BIG)))?;
+        let count = c_uint::try_from(raw.len()).map_err(|_| too_big())?;
         self.with(|h| {
             // SAFETY: an open connection, a NUL-terminated path and `count` entries.
             xs_bool(unsafe { xs_set_permissions(h, tx.0, path.as_ptr(), raw.as_mut_ptr(), count) })
         })
     }
 
-    fn transaction_start(&self) -> Result<TxId, StoreFailure> {
+    fn transaction_start(&self) -> xenstore::Result<TxId> {
         self.with(|h| {
             // SAFETY: an open connection.
             match unsafe { xs_transaction_start(h) } {
@@ -787,7 +905,7 @@ impl Store for KeyStore {
         })
     }
 
-    fn transaction_end(&self, tx: TxId, commit: bool) -> Result<(), StoreFailure> {
+    fn transaction_end(&self, tx: TxId, commit: bool) -> xenstore::Result<()> {
         // SAFETY: an open connection (the one the transaction was started on: the driver
         // disconnects only between calls of its own).
         self.with(|h| xs_bool(unsafe { xs_transaction_end(h, tx.0, !commit) }))
@@ -796,12 +914,35 @@ impl Store for KeyStore {
     /// The drop-in never waits on the store (`libxenvchan_client_init` fails at once when the
     /// keys are missing, as the C library's does), and a watch would start libxenstore's reader
     /// thread, which the C library never does: refused with `ENOSYS`.
-    fn watch(&self, _path: &str, _token: &str) -> Result<(), StoreFailure> {
-        Err(StoreFailure(io::Error::from_raw_os_error(libc::ENOSYS)))
+    fn watch(&self, _path: &str, _token: &str) -> xenstore::Result<()> {
+        Err(store_failure(io::Error::from_raw_os_error(libc::ENOSYS)))
     }
 
-    fn unwatch(&self, _path: &str, _token: &str) -> Result<(), StoreFailure> {
-        Err(StoreFailure(io::Error::from_raw_os_error(libc::ENOSYS)))
+    fn unwatch(&self, _path: &str, _token: &str) -> xenstore::Result<()> {
+        Err(store_failure(io::Error::from_raw_os_error(libc::ENOSYS)))
+    }
+
+    /// No watch is ever set (see [`watch`](KeyStore::watch)), so none can fire.
+    fn next_watch_event(&self, _timeout: Option<Duration>) -> xenstore::Result<Option<WatchEvent>> {
+        Err(store_failure(io::Error::from_raw_os_error(libc::ENOSYS)))
+    }
+
+    fn get_domain_path(&self, domid: DomId) -> xenstore::Result<String> {
+        self.with(|h| {
+            // SAFETY: an open connection.
+            let raw = unsafe { xs_get_domain_path(h, c_uint::from(domid.0)) };
+            if raw.is_null() {
+                return Err(failure());
+            }
+            // SAFETY: libxenstore returned a malloc'd NUL-terminated string, ours to copy and
+            // free once.
+            let path = unsafe { CStr::from_ptr(raw) }
+                .to_string_lossy()
+                .into_owned();
+            // SAFETY: as above; freed once, after the copy.
+            unsafe { libc::free(raw.cast()) };
+            Ok(path)
+        })
     }
 }
 
@@ -839,7 +980,7 @@ impl Platform for Libs {
         Mapper::open(self.logger)
     }
 
-    fn store(&self) -> Result<KeyStore, StoreFailure> {
+    fn store(&self) -> Result<KeyStore, XenstoreError> {
         Ok(KeyStore::new())
     }
 }
@@ -873,9 +1014,11 @@ mod tests {
 
     #[test]
     fn a_store_failure_names_the_wire_error() {
-        let failure = StoreFailure(io::Error::from_raw_os_error(libc::EAGAIN));
+        let failure = store_failure(io::Error::from_raw_os_error(libc::EAGAIN));
         assert_eq!(failure.errno(), Some(Errno::EAGAIN));
-        let failure = StoreFailure(io::Error::from_raw_os_error(libc::EPROTO));
+        assert_eq!(store_errno(&failure), nix::errno::Errno::EAGAIN);
+        let failure = store_failure(io::Error::from_raw_os_error(libc::EPROTO));
         assert_eq!(failure.errno(), None);
+        assert_eq!(store_errno(&failure), nix::errno::Errno::EPROTO);
     }
 }

@@ -4,6 +4,8 @@
  *
  *   vchan-perf server CLIENT_DOMID PORT RING_MIN stream|pingpong MSG_SIZE COUNT
  *   vchan-perf client SERVER_DOMID PORT stream|pingpong MSG_SIZE COUNT
+ *   vchan-perf loopback DOMID PORT RING_MIN stream|pingpong MSG_SIZE COUNT
+ *   vchan-perf ops DOMID PORT RING_MIN MSG_SIZE COUNT
  *
  * PORT names the conventional path data/vchan/<client>/<PORT> under the server's home. RING_MIN
  * is the minimum size of both rings (0: the 1024/2048-byte rings inside the control page).
@@ -18,9 +20,17 @@
  * bytes as one packet and the server receives and sends them back. The client checks every echo
  * and prints "pingpong ROUNDS P50_NS P99_NS" (nearest-rank percentiles of the round-trip times).
  *
+ * loopback: both ends in this process, in this domain (DOMID is its id): the server in a second
+ * thread, the client in the first, which prints its line as `client` does.
+ *
+ * ops: the cost of the calls themselves, for an instruction count (scripts/callgrind): one thread
+ * holds both ends (loopback, non-blocking) and makes COUNT rounds of one write of MSG_SIZE bytes
+ * and the reads that take them, so no peer waits and no event is owed; prints "ops CALLS".
+ *
  * Errors: one line on stderr, exit status 1 (2 for bad arguments).
  */
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -54,7 +64,9 @@ static void fail_errno(const char *what)
 static void usage(void)
 {
     fprintf(stderr, "usage: vchan-perf server CLIENT_DOMID PORT RING_MIN stream|pingpong MSG_SIZE COUNT"
-                    " | vchan-perf client SERVER_DOMID PORT stream|pingpong MSG_SIZE COUNT\n");
+                    " | vchan-perf client SERVER_DOMID PORT stream|pingpong MSG_SIZE COUNT"
+                    " | vchan-perf loopback DOMID PORT RING_MIN stream|pingpong MSG_SIZE COUNT"
+                    " | vchan-perf ops DOMID PORT RING_MIN MSG_SIZE COUNT\n");
     exit(2);
 }
 
@@ -223,12 +235,80 @@ static void connect_and_run(int server, unsigned long port, int stream, size_t m
     libxenvchan_close(ctrl);
 }
 
+/* Both ends in this thread, non-blocking: COUNT rounds of a write and the reads that drain it. */
+static void ops(int domid, const char *path, unsigned long port, size_t ring_min, size_t msg, uint64_t count)
+{
+    struct libxenvchan *server = libxenvchan_server_init(NULL, domid, path, ring_min, ring_min);
+    if (!server)
+        fail_errno("libxenvchan_server_init");
+    char client_path[128];
+    snprintf(client_path, sizeof client_path, "/local/domain/%d/data/vchan/%d/%lu", domid, domid, port);
+    struct libxenvchan *client = libxenvchan_client_init(NULL, domid, client_path);
+    if (!client)
+        fail_errno("libxenvchan_client_init");
+    server->blocking = 0;
+    client->blocking = 0;
+    char *buf = xmalloc(msg), *back = xmalloc(msg);
+    for (size_t j = 0; j < msg; j++)
+        buf[j] = (char)pattern_byte(j);
+    uint64_t calls = 0;
+    for (uint64_t round = 0; round < count; round++) {
+        size_t done = 0;
+        while (done < msg) {
+            int n = libxenvchan_write(server, buf + done, msg - done);
+            int m = libxenvchan_read(client, back, msg);
+            calls += 2;
+            if (n <= 0 || m != n || memcmp(back, buf + done, (size_t)n))
+                fail("a round lost or changed bytes");
+            done += (size_t)n;
+        }
+    }
+    printf("ops %llu\n", (unsigned long long)calls);
+    free(back);
+    free(buf);
+    libxenvchan_close(client);
+    libxenvchan_close(server);
+}
+
+/* The server of a loopback run, in its own thread. */
+struct serving {
+    int client;
+    const char *path;
+    size_t ring_min;
+    int stream;
+    size_t msg;
+    uint64_t count;
+};
+
+static void *serve_thread(void *arg)
+{
+    struct serving *s = arg;
+    serve(s->client, s->path, s->ring_min, s->stream, s->msg, s->count);
+    return NULL;
+}
+
 int main(int argc, char **argv)
 {
     signal(SIGPIPE, SIG_IGN);
     if (argc < 2)
         usage();
-    int server = !strcmp(argv[1], "server");
+    if (!strcmp(argv[1], "ops")) {
+        role = "ops";
+        if (argc != 7)
+            usage();
+        unsigned long long domid = number(argv[2]), port = number(argv[3]);
+        unsigned long long ring_min = number(argv[4]), msg = number(argv[5]), count = number(argv[6]);
+        if (domid >= 0x7ff0 || port > 0xffffffffull || msg == 0 || msg > (1u << 30))
+            usage();
+        char path[64];
+        snprintf(path, sizeof path, "data/vchan/%llu/%llu", domid, port);
+        ops((int)domid, path, (unsigned long)port, (size_t)ring_min, (size_t)msg, count);
+        if (fflush(stdout) != 0)
+            fail_errno("write stdout");
+        return 0;
+    }
+    int loopback = !strcmp(argv[1], "loopback");
+    int server = loopback || !strcmp(argv[1], "server");
     if (!server && strcmp(argv[1], "client"))
         usage();
     role = argv[1];
@@ -245,7 +325,17 @@ int main(int argc, char **argv)
     unsigned long long msg = number(argv[i + 1]), count = number(argv[i + 2]);
     if (msg == 0 || msg > (1u << 30) || (!stream && count == 0))
         usage();
-    if (server) {
+    if (loopback) {
+        char path[64];
+        snprintf(path, sizeof path, "data/vchan/%llu/%llu", domid, port);
+        struct serving s = {(int)domid, path, ring_min, stream, (size_t)msg, count};
+        pthread_t thread;
+        if ((errno = pthread_create(&thread, NULL, serve_thread, &s)))
+            fail_errno("pthread_create");
+        connect_and_run((int)domid, (unsigned long)port, stream, (size_t)msg, count);
+        if ((errno = pthread_join(thread, NULL)))
+            fail_errno("pthread_join");
+    } else if (server) {
         char path[64];
         snprintf(path, sizeof path, "data/vchan/%llu/%llu", domid, port);
         serve((int)domid, path, ring_min, stream, (size_t)msg, count);

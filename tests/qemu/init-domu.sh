@@ -37,6 +37,7 @@ wait
 result conduit-domu-calls-dom0 timeout 120 $PEER conduit-call 'vchan://0/echo' $PAYLOAD 4
 side conduit-dom0-calls-domu timeout 120 $PEER conduit-serve 'vchan://*/echo' 4 0
 wait
+result conduit-burst-domu-calls-dom0 timeout 300 $PEER conduit-burst-call 'vchan://0/burst' 50
 
 http-server 'vchan://*/http' --file $PAYLOAD 2>/tmp/http-server.log &
 HTTP_SERVER=$!

@@ -6,24 +6,31 @@
 # Environment (all optional):
 #   XEN_QEMU_CACHE    downloaded packages and unpacked images (default /var/cache/xenvchan-qemu)
 #   XEN_QEMU_WORK     per-run images and the console log (default <repo>/target/qemu)
-#   XEN_QEMU_TIMEOUT  hard limit on the QEMU run in seconds (default 420)
+#   XEN_QEMU_TIMEOUT  hard limit on the QEMU run in seconds (default 1200)
+#   XEN_QEMU_GUEST_BYTES  bytes each unikernel guest transfer carries (default GUEST_BYTES below)
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 CACHE=${XEN_QEMU_CACHE:-/var/cache/xenvchan-qemu}
 WORK=${XEN_QEMU_WORK:-$ROOT/target/qemu}
-TIMEOUT=${XEN_QEMU_TIMEOUT:-420}
+TIMEOUT=${XEN_QEMU_TIMEOUT:-1200}
+# What each of the unikernel guest's eight transfers carries (TESTING.md says why this size).
+GUEST_BYTES=${XEN_QEMU_GUEST_BYTES:-$((64 * 1024 * 1024))}
 XEN_BIN=usr/lib/xen-4.17/bin
 # Every check the run must report as PASS.
 EXPECTED=(
     boot xenstore-dom0 xs-dom0 backends-dom0 c-loopback
+    guest-image-size guest-selftest guest-bad-job
+    guest-send-server-c guest-send-client-c guest-recv-server-c guest-recv-client-c
+    guest-send-server-cat guest-send-client-cat guest-recv-server-cat guest-recv-client-cat
+    guest-echo-c guest-http-proxy guest-destroyed guest-peer-killed-server guest-peer-killed-client
     domu-boot xenstore-domu
     cat-dom0-server-sends cat-domu-server-sends cat-dom0-server-receives cat-domu-server-receives
     c-server-rust-client rust-server-c-client
     ring-1024-2048 ring-2048-1024 ring-4k ring-64k ring-1m
     kill-client kill-server
-    conduit-domu-calls-dom0 conduit-dom0-calls-domu
+    conduit-domu-calls-dom0 conduit-dom0-calls-domu conduit-burst-domu-calls-dom0
     http-dom0-fetches-domu http-domu-fetches-dom0 proxy-dom0-fetches-domu-web
     bench-ours-40 bench-c-41 bench-ours-42 bench-c-43 bench-ours-44 bench-c-45
     destroy-dom0-server destroy-dom0-client destroy-released
@@ -148,6 +155,8 @@ build_programs() {
         --features tokio,hyper,axum --example http-server --example http-client
     HTTP_SERVER_BIN=$ROOT/target/release/examples/http-server
     HTTP_CLIENT_BIN=$ROOT/target/release/examples/http-client
+    say "building the unikernel guest image (scripts/guest)"
+    GUEST_IMG=$("$ROOT/scripts/guest" | tail -n1)
     say "compiling the libxenvchan peer"
     mkdir -p "$WORK"
     gcc -O2 -Wall -Wextra -Werror -o "$WORK/vchan-peer" "$HERE/c/vchan-peer.c" -lxenvchan -lxenstore
@@ -220,6 +229,9 @@ build_images() {
     pack "$WORK/domu" "$WORK/domu.cpio.gz"
 
     base_image "$WORK/dom0"
+    # The unikernel guest's transfers: their size, and the sha256 of that much of its stream.
+    echo "$GUEST_BYTES" >"$IMG/guest-bytes"
+    "$PEER_BIN" pattern "$GUEST_BYTES" | sha256sum | cut -d' ' -f1 >"$IMG/guest-bytes.sha256"
     local p
     for p in xenstored xen-init-dom0 xl xenconsoled; do
         copy_prog "$XROOT/$XEN_BIN/$p" "$IMG/$XEN_BIN/$p"
@@ -232,6 +244,22 @@ build_images() {
     mkdir -p "$IMG/boot" "$IMG/etc/xen"
     cp "$XROOT/vmlinux.gz" "$IMG/boot/vmlinux.gz"
     cp "$WORK/domu.cpio.gz" "$IMG/boot/domu.cpio.gz"
+    # The unikernel guest (guest/ on xen-pv): its platform self-test with dom0, and a bad job.
+    cp "$GUEST_IMG" "$IMG/boot/vchan-guest"
+    copy_prog "$XROOT/$XEN_BIN/xenctx" "$IMG/$XEN_BIN/xenctx"
+    local job
+    for job in "selftest:selftest 0" "bad:frobnicate 1"; do
+        cat >"$IMG/etc/xen/guest-${job%%:*}.cfg" <<CFG
+name = "guest-${job%%:*}"
+type = "pv"
+kernel = "/boot/vchan-guest"
+extra = "${job#*:}"
+memory = 32
+vcpus = 1
+on_poweroff = "destroy"
+on_crash = "preserve"
+CFG
+    done
     cat >"$IMG/etc/xen/domu.cfg" <<'CFG'
 name = "domu"
 type = "pv"
@@ -305,6 +333,12 @@ judge() {
             echo "FAIL bench-report"
             fail=$((fail + 1))
         }
+    fi
+    # The unikernel guest's figures (issue 18): image size, memory, time to READY next to the
+    # Linux domU's time to its first test, both from the start of `xl create`.
+    if grep -q '^FIGURE ' "$WORK/console.log"; then
+        echo "The unikernel guest next to the Linux domU (times under QEMU's emulation):"
+        sed -n 's/^FIGURE /  /p' "$WORK/console.log"
     fi
     echo "qemu tier: wall time $(($(date +%s) - START)) s, console log $WORK/console.log"
     echo "$pass passed, $fail failed"

@@ -347,6 +347,78 @@ fn fifty_clients_fetch_a_file_through_two_proxies_byte_identical() {
     }
 }
 
+/// Issue 20's scenario: a web server in dom0 behind `vchan-proxy 'vchan://*/http'
+/// tcp://...`, and `vchan-proxy tcp://127.0.0.1:0 vchan://0/http` in domain 5; 60 clients in
+/// the guest fetch at once. Every connect of the guest's proxy is a request from a guest,
+/// bound by xenstore's quotas for guests (10 transactions, 128 watches at once); 13 to 27 of
+/// 50 failed with `ENOSPC` before connects waited out the quotas. All succeed, bodies intact,
+/// and both proxies stop cleanly.
+#[test]
+fn sixty_clients_in_a_guest_reach_a_dom0_service_at_once() {
+    const CLIENTS: usize = 60;
+    let host = Host::start("proxy-guest-burst", &[GUEST]);
+    let www = TempDir(std::env::temp_dir().join(format!("guest-burst-www-{}", std::process::id())));
+    std::fs::create_dir_all(&www.0).expect("create the web root");
+    let file = random_bytes(256 * 1024, 7);
+    std::fs::write(www.0.join("file"), &file).expect("write the served file");
+    let web = WebServer::start(&www.0);
+    let backend = format!("tcp://127.0.0.1:{}", web.port);
+    let mut dom0_proxy = Proxy::start(&host, 0, &["vchan://*/http", &backend]);
+    dom0_proxy.listening();
+    // --connect-timeout: a bound against a hang only (a loaded machine may take longer than the
+    // default 10 s to get 60 connects through).
+    let mut guest_proxy = Proxy::start(
+        &host,
+        GUEST,
+        &[
+            "tcp://127.0.0.1:0",
+            "vchan://0/http",
+            "--connect-timeout",
+            "120",
+        ],
+    );
+    let front = guest_proxy
+        .listening()
+        .strip_prefix("tcp://")
+        .expect("a TCP endpoint")
+        .to_owned();
+    let started = Instant::now();
+    // Each fetch checks its reply (a failed one panics in its thread): count the good ones.
+    let good = thread::scope(|s| {
+        let clients: Vec<_> = (0..CLIENTS)
+            .map(|_| s.spawn(|| http_get(&front, "/file", false)))
+            .collect();
+        clients
+            .into_iter()
+            .filter_map(|c| c.join().ok())
+            .filter(|(status, body)| status.contains(" 200 ") && digest(body) == digest(&file))
+            .count()
+    });
+    eprintln!(
+        "{good} of {CLIENTS} fetches at once from domain {GUEST} through two proxies succeeded \
+         in {:.2} s",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(good, CLIENTS, "guest's proxy: {:#?}", guest_proxy.lines());
+    for proxy in [&guest_proxy, &dom0_proxy] {
+        proxy.signal("TERM");
+    }
+    let (guest_status, guest_log) = guest_proxy.finish();
+    let (dom0_status, dom0_log) = dom0_proxy.finish();
+    assert!(guest_status.success(), "{guest_status}: {guest_log:#?}");
+    assert!(dom0_status.success(), "{dom0_status}: {dom0_log:#?}");
+    // The guest's proxy relayed the 60; dom0's also saw the guest's check at start.
+    assert_eq!(opens(&guest_log), CLIENTS, "{guest_log:#?}");
+    assert_eq!(opens(&dom0_log), CLIENTS + 1, "{dom0_log:#?}");
+    for log in [&guest_log, &dom0_log] {
+        let closed = closes(log);
+        assert_eq!(closed.len(), opens(log), "{log:#?}");
+        assert!(closed.iter().all(|l| clean_close(l)), "{log:#?}");
+    }
+    drop(web);
+    host.assert_clean();
+}
+
 #[test]
 fn a_client_that_half_closes_gets_the_whole_reply_and_a_stop_closes_open_connections() {
     let mut rig = Rig::start("proxy-half", 2 * MIB);

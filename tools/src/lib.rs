@@ -1,101 +1,10 @@
 //! Pieces shared by the command-line tools.
 #![forbid(unsafe_code)]
 
+pub mod cli;
+
+pub use cli::parse_cli;
 pub use conduit_vchan::describe;
-use vchan::xen::XenDomain;
-use vchan::xensim::XensimDomain;
-
-/// The platforms the tools run on, picked at run time.
-pub enum Platform {
-    /// The simulated host (`XENSIM_DIR` is set, as under `xensim run`).
-    Xensim(XensimDomain),
-    /// Real Xen, through `/dev/xen`.
-    Xen(XenDomain),
-}
-
-/// The simulated host when `XENSIM_DIR` is set, else real Xen if its devices open; the error
-/// is one line that says how to get either.
-pub fn platform() -> Result<Platform, String> {
-    if std::env::var_os(xensim::ENV_DIR).is_some() {
-        return XensimDomain::from_env()
-            .map(Platform::Xensim)
-            .map_err(|e| format!("cannot use the simulated host: {e}"));
-    }
-    let xen = XenDomain::new();
-    match xen.probe() {
-        Ok(()) => Ok(Platform::Xen(xen)),
-        Err(e) => Err(format!(
-            "no Xen available: {e}; run inside a Xen domain (as root), or on the simulated host \
-             under `xensim run` (XENSIM_DIR is not set)"
-        )),
-    }
-}
-
-/// Parse the command line with clap, the way every tool reports it: `--help` and `--version`
-/// print to standard output and exit 0; a usage error is one line on standard error,
-/// `PROGRAM: what is wrong (see 'PROGRAM --help')`, and exit status 2.
-pub fn parse_cli<C: clap::Parser>(program: &str) -> Result<C, std::process::ExitCode> {
-    use std::io::Write;
-    match C::try_parse() {
-        Ok(cli) => Ok(cli),
-        Err(e) if !e.use_stderr() => {
-            let _ = write!(std::io::stdout(), "{e}");
-            Err(std::process::ExitCode::SUCCESS)
-        }
-        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
-            // clap would print the help (on one line, its first sentence): say what is missing.
-            let _ = writeln!(
-                std::io::stderr(),
-                "{program}: {} (see '{program} --help')",
-                missing_command(&C::command())
-            );
-            Err(std::process::ExitCode::from(2))
-        }
-        Err(e) => {
-            // clap's message up to its usage section, on one line.
-            let text = e.to_string();
-            let message: Vec<&str> = text
-                .lines()
-                .take_while(|l| !l.trim().is_empty())
-                .map(str::trim)
-                .collect();
-            let message = message.join(" ");
-            let message = message.strip_prefix("error: ").unwrap_or(&message);
-            let _ = writeln!(
-                std::io::stderr(),
-                "{program}: {message} (see '{program} --help')"
-            );
-            Err(std::process::ExitCode::from(2))
-        }
-    }
-}
-
-/// `missing a command: a, b or c` for the deepest command named on the command line.
-fn missing_command(top: &clap::Command) -> String {
-    let mut command = top;
-    let mut path = Vec::new();
-    for arg in std::env::args_os().skip(1) {
-        if let Some(sub) = command.find_subcommand(&arg) {
-            path.push(sub.get_name().to_owned());
-            command = sub;
-        }
-    }
-    let mut names: Vec<&str> = command
-        .get_subcommands()
-        .map(clap::Command::get_name)
-        .filter(|n| *n != "help")
-        .collect();
-    let list = match names.pop() {
-        Some(last) if !names.is_empty() => format!("{} or {last}", names.join(", ")),
-        Some(last) => last.to_owned(),
-        None => return "missing arguments".to_owned(),
-    };
-    if path.is_empty() {
-        format!("missing a command: {list}")
-    } else {
-        format!("{} needs a command: {list}", path.join(" "))
-    }
-}
 
 /// Parse a number of seconds (`10`, `0.5`): finite, not negative.
 pub fn parse_seconds(text: &str) -> Result<std::time::Duration, String> {

@@ -215,7 +215,7 @@ fn bad_arguments_are_one_line_status_2_and_point_at_help() {
             PERF,
             "vchan-perf",
             &["peer"],
-            "peer needs a command: server or client",
+            "peer needs a command: server, client, ops or loopback",
         ),
         (
             PERF,

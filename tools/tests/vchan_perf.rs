@@ -222,6 +222,9 @@ fn quick_table_has_every_row_and_a_positive_figure_in_every_cell() {
             "C",
             "ours",
             "ours/C",
+            "C thr",
+            "ours thr",
+            "ours/C",
             "socketpair",
             "pipe",
             "TCP",
@@ -233,7 +236,7 @@ fn quick_table_has_every_row_and_a_positive_figure_in_every_cell() {
             let cells = row(&stdout, ring, write);
             assert_eq!(cells.len(), columns.len(), "{ring} / {write}: {cells:?}");
             for (name, cell) in columns.iter().zip(&cells) {
-                let c_column = *name == "C" || *name == "ours/C";
+                let c_column = matches!(*name, "C" | "ours/C" | "C thr");
                 if c_column && c_peer.is_none() {
                     assert_eq!(*cell, "n/a", "{ring} / {write} {name} without a C peer");
                 } else {
@@ -243,15 +246,46 @@ fn quick_table_has_every_row_and_a_positive_figure_in_every_cell() {
         }
     }
     let columns = header(&stdout, "message");
-    assert_eq!(columns, ["C", "ours", "socketpair", "pipe", "TCP"]);
+    assert_eq!(
+        columns,
+        [
+            "C",
+            "ours",
+            "C thr",
+            "ours thr",
+            "socketpair",
+            "pipe",
+            "TCP"
+        ]
+    );
     let cells = row(&stdout, "64 KiB", "64 B");
     for (name, cell) in columns.iter().zip(&cells) {
-        if *name == "C" && c_peer.is_none() {
+        if matches!(*name, "C" | "C thr") && c_peer.is_none() {
             assert_eq!(*cell, "n/a");
             continue;
         }
         let (p50, p99) = cell.split_once(" / ").expect("p50 / p99");
         assert!(positive(p50) && positive(p99), "ping-pong {name}: {cell:?}");
+    }
+
+    // The proxy rows: the socket fed directly and our proxy pair (both ring sizes) carried the
+    // stream (Xen's proxy is there when xen-utils is installed).
+    for through in [
+        "the Unix socket, fed directly",
+        "vchan-proxy in dom0 -> vchan -> vchan-proxy in domain 1",
+        "the same, the rings 1 MiB (--ring-size 1M)",
+    ] {
+        let line = stdout
+            .lines()
+            .find(|l| l.trim_start_matches("| ").starts_with(through))
+            .unwrap_or_else(|| panic!("no proxy row {through:?} in:\n{stdout}"));
+        let gbs = line
+            .trim()
+            .trim_matches('|')
+            .split('|')
+            .nth(1)
+            .map(str::trim);
+        assert!(gbs.is_some_and(positive), "proxy row {through:?}: {line}");
     }
 
     let text = std::fs::read_to_string(&svg).expect("the SVG was written");

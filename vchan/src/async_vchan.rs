@@ -62,6 +62,7 @@ mod poll;
 #[cfg(not(vchan_loom))]
 mod splice;
 
+use self::liveness::LivenessTimer;
 use self::poll::{Fd, Io, Wakers, Way};
 #[cfg(not(vchan_loom))]
 pub use splice::AsyncSource;
@@ -102,11 +103,14 @@ impl<B: Backend> AsyncVchan<B> {
         // `events`, so it drops first too).
         #[allow(unsafe_code)]
         let registered = unsafe { AsyncFd::register_with_interest(raw, Interest::READABLE) };
-        let fd = match registered {
-            Ok(fd) => fd,
+        let (fd, timer) = match registered
+            .map_err(|e| e.into_parts().1)
+            .and_then(|fd| Ok((fd, LivenessTimer::new()?)))
+        {
+            Ok(registered) => registered,
             Err(e) => {
                 let _ = channel.close();
-                return Err(e.into_parts().1);
+                return Err(e);
             }
         };
         let Channel {
@@ -127,7 +131,7 @@ impl<B: Backend> AsyncVchan<B> {
                     both: Waker::from(Arc::clone(&wakers)),
                     wakers,
                     generation: AtomicU64::new(0),
-                    liveness: Mutex::default(),
+                    liveness: Mutex::new(timer),
                     deferred: Mutex::new(None),
                     notify_failed: AtomicBool::new(false),
                 },

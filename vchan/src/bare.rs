@@ -3,9 +3,10 @@
 //! blocked, sleeps in the platform's wait (a `SCHEDOP_poll` hypercall on the port there) until
 //! an event, a deadline or the next liveness look. `no_std`.
 //!
-//! It needs of its platform, beyond [`Platform`], a way to wait and a clock: [`BarePlatform`].
-//! The `std` platforms have one too (poll(2) on the event fd, a watch on the store,
-//! `Instant`), so the same driver runs in the tests on the simulated Xen.
+//! It needs of its platform, beyond [`Platform`], a way to wait and a clock: [`BarePlatform`]
+//! (a client waiting for its server waits on the store's watch, `XenStore::next_watch_event`).
+//! The `std` platforms have one too (poll(2) on the event fd, `Instant`), so the same driver runs
+//! in the tests on the simulated Xen.
 //!
 //! ```
 //! use vchan::bare::BareVchan;
@@ -35,7 +36,7 @@ use crate::channel::{
     LIVENESS_CHECK,
 };
 use crate::error::{Error, Op};
-use crate::platform::Platform;
+use crate::platform::{Platform, XenStore};
 
 /// What the bare driver needs of a platform besides its devices: waiting and a clock.
 pub trait BarePlatform: Platform {
@@ -51,12 +52,6 @@ pub trait BarePlatform: Platform {
         port: Port,
         deadline: Option<Duration>,
     ) -> Result<(), Self::DeviceError>;
-    /// Sleep until the store has a watch event for this connection, or `deadline` passes.
-    fn wait_store(
-        &self,
-        store: &Self::Store,
-        deadline: Option<Duration>,
-    ) -> Result<(), crate::platform::StoreErrorOf<Self>>;
     /// Monotonic time, from any fixed origin.
     fn now(&self) -> Duration;
 }
@@ -99,8 +94,9 @@ impl<'p, P: BarePlatform> BareVchan<'p, P> {
             }
             match deadline {
                 Some(d) if platform.now() < d => {
-                    platform
-                        .wait_store(dial.store(), Some(d))
+                    // The store tells of the next change under the path (or the time runs out).
+                    dial.store()
+                        .next_watch_event(Some(d - platform.now()))
                         .map_err(Error::Xenstore)?;
                 }
                 _ => return Err(dial.no_server()),
@@ -211,6 +207,13 @@ impl<'p, P: BarePlatform> BareVchan<'p, P> {
                 false => Step::Blocked,
             })
         })
+    }
+
+    /// Remove a server's xenstore keys now, rather than at close: once its client has
+    /// connected, nobody else should find them (a second client would join a channel that is
+    /// taken, or, later, one that is closing). Idempotent; a client has nothing to remove.
+    pub fn unpublish(&mut self) -> Result<(), ErrorOf<P>> {
+        self.channel_mut().hold.unpublish().map_err(Error::Xenstore)
     }
 
     /// Shut down writing (half-close): a peer of this crate reads the end of the stream after
@@ -335,11 +338,6 @@ mod std_bare {
         ) -> io::Result<()> {
             let timeout = deadline.map(|d| d.saturating_sub(self.now()));
             crate::wait::poll_readable(events, timeout).map(drop)
-        }
-
-        fn wait_store(&self, store: &B::Store, deadline: Option<Duration>) -> xenstore::Result<()> {
-            let timeout = deadline.map(|d| d.saturating_sub(self.now()));
-            xenstore::XenStore::next_watch_event(store, timeout).map(drop)
         }
 
         fn now(&self) -> Duration {

@@ -12,18 +12,22 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use crossbeam_utils::CachePadded;
-#[cfg(not(vchan_loom))]
-use xen_types::memory::fd as zero_copy;
 use xen_types::{DomId, Port};
 
 use crate::backend::Backend;
 use crate::channel::{
-    self, Address, Channel, ChannelError, Dial, Hold, LinkOf, Look, Notify, ReaderOf, RingSizes,
-    State, Step, WriterOf, LIVENESS_CHECK,
+    self, Address, Channel, ChannelError, Dial, Hold, LinkOf, Notify, ReaderOf, RingSizes, State,
+    Step, Want, WriterOf,
 };
-use crate::error::{Op, Result, SpliceError, VchanError};
+use crate::error::{Op, Result, VchanError};
 use crate::ring::Role;
 use crate::wait::Waiter;
+
+mod drive;
+#[cfg(not(vchan_loom))]
+mod splice;
+
+use drive::{encode_timeout, Spin, Turns, Way, NO_TIMEOUT};
 
 /// One end of a vchan: a byte stream (or a packet channel) to the peer domain.
 ///
@@ -37,6 +41,8 @@ pub struct Vchan<B: Backend> {
     parts: Option<Parts<B>>,
     waiter: Waiter,
     nonblocking: AtomicBool,
+    /// Which way operations completed lately: whether a blocked one spins or sleeps.
+    turns: Turns,
     read_timeout: AtomicU64,
     write_timeout: AtomicU64,
     /// Set when a notify failed after data was committed; reported by the next call.
@@ -54,23 +60,6 @@ struct Parts<B: Backend> {
     events: B::Events,
     hold: Mutex<Hold<B>>,
 }
-
-/// Which half an operation uses.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Way {
-    Read,
-    Write,
-}
-
-/// Whether an operation spins before its final look, and for how many bytes (of data to read,
-/// or of room to write).
-#[derive(Clone, Copy)]
-enum Spin {
-    For(usize),
-    No,
-}
-
-const NO_TIMEOUT: u64 = u64::MAX;
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
@@ -129,6 +118,7 @@ impl<B: Backend> Vchan<B> {
             }),
             waiter: Waiter::new(),
             nonblocking: AtomicBool::new(false),
+            turns: Turns::default(),
             read_timeout: AtomicU64::new(NO_TIMEOUT),
             write_timeout: AtomicU64::new(NO_TIMEOUT),
             notify_failed: AtomicBool::new(false),
@@ -235,8 +225,7 @@ impl<B: Backend> Vchan<B> {
     /// wrote has been read.
     pub fn read(&self, buf: &mut [u8]) -> Result<usize> {
         let p = self.parts();
-        let wanted = buf.len();
-        self.drive(Way::Read, Spin::For(wanted), |look| {
+        self.drive(Way::Read, Spin::For(Want::Stream), |look| {
             lock(&p.reader).read(&p.link, buf, look)
         })
     }
@@ -246,8 +235,7 @@ impl<B: Backend> Vchan<B> {
     /// bytes left in the ring.
     pub fn recv(&self, buf: &mut [u8]) -> Result<()> {
         let p = self.parts();
-        let wanted = buf.len();
-        self.drive(Way::Read, Spin::For(wanted), |look| {
+        self.drive(Way::Read, Spin::For(Want::Packet(buf.len())), |look| {
             lock(&p.reader).recv(&p.link, buf, look)
         })
     }
@@ -256,7 +244,7 @@ impl<B: Backend> Vchan<B> {
     /// Fails with `PeerClosed` once the peer has gone, `ShutDown` after `shutdown_write`.
     pub fn write(&self, buf: &[u8]) -> Result<usize> {
         let p = self.parts();
-        self.drive(Way::Write, Spin::For(buf.len()), |look| {
+        self.drive(Way::Write, Spin::For(Want::Stream), |look| {
             lock(&p.writer).write(&p.link, buf, look)
         })
     }
@@ -265,7 +253,7 @@ impl<B: Backend> Vchan<B> {
     /// never hold it (in either mode), and `PeerClosed` once the peer has gone.
     pub fn send(&self, buf: &[u8]) -> Result<()> {
         let p = self.parts();
-        self.drive(Way::Write, Spin::For(buf.len()), |look| {
+        self.drive(Way::Write, Spin::For(Want::Packet(buf.len())), |look| {
             lock(&p.writer).send(&p.link, buf, look)
         })
     }
@@ -282,130 +270,6 @@ impl<B: Backend> Vchan<B> {
                 false => Step::Blocked,
             })
         })
-    }
-
-    /// Fill the ring straight from `source` (a socket, a pipe, a file) with one `read(2)`, up to
-    /// `max` bytes, waiting for room as [`write`](Self::write) does: the bytes read, 0 at the
-    /// end of `source`. No buffer of ours is in between: the kernel copies into the ring. The
-    /// writing half stays locked while the read blocks (it does not if `source` is
-    /// non-blocking: then its `WouldBlock` comes back as an error).
-    #[cfg(not(vchan_loom))]
-    pub fn fill_from(&self, source: BorrowedFd<'_>, max: usize) -> Result<usize, SpliceError> {
-        let p = self.parts();
-        self.drive(Way::Write, Spin::For(1), |look| {
-            let mut writer = lock(&p.writer);
-            let chunks = match writer.writable(&p.link, max, look) {
-                Ok(Step::Done(chunks, _)) => chunks,
-                Ok(Step::Blocked) => return Ok(Step::Blocked),
-                Err(e) => return Err(SpliceError::Vchan(e.into())),
-            };
-            let n = zero_copy::read_into(source, &[chunks.first, chunks.second])
-                .map_err(SpliceError::Fd)?;
-            Ok(Step::Done(n, writer.commit(n)))
-        })
-    }
-
-    /// Drain the ring straight into `sink` with one `write(2)`, up to `max` bytes, waiting for
-    /// data as [`read`](Self::read) does: the bytes written, 0 at the end of the stream.
-    #[cfg(not(vchan_loom))]
-    pub fn drain_to(&self, sink: BorrowedFd<'_>, max: usize) -> Result<usize, SpliceError> {
-        let p = self.parts();
-        self.drive(Way::Read, Spin::For(1), |look| {
-            let mut reader = lock(&p.reader);
-            let chunks = match reader.readable(&p.link, max, look) {
-                Ok(Step::Done(chunks, _)) => chunks,
-                Ok(Step::Blocked) => return Ok(Step::Blocked),
-                Err(e) => return Err(SpliceError::Vchan(e.into())),
-            };
-            if chunks.is_empty() {
-                return Ok(Step::Done(0, Notify::NONE));
-            }
-            let n = zero_copy::write_from(sink, &[chunks.first, chunks.second])
-                .map_err(SpliceError::Fd)?;
-            Ok(Step::Done(n, reader.consume(n)))
-        })
-    }
-
-    /// The loop every operation shares: a quick look; a short spin (blocking mode) or taking the
-    /// pending events (non-blocking); the final look, which asks the peer for an event; then
-    /// sleep until it comes (or `WouldBlock`), and again. The half's lock is held only while the
-    /// core looks, never while spinning or sleeping, so `data_ready`, `buffer_space` and the other
-    /// direction never wait for a sleeper.
-    fn drive<T, E, R>(
-        &self,
-        way: Way,
-        spin: Spin,
-        mut op: impl FnMut(Look) -> std::result::Result<Step<T>, E>,
-    ) -> std::result::Result<T, R>
-    where
-        R: From<E> + From<VchanError>,
-    {
-        self.check_deferred()?;
-        let p = self.parts();
-        let deadline = self.deadline(way);
-        let nonblocking = self.nonblocking.load(Ordering::Relaxed);
-        let mut look = Look::Quick;
-        let mut next_check = None;
-        loop {
-            // Taken before the final look: an event that lands between it and the sleep moves
-            // the generation, so the sleep returns at once.
-            let ticket = self.waiter.ticket();
-            match (op(look)?, look) {
-                (Step::Done(value, notify), _) => {
-                    self.notify(notify);
-                    return Ok(value);
-                }
-                (Step::Blocked, Look::Quick) => {
-                    look = if nonblocking {
-                        // So the fd turns readable only for news after the final look.
-                        self.waiter.take_pending(&p.events)?;
-                        Look::Final
-                    } else {
-                        match spin {
-                            Spin::For(wanted) => spin_until(|| match way {
-                                Way::Read => lock(&p.reader).next_look(&p.link, wanted),
-                                Way::Write => lock(&p.writer).next_look(&p.link, wanted),
-                            })
-                            .unwrap_or(Look::Final),
-                            Spin::No => Look::Final,
-                        }
-                    };
-                }
-                (Step::Blocked, Look::Final) => {
-                    if nonblocking {
-                        return Err(VchanError::WouldBlock.into());
-                    }
-                    self.sleep(ticket, deadline, &mut next_check)?;
-                    look = Look::Quick;
-                }
-            }
-        }
-    }
-
-    /// Sleep until an event after `ticket`, `deadline` (`TimedOut`), or the next liveness look
-    /// (every [`LIVENESS_CHECK`] of sleep; `next_check` keeps the time across wakes).
-    fn sleep(
-        &self,
-        ticket: u64,
-        deadline: Option<Instant>,
-        next_check: &mut Option<Instant>,
-    ) -> Result<()> {
-        let p = self.parts();
-        let check_at = *next_check.get_or_insert_with(|| Instant::now() + LIVENESS_CHECK);
-        let wake_by = deadline.map_or(check_at, |d| d.min(check_at));
-        match self.waiter.wait(&p.events, ticket, Some(wake_by)) {
-            Err(VchanError::TimedOut) if deadline.is_none_or(|d| Instant::now() < d) => {}
-            other => other?,
-        }
-        let now = Instant::now();
-        if now >= check_at {
-            *next_check = Some(now + LIVENESS_CHECK);
-            if let Some(liveness) = p.link.liveness() {
-                let store = std::sync::Arc::clone(lock(&p.hold).store());
-                liveness.look(&*store);
-            }
-        }
-        Ok(())
     }
 
     /// Wait until the client has connected (server) or the peer has closed, up to `timeout`.
@@ -468,89 +332,6 @@ impl<B: Backend> Vchan<B> {
 
     fn shutdown(&mut self) -> Result<()> {
         self.take_channel().map_or(Ok(()), Channel::close)
-    }
-
-    fn deadline(&self, way: Way) -> Option<Instant> {
-        let timeout = match way {
-            Way::Read => &self.read_timeout,
-            Way::Write => &self.write_timeout,
-        };
-        match timeout.load(Ordering::Relaxed) {
-            NO_TIMEOUT => None,
-            nanos => Some(Instant::now() + Duration::from_nanos(nanos)),
-        }
-    }
-
-    /// Send the event an operation owes. The data is already committed, so a failure cannot be
-    /// reported as "nothing written" (the C blocking write loses its position that way): it is
-    /// kept and reported by the next call.
-    fn notify(&self, notify: Notify) {
-        let p = self.parts();
-        if let Err(source) = p.link.send(&p.events, notify) {
-            *lock(&self.deferred) = Some(VchanError::Backend {
-                op: Op::Notify,
-                source,
-            });
-            self.notify_failed.store(true, Ordering::Release);
-        }
-    }
-
-    fn check_deferred(&self) -> Result<()> {
-        if !self.notify_failed.load(Ordering::Acquire) {
-            return Ok(());
-        }
-        self.notify_failed.store(false, Ordering::Relaxed);
-        match lock(&self.deferred).take() {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
-    }
-}
-
-/// How long a blocking call polls the ring before it asks the peer for an event and sleeps. A
-/// peer on another CPU that is keeping up answers well within this (a ring round trip takes
-/// well under a microsecond); one that does not costs us this much CPU before we sleep. Sleeping
-/// and waking through the event channel costs tens of microseconds on any backend.
-const SPIN_BUDGET: Duration = Duration::from_micros(50);
-
-/// Poll `ready` for up to `SPIN_BUDGET` until it has an answer; `None` once the budget is
-/// spent, and at once on a machine with one CPU, where the peer cannot make progress while we
-/// spin.
-fn spin_until<T>(ready: impl Fn() -> Option<T>) -> Option<T> {
-    static MANY_CPUS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let many =
-        *MANY_CPUS.get_or_init(|| std::thread::available_parallelism().is_ok_and(|n| n.get() > 1));
-    if !many {
-        return None;
-    }
-    let started = Instant::now();
-    loop {
-        for _ in 0..64 {
-            if let Some(answer) = ready() {
-                return Some(answer);
-            }
-            for _ in 0..8 {
-                std::hint::spin_loop();
-            }
-        }
-        if started.elapsed() >= SPIN_BUDGET {
-            return None;
-        }
-    }
-}
-
-fn encode_timeout(timeout: Option<Duration>) -> u64 {
-    match timeout {
-        None => NO_TIMEOUT,
-        Some(t) => u64::try_from(t.as_nanos())
-            .unwrap_or(NO_TIMEOUT - 1)
-            .min(NO_TIMEOUT - 1),
-    }
-}
-
-impl From<VchanError> for SpliceError {
-    fn from(e: VchanError) -> SpliceError {
-        SpliceError::Vchan(e)
     }
 }
 

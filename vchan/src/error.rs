@@ -1,11 +1,12 @@
 //! The one error type, from the ring to the tool: [`Error`], generic over the platform's device
-//! and store errors, and on `std` [`VchanError`], its instance for the `std` platforms.
+//! errors, and on `std` [`VchanError`], its instance for the `std` platforms.
 
 use alloc::string::String;
 use core::fmt;
 
 use crate::layout::LayoutError;
 use crate::ring::RingCorrupted;
+use xenstore::XenstoreError;
 
 /// The platform operation that failed, for [`Error::Backend`]: a decision on what failed (a
 /// caller that retries when a server went away meanwhile, say) matches these, never text.
@@ -32,6 +33,8 @@ pub enum Op {
     MapControlPage,
     /// Mapping the server's ring pages (client).
     MapRingPages,
+    /// Arranging the unmap notification of our live byte, once joined (client).
+    ArmUnmapNotify,
     /// Telling the server we connected (client).
     NotifyConnect,
     /// Sending the event the peer asked for after data moved.
@@ -66,6 +69,7 @@ impl Op {
             Op::ShareRingPages => "share the ring pages",
             Op::MapControlPage => "map the control page",
             Op::MapRingPages => "map the ring pages",
+            Op::ArmUnmapNotify => "arrange the unmap notification",
             Op::NotifyConnect => "notify the server",
             Op::Notify => "notify the peer",
             Op::NotifyShutdown => "notify the peer of the shutdown",
@@ -124,11 +128,10 @@ impl From<RingCorrupted> for ChannelError {
 }
 
 /// Everything that can go wrong with a vchan endpoint. `D` is what the platform's devices fail
-/// with (`std::io::Error` on the `std` platforms), `S` what its store fails with
-/// (`xenstore::XenstoreError` there): see [`VchanError`].
+/// with (`std::io::Error` on the `std` platforms: see [`VchanError`]).
 #[derive(Debug)]
 #[non_exhaustive]
-pub enum Error<D, S> {
+pub enum Error<D> {
     /// The peer wrote indices that no honest peer can produce. (The message says what it wrote;
     /// the detail is not also the error's `source`, so a chain prints it once.)
     RingCorrupted(RingCorrupted),
@@ -180,7 +183,7 @@ pub enum Error<D, S> {
         needed: usize,
     },
     /// The key store failed.
-    Xenstore(S),
+    Xenstore(XenstoreError),
     /// A grant or event-channel operation failed.
     Backend {
         /// What was being done.
@@ -190,14 +193,14 @@ pub enum Error<D, S> {
     },
 }
 
-impl<D, S> Error<D, S> {
+impl<D> Error<D> {
     /// A `map_err` adapter: the platform's error `source` while doing `op`.
-    pub fn backend(op: Op) -> impl FnOnce(D) -> Error<D, S> {
+    pub fn backend(op: Op) -> impl FnOnce(D) -> Error<D> {
         move |source| Error::Backend { op, source }
     }
 }
 
-impl<D, S> From<ChannelError> for Error<D, S> {
+impl<D> From<ChannelError> for Error<D> {
     fn from(e: ChannelError) -> Self {
         match e {
             ChannelError::RingCorrupted(e) => Error::RingCorrupted(e),
@@ -211,19 +214,19 @@ impl<D, S> From<ChannelError> for Error<D, S> {
     }
 }
 
-impl<D, S> From<RingCorrupted> for Error<D, S> {
+impl<D> From<RingCorrupted> for Error<D> {
     fn from(e: RingCorrupted) -> Self {
         Error::RingCorrupted(e)
     }
 }
 
-impl<D, S> From<LayoutError> for Error<D, S> {
+impl<D> From<LayoutError> for Error<D> {
     fn from(e: LayoutError) -> Self {
         Error::Layout(e)
     }
 }
 
-impl<D, S> fmt::Display for Error<D, S> {
+impl<D> fmt::Display for Error<D> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::RingCorrupted(e) => write!(f, "the peer corrupted the ring: {e}"),
@@ -258,10 +261,15 @@ impl<D, S> fmt::Display for Error<D, S> {
     }
 }
 
-impl<D, S> core::error::Error for Error<D, S>
+impl<D> From<XenstoreError> for Error<D> {
+    fn from(e: XenstoreError) -> Self {
+        Error::Xenstore(e)
+    }
+}
+
+impl<D> core::error::Error for Error<D>
 where
     D: core::error::Error + 'static,
-    S: core::error::Error + 'static,
 {
     fn source(&self) -> Option<&(dyn core::error::Error + 'static)> {
         match self {
@@ -274,16 +282,15 @@ where
 
 impl fmt::Display for ChannelError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&Error::<(), ()>::from(*self), f)
+        fmt::Display::fmt(&Error::<()>::from(*self), f)
     }
 }
 
 impl core::error::Error for ChannelError {}
 
-/// [`Error`] on the `std` platforms: devices fail with `io::Error`, the store with
-/// `xenstore::XenstoreError`.
+/// [`Error`] on the `std` platforms: devices fail with `io::Error`.
 #[cfg(feature = "std")]
-pub type VchanError = Error<std::io::Error, xenstore::XenstoreError>;
+pub type VchanError = Error<std::io::Error>;
 
 /// Result alias for this crate's `std` endpoints.
 #[cfg(feature = "std")]

@@ -1,26 +1,23 @@
 //! What the channel core needs of a platform: event channels, grant sharing and mapping, and a
-//! key store, each as one small trait named after libxen's calls. `no_std` (with `alloc`: store
-//! paths and values are strings and byte strings of any length up to xenstore's limits).
+//! key store, each named after libxen's calls. `no_std`.
 //!
 //! These are the consumer's view, as vm-memory puts it: only what a vchan needs, not the
-//! provider's whole API. A platform implements them once:
+//! provider's whole API. The store is xenstore's own [`XenStore`] trait (`no_std` too); the
+//! others are defined here. A platform implements them once:
 //! - the `std` platforms (real Xen, the in-process simulation, `xensim`) through their own
-//!   crates' traits (`evtchn::EventChannel`, `gnttab::GrantShare`/`GrantMap`,
-//!   `xenstore::XenStore`), which implement these (see the blanket impls below, and
-//!   [`Backend`](crate::Backend));
+//!   crates' traits (`evtchn::EventChannel`, `gnttab::GrantShare`/`GrantMap`), which implement
+//!   these (see the blanket impls below, and [`Backend`](crate::Backend));
 //! - a guest with no OS (the `xen-pv` crate) directly.
 //!
 //! Every call completes without waiting for the peer: an ioctl or a hypercall, one store round
 //! trip. Waiting for the peer (an event, a store change, a deadline) is a driver's job, never the
 //! core's.
 
-use alloc::string::String;
-use alloc::vec::Vec;
 use core::fmt;
 
 pub use xen_types::memory::{AsSharedRegion, SharedRegion};
 pub use xen_types::{DomId, GrantRef, Port, UnmapNotify};
-pub use xenstore::{Access, Errno, Perm, TxId};
+pub use xenstore::{Access, Errno, Perm, TxId, XenStore, XenstoreError};
 
 /// An event-channel handle: the operations on ports (`xenevtchn_*`). Taking delivered events
 /// and waiting for them belong to the drivers (a pollable fd, a hypercall).
@@ -78,62 +75,16 @@ pub trait GrantMap {
         writable: bool,
         notify: Option<UnmapNotify>,
     ) -> Result<Self::Mapping, Self::Error>;
-}
 
-/// What the core needs to know of a store error: the name the daemon gave, if it gave one.
-pub trait StoreError: fmt::Debug + fmt::Display {
-    /// The wire error name (`ENOENT`, `EACCES`, `EAGAIN`, ...), if the daemon sent one.
-    fn errno(&self) -> Option<Errno>;
-}
-
-/// A connection to the key store, as one domain sees it (`xs_*`). Relative paths resolve under
-/// the caller's home, `/local/domain/<own id>/`.
-pub trait Store {
-    /// What an operation fails with.
-    type Error: StoreError;
-    /// Read a node's value.
-    fn read(&self, tx: TxId, path: &str) -> Result<Vec<u8>, Self::Error>;
-    /// Write a node's value, creating it and any missing parents.
-    fn write(&self, tx: TxId, path: &str, value: &[u8]) -> Result<(), Self::Error>;
-    /// Remove a node and everything under it.
-    fn rm(&self, tx: TxId, path: &str) -> Result<(), Self::Error>;
-    /// The names of a node's children.
-    fn directory(&self, tx: TxId, path: &str) -> Result<Vec<String>, Self::Error>;
-    /// Replace a node's permission list (owner first).
-    fn set_perms(&self, tx: TxId, path: &str, perms: &[Perm]) -> Result<(), Self::Error>;
-    /// Begin a transaction.
-    fn transaction_start(&self) -> Result<TxId, Self::Error>;
-    /// Commit or abort a transaction; a conflicting commit fails with `EAGAIN`.
-    fn transaction_end(&self, tx: TxId, commit: bool) -> Result<(), Self::Error>;
-    /// Register a watch: it fires once at once, then on every change at or under `path`.
-    fn watch(&self, path: &str, token: &str) -> Result<(), Self::Error>;
-    /// Remove a watch.
-    fn unwatch(&self, path: &str, token: &str) -> Result<(), Self::Error>;
-}
-
-/// Run `body` in a transaction of `store` and commit it, starting again while the commit says
-/// `EAGAIN` (another transaction changed what this one read). An error from `body` aborts the
-/// transaction and is returned.
-pub fn transaction<S: Store + ?Sized, T>(
-    store: &S,
-    mut body: impl FnMut(TxId) -> Result<T, S::Error>,
-) -> Result<T, S::Error> {
-    loop {
-        let tx = store.transaction_start()?;
-        let value = match body(tx) {
-            Ok(value) => value,
-            Err(e) => {
-                // The body's error is the one worth reporting; an abort failure adds nothing.
-                let _ = store.transaction_end(tx, false);
-                return Err(e);
-            }
-        };
-        match store.transaction_end(tx, true) {
-            Ok(()) => return Ok(value),
-            Err(e) if e.errno() == Some(Errno::EAGAIN) => continue,
-            Err(e) => return Err(e),
-        }
-    }
+    /// Arrange `notify` for a mapping made without one (gntdev's `SET_UNMAP_NOTIFY` works on a
+    /// mapping that exists): a client sets it once it has joined, so that a failed attempt,
+    /// whose mapping goes at once, clears nobody's live byte. A platform with no such notion
+    /// does nothing.
+    fn set_unmap_notify(
+        &self,
+        mapping: &Self::Mapping,
+        notify: UnmapNotify,
+    ) -> Result<(), Self::Error>;
 }
 
 /// A domain's devices as the core uses them: one event-channel handle, one grant-sharing handle
@@ -148,8 +99,8 @@ pub trait Platform {
     type Sharer: GrantShare<Error = Self::DeviceError>;
     /// The grant-mapping handle.
     type Mapper: GrantMap<Error = Self::DeviceError>;
-    /// The store connection.
-    type Store: Store;
+    /// The store connection (xenstore's own trait, `no_std` too).
+    type Store: XenStore;
 
     /// Open an event-channel handle.
     fn events(&self) -> Result<Self::Events, Self::DeviceError>;
@@ -158,11 +109,8 @@ pub trait Platform {
     /// Open a grant-mapping handle.
     fn mapper(&self) -> Result<Self::Mapper, Self::DeviceError>;
     /// Connect to the store.
-    fn store(&self) -> Result<Self::Store, StoreErrorOf<Self>>;
+    fn store(&self) -> Result<Self::Store, XenstoreError>;
 }
-
-/// The store error of platform `P`.
-pub type StoreErrorOf<P> = <<P as Platform>::Store as Store>::Error;
 
 /// The `std` platforms: each of their crates' traits gives the core's.
 #[cfg(feature = "std")]
@@ -238,42 +186,9 @@ mod std_platforms {
         ) -> io::Result<Self::Mapping> {
             gnttab::GrantMap::map_grant_refs(self, domid, refs, writable, notify).map(Shared)
         }
-    }
 
-    impl StoreError for xenstore::XenstoreError {
-        fn errno(&self) -> Option<Errno> {
-            xenstore::XenstoreError::errno(self)
-        }
-    }
-
-    impl<X: xenstore::XenStore> Store for X {
-        type Error = xenstore::XenstoreError;
-        fn read(&self, tx: TxId, path: &str) -> xenstore::Result<Vec<u8>> {
-            xenstore::XenStore::read(self, tx, path)
-        }
-        fn write(&self, tx: TxId, path: &str, value: &[u8]) -> xenstore::Result<()> {
-            xenstore::XenStore::write(self, tx, path, value)
-        }
-        fn rm(&self, tx: TxId, path: &str) -> xenstore::Result<()> {
-            xenstore::XenStore::rm(self, tx, path)
-        }
-        fn directory(&self, tx: TxId, path: &str) -> xenstore::Result<Vec<String>> {
-            xenstore::XenStore::directory(self, tx, path)
-        }
-        fn set_perms(&self, tx: TxId, path: &str, perms: &[Perm]) -> xenstore::Result<()> {
-            xenstore::XenStore::set_perms(self, tx, path, perms)
-        }
-        fn transaction_start(&self) -> xenstore::Result<TxId> {
-            xenstore::XenStore::transaction_start(self)
-        }
-        fn transaction_end(&self, tx: TxId, commit: bool) -> xenstore::Result<()> {
-            xenstore::XenStore::transaction_end(self, tx, commit)
-        }
-        fn watch(&self, path: &str, token: &str) -> xenstore::Result<()> {
-            xenstore::XenStore::watch(self, path, token)
-        }
-        fn unwatch(&self, path: &str, token: &str) -> xenstore::Result<()> {
-            xenstore::XenStore::unwatch(self, path, token)
+        fn set_unmap_notify(&self, mapping: &Self::Mapping, notify: UnmapNotify) -> io::Result<()> {
+            gnttab::GrantMap::set_unmap_notify(self, &mapping.0, notify)
         }
     }
 
@@ -292,7 +207,7 @@ mod std_platforms {
         fn mapper(&self) -> io::Result<B::Mapper> {
             self.open_mapper()
         }
-        fn store(&self) -> xenstore::Result<B::Store> {
+        fn store(&self) -> Result<B::Store, XenstoreError> {
             self.open_store()
         }
     }

@@ -459,6 +459,7 @@ impl<M: AsSharedRegion> Consumer<M> {
     }
 
     /// Bytes ready to read: the peer's producer index is read once and checked.
+    #[inline]
     pub fn available(&self) -> Result<usize, RingCorrupted> {
         let prod = self.end.page.load_index(self.end.prod_offset);
         let ready = prod.wrapping_sub(self.cons);
@@ -490,6 +491,7 @@ impl<M: AsSharedRegion> Consumer<M> {
 
     /// Bytes ready for a read of `wanted`: from the last producer index seen if that covers
     /// it, else from a fresh load (kept for next time).
+    #[inline]
     fn ready_for(&mut self, wanted: usize) -> Result<usize, RingCorrupted> {
         // The last index seen was validated then; our own index only moved up to it since.
         let known = self.seen_prod.wrapping_sub(self.cons) as usize;
@@ -503,6 +505,7 @@ impl<M: AsSharedRegion> Consumer<M> {
 
     /// Copy up to `buf.len()` bytes out. Returns the count and the event owed to the writer, if
     /// it asked to be told that space was freed.
+    #[inline]
     pub fn read(&mut self, buf: &mut [u8]) -> Result<(usize, Notify), RingCorrupted> {
         let n = self.ready_for(buf.len())?.min(buf.len());
         if n == 0 {
@@ -520,6 +523,7 @@ impl<M: AsSharedRegion> Consumer<M> {
     }
 
     /// Copy `buf.len()` bytes (known to be ready) out and publish the new index.
+    #[inline]
     fn take(&mut self, buf: &mut [u8]) -> Notify {
         let mask = self.end.ring.size - 1;
         let start = (self.cons & mask) as usize;
@@ -541,6 +545,7 @@ impl<M: AsSharedRegion> Consumer<M> {
     }
 
     /// Move our index past `n` bytes (known to be ready: at most the ring's size) and publish it.
+    #[inline]
     fn advance(&mut self, n: usize) -> Notify {
         // Ring sizes are at most 1 MiB and `n` is at most the ready count.
         self.cons = self.cons.wrapping_add(n as u32);
@@ -675,10 +680,12 @@ impl<M: AsSharedRegion> Producer<M> {
 
     /// Whether a write of `wanted` bytes fits the space known from the last consumer index
     /// seen, so that it will not read the control page at all.
+    #[inline]
     pub fn known_room_covers(&self, wanted: usize) -> bool {
         self.known_room() >= wanted
     }
 
+    #[inline]
     fn known_room(&self) -> usize {
         // The last index seen was validated then; our own index only moved since, by at most
         // the free space it showed.
@@ -687,6 +694,7 @@ impl<M: AsSharedRegion> Producer<M> {
 
     /// Free space for a write of `wanted`: from the last consumer index seen if that leaves
     /// room, else from a fresh load (kept for next time).
+    #[inline]
     fn room_for(&mut self, wanted: usize) -> Result<usize, RingCorrupted> {
         let known = self.known_room();
         if known >= wanted {
@@ -702,6 +710,7 @@ impl<M: AsSharedRegion> Producer<M> {
 
     /// Copy up to `buf.len()` bytes in. Returns the count and the event owed to the reader, if it
     /// asked to be told about new data.
+    #[inline]
     pub fn write(&mut self, buf: &[u8]) -> Result<(usize, Notify), RingCorrupted> {
         let n = self.room_for(buf.len())?.min(buf.len());
         if n == 0 {
@@ -719,6 +728,7 @@ impl<M: AsSharedRegion> Producer<M> {
     }
 
     /// Copy `buf` (known to fit) in and publish the new index.
+    #[inline]
     fn put(&mut self, buf: &[u8]) -> Notify {
         let mask = self.end.ring.size - 1;
         let start = (self.prod & mask) as usize;
@@ -736,6 +746,7 @@ impl<M: AsSharedRegion> Producer<M> {
     }
 
     /// Move our index past `n` bytes (known to fit: at most the ring's size) and publish it.
+    #[inline]
     fn advance(&mut self, n: usize) -> Notify {
         // Ring sizes are at most 1 MiB and `n` is at most the free space.
         self.prod = self.prod.wrapping_add(n as u32);

@@ -678,3 +678,36 @@ fn every_driver_talks_to_every_other() {
         }
     });
 }
+
+/// The bare driver's `unpublish`, as the guest's `http` job serves one client after another: once
+/// its client has joined, the server's keys are gone, so a second client finds no server (rather
+/// than joining a taken channel); the first connection still works, and the close has nothing
+/// left to withdraw.
+#[test]
+fn a_bare_server_withdraws_its_keys_once_its_client_joined() {
+    bounded("unpublish", Duration::from_secs(30), || {
+        let host = Host::new();
+        let at = Address::Port(3);
+        let mut server =
+            BareVchan::server(&host.server_dom, CLIENT, &at, RingSizes::default()).unwrap();
+        let keys = format!("/local/domain/{SERVER}/data/vchan/{CLIENT}/3/ring-ref");
+        let store = host.server_dom.open_store().unwrap();
+        assert!(store.read(TxId::NONE, &keys).is_ok(), "published");
+        let mut client = BareVchan::client(&host.client_dom, SERVER, &at, None).unwrap();
+        assert_eq!(server.wait_connected().unwrap(), State::Connected);
+        server.unpublish().unwrap();
+        server.unpublish().unwrap();
+        assert!(store.read(TxId::NONE, &keys).is_err(), "withdrawn");
+        match BareVchan::client(&host.client_dom, SERVER, &at, None) {
+            Err(vchan::Error::NoServer { .. }) => {}
+            other => panic!("a second client: {other:?}"),
+        }
+        client.write_all(b"still connected").unwrap();
+        client.close().unwrap();
+        let mut buf = [0u8; 64];
+        let n = server.read(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"still connected");
+        server.close().unwrap();
+        host.assert_clean();
+    });
+}

@@ -451,3 +451,46 @@ fn a_hostile_peer_gives_an_async_reader_a_typed_error_not_a_hang() {
     RawServer::remove_keys(&host, 1);
     host.assert_clean();
 }
+
+/// A client that fails after it has mapped the control page (the page makes no sense, or its
+/// ring pages cannot be mapped) leaves the server's page as it found it: its unmap
+/// notification, armed only once a client has joined, must not clear the waiting server's
+/// `cli_live` as the failed attempt unmaps (the server would read a client that came and went).
+#[test]
+fn a_client_that_fails_after_mapping_leaves_a_waiting_servers_page_as_it_was() {
+    let host = Host::new();
+    // Orders no client accepts, then rings whose grants cannot be mapped.
+    for (port_no, left, right, break_grants) in [(300, 9, 11, false), (301, 12, 12, true)] {
+        let raw = RawServer::publish(&host, port_no, left, right);
+        if break_grants {
+            let page = raw.control.region();
+            page.store_u32(abi::GRANTS, 0xdead, SeqCst);
+        }
+        assert!(connect(&host, port_no).is_err());
+        let page = raw.control.region();
+        assert_eq!(
+            page.load_u8(abi::CLI_LIVE, SeqCst),
+            abi::LIVE_WAITING,
+            "orders ({left}, {right}): the failed client cleared the server's cli_live"
+        );
+        drop(raw);
+        RawServer::remove_keys(&host, port_no);
+    }
+    host.assert_clean();
+}
+
+/// A second client that finds the server taken is refused, and its attempt leaves the first
+/// client's connection alone: the server still sees it connected, and data flows.
+#[test]
+fn a_refused_second_client_leaves_the_first_ones_connection_alone() {
+    let host = Host::new();
+    let (server, client) = host.pair(RingSizes::default());
+    // Refused, whether at the port (taken) or at the page (not waiting).
+    assert!(connect(&host, 1).is_err());
+    assert_eq!(server.state().unwrap(), vchan::State::Connected);
+    client.write(b"still here").unwrap();
+    let mut buf = [0u8; 16];
+    assert_eq!(server.read(&mut buf).unwrap(), 10);
+    drop((server, client));
+    host.assert_clean();
+}

@@ -274,6 +274,26 @@ impl<'a> SharedRegion<'a> {
         unsafe { AtomicU32::from_ptr(ptr.cast()) }.store(value, order);
     }
 
+    /// Atomically replace the 16-bit word at `offset` with `new` if it holds `current`:
+    /// `Ok(current)` if it did, `Err(actual)` with the value found otherwise (a grant entry's
+    /// flags are ended this way, so that the grantee's mapping cannot slip in between).
+    ///
+    /// Panics as [`store_u16`](Self::store_u16) does for the place.
+    #[inline]
+    #[track_caller]
+    pub fn compare_exchange_u16(
+        &self,
+        offset: usize,
+        current: u16,
+        new: u16,
+        success: Ordering,
+        failure: Ordering,
+    ) -> Result<u16, u16> {
+        let ptr = self.at_mut(offset, 2, 2);
+        // SAFETY: as in `store_u16`.
+        unsafe { AtomicU16::from_ptr(ptr.cast()) }.compare_exchange(current, new, success, failure)
+    }
+
     /// Atomically OR `bits` into the byte at `offset`; returns the previous value.
     ///
     /// Panics if `offset` is outside the region.
@@ -555,6 +575,14 @@ mod tests {
         assert_eq!(region.fetch_and_u8(63, !1, Ordering::SeqCst), 0x87);
         assert_eq!(region.swap_u8(63, 3, Ordering::SeqCst), 0x86);
         assert_eq!(region.load_u8(63, Ordering::SeqCst), 3);
+        assert_eq!(
+            region.compare_exchange_u16(10, 0xbeef, 1, Ordering::SeqCst, Ordering::SeqCst),
+            Ok(0xbeef)
+        );
+        assert_eq!(
+            region.compare_exchange_u16(10, 0xbeef, 2, Ordering::SeqCst, Ordering::SeqCst),
+            Err(1)
+        );
         let mut out = [0u8; 4];
         region.copy_out(4, &mut out);
         assert_eq!(u32::from_ne_bytes(out), 0x0102_0304);

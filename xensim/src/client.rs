@@ -375,14 +375,17 @@ impl Drop for XensimShared {
                       // SAFETY: the region is mapped read-write for `len` bytes, page-aligned, until `self` is dropped
                       // (a share is only handed out with its region).
 unsafe impl SharedMemory for XensimShared {
+    #[inline]
     fn as_ptr(&self) -> NonNull<u8> {
         self.region
             .as_ref()
             .map_or(NonNull::dangling(), |r| r.ptr())
     }
+    #[inline]
     fn len(&self) -> usize {
         self.region.as_ref().map_or(0, |r| r.len())
     }
+    #[inline]
     fn is_writable(&self) -> bool {
         // The sharer's own mapping: it fills the pages, whatever the grantee may do.
         true
@@ -434,14 +437,17 @@ impl Drop for XensimMapping {
                       // SAFETY: the region is mapped (read-only unless writable was asked) for `len` bytes,
                       // page-aligned, until `self` is dropped (a mapping is only handed out with its region).
 unsafe impl SharedMemory for XensimMapping {
+    #[inline]
     fn as_ptr(&self) -> NonNull<u8> {
         self.region
             .as_ref()
             .map_or(NonNull::dangling(), |r| r.ptr())
     }
+    #[inline]
     fn len(&self) -> usize {
         self.region.as_ref().map_or(0, |r| r.len())
     }
+    #[inline]
     fn is_writable(&self) -> bool {
         self.writable
     }
@@ -537,6 +543,18 @@ impl GrantMap for XensimGnt {
         };
         mapping.region = Some(Region::map_files(&pages, file_of, writable)?);
         Ok(mapping)
+    }
+
+    fn set_unmap_notify(&self, mapping: &XensimMapping, notify: UnmapNotify) -> io::Result<()> {
+        let len = mapping.region.as_ref().map_or(0, |r| r.len());
+        let request = Request::SetMapNotify {
+            id: mapping.id,
+            notify: wire_notify(Some(notify), len)?,
+        };
+        match mapping.conn.call(&request)? {
+            Reply::Done => Ok(()),
+            _ => Err(mismatched()),
+        }
     }
 }
 

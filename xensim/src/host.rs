@@ -554,6 +554,13 @@ impl Host {
                 refs,
             } => self.map(handle, granter, &refs, writable, notify.into()),
             Request::Unmap(id) => self.model(handle, model::Request::Unmap(id)),
+            Request::SetMapNotify { id, notify } => self.model(
+                handle,
+                model::Request::SetMapNotify {
+                    id,
+                    notify: notify.into(),
+                },
+            ),
             Request::Cancel(id) => {
                 let mut state = lock(&self.inner.state);
                 match state.hypervisor.handle(handle).map(|(_, kind)| kind) {

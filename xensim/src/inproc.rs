@@ -375,17 +375,28 @@ impl GrantMap for SimGnt {
             }
         }
     }
+
+    fn set_unmap_notify(&self, mapping: &SimMapping, notify: UnmapNotify) -> io::Result<()> {
+        mapping.handle.request(Request::SetMapNotify {
+            id: mapping.id,
+            notify: notify_request(Some(notify)),
+        })?;
+        Ok(())
+    }
 }
 
 #[allow(unsafe_code)] // The trait's contract is the implementor's promise.
                       // SAFETY: the region is mapped read-write for `len` bytes, page-aligned, until `self` is dropped.
 unsafe impl SharedMemory for SimShared {
+    #[inline]
     fn as_ptr(&self) -> NonNull<u8> {
         self.region.ptr()
     }
+    #[inline]
     fn len(&self) -> usize {
         self.region.len()
     }
+    #[inline]
     fn is_writable(&self) -> bool {
         // The sharer's own mapping: it fills the pages, whatever the grantee may do.
         true
@@ -402,12 +413,15 @@ impl SharedPages for SimShared {
                       // SAFETY: the region is mapped (read-only unless writable was asked) for `len` bytes,
                       // page-aligned, until `self` is dropped.
 unsafe impl SharedMemory for SimMapping {
+    #[inline]
     fn as_ptr(&self) -> NonNull<u8> {
         self.region.ptr()
     }
+    #[inline]
     fn len(&self) -> usize {
         self.region.len()
     }
+    #[inline]
     fn is_writable(&self) -> bool {
         self.writable
     }

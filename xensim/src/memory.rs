@@ -180,11 +180,13 @@ mod imp {
         }
 
         /// The first byte.
+        #[inline]
         pub fn ptr(&self) -> NonNull<u8> {
             self.ptr
         }
 
         /// The length in bytes (a non-zero multiple of [`PAGE_SIZE`]).
+        #[inline]
         pub fn len(&self) -> usize {
             self.len
         }
@@ -309,6 +311,7 @@ mod imp {
         }
 
         /// The first byte.
+        #[inline]
         pub fn ptr(&self) -> NonNull<u8> {
             // SAFETY: `first` is a page of the block (checked against the grants), so the offset
             // stays inside the allocation.
@@ -316,6 +319,7 @@ mod imp {
         }
 
         /// The length in bytes (a non-zero multiple of [`PAGE_SIZE`]).
+        #[inline]
         pub fn len(&self) -> usize {
             self.len
         }

@@ -113,6 +113,15 @@ pub enum Request<'a, M> {
     },
     /// End a mapping.
     Unmap(u32),
+    /// Arrange a notification for a mapping made without one (gntdev's `SET_UNMAP_NOTIFY` on a
+    /// mapping that exists): a client sets it only once it has joined, so that a failed attempt
+    /// clears nobody's byte.
+    SetMapNotify {
+        /// The mapping.
+        id: u32,
+        /// What to do when it ends.
+        notify: NotifyRequest,
+    },
 }
 
 /// The model's answer to a [`Request`].
@@ -214,6 +223,10 @@ struct Share<M> {
 #[derive(Debug)]
 struct Mapping<M> {
     handle: HandleId,
+    /// The domain that mapped (whose ports a notification may use).
+    domid: DomId,
+    /// Per page of the region: the memory object and the page within it.
+    pages: Vec<(Arc<M>, usize)>,
     notify: Notify<M>,
 }
 
@@ -421,7 +434,9 @@ impl<M> Hypervisor<M> {
             | Request::Unmask(_)
             | Request::Unbind(_) => HandleKind::Events,
             Request::Share { .. } | Request::Unshare(_) => HandleKind::Share,
-            Request::Map { .. } | Request::Unmap(_) => HandleKind::Map,
+            Request::Map { .. } | Request::Unmap(_) | Request::SetMapNotify { .. } => {
+                HandleKind::Map
+            }
         };
         if record.kind != kind {
             return Err(Errno::EBADF);
@@ -512,7 +527,38 @@ impl<M> Hypervisor<M> {
                 }
                 _ => Err(Errno::EINVAL),
             },
+            Request::SetMapNotify { id, notify } => self.set_map_notify(handle, id, notify),
         }
+    }
+
+    /// A notification for an existing mapping of `handle`'s that has none yet (`EBUSY` if it
+    /// has one: the model keeps one per mapping, as vchan needs).
+    fn set_map_notify(
+        &mut self,
+        handle: HandleId,
+        id: u32,
+        notify: NotifyRequest,
+    ) -> Result<Reply<M>> {
+        let mapping = match self.mappings.get(&id) {
+            Some(m) if m.handle == handle => m,
+            _ => return Err(Errno::EINVAL),
+        };
+        if mapping.notify.clear.is_some() || mapping.notify.event.is_some() {
+            return Err(Errno::EBUSY);
+        }
+        let clear = match notify.clear_byte {
+            Some(offset) => {
+                let (memory, page) = mapping.pages.get(offset / PAGE_SIZE).ok_or(Errno::EINVAL)?;
+                Some((Arc::clone(memory), page * PAGE_SIZE + offset % PAGE_SIZE))
+            }
+            None => None,
+        };
+        let domid = mapping.domid;
+        let event = self.hold_port(domid, notify.event)?;
+        if let Some(mapping) = self.mappings.get_mut(&id) {
+            mapping.notify = Notify { clear, event };
+        }
+        Ok(Reply::Done)
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -617,6 +663,8 @@ impl<M> Hypervisor<M> {
             id,
             Mapping {
                 handle,
+                domid,
+                pages: pages.clone(),
                 notify: Notify { clear, event },
             },
         );

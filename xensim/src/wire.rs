@@ -98,6 +98,7 @@ mod op {
     pub const STATS: u32 = 13;
     pub const DOMAIN_EXISTS: u32 = 14;
     pub const GNT_CANCEL: u32 = 15;
+    pub const GNT_SET_NOTIFY: u32 = 16;
 
     /// Whether the sender of `op` waits for an answer (all but notify and unmask).
     pub fn has_reply(op: u32) -> bool {
@@ -194,6 +195,8 @@ pub(crate) enum Request {
     },
     /// `[GNT_UNMAP, id]` -> done.
     Unmap(u32),
+    /// `[GNT_SET_NOTIFY, id, notify...]` -> done: a notification for a mapping made without.
+    SetMapNotify { id: u32, notify: Notify },
     /// `[GNT_CANCEL, id]` -> done: forget a share or mapping this handle could not complete
     /// (its mmap failed), without its unmap notification, which was never in force.
     Cancel(u32),
@@ -551,6 +554,11 @@ impl Request {
                 word(op::GNT_UNMAP);
                 word(*id);
             }
+            Request::SetMapNotify { id, notify: n } => {
+                word(op::GNT_SET_NOTIFY);
+                word(*id);
+                notify(word, n);
+            }
             Request::Cancel(id) => {
                 word(op::GNT_CANCEL);
                 word(*id);
@@ -600,6 +608,10 @@ impl Request {
                     refs: w.rest(GrantRef),
                 },
                 op::GNT_UNMAP => Request::Unmap(w.next()?),
+                op::GNT_SET_NOTIFY => Request::SetMapNotify {
+                    id: w.next()?,
+                    notify: w.notify()?,
+                },
                 op::GNT_CANCEL => Request::Cancel(w.next()?),
                 op::DOMAIN_CREATE => Request::CreateDomain(w.domid()?),
                 op::DOMAIN_DESTROY => Request::DestroyDomain(w.domid()?),
@@ -630,6 +642,7 @@ impl Request {
             Request::Unbind(_)
             | Request::Unshare(_)
             | Request::Unmap(_)
+            | Request::SetMapNotify { .. }
             | Request::Cancel(_)
             | Request::CreateDomain(_)
             | Request::DestroyDomain(_) => ReplyKind::Done,
@@ -1041,6 +1054,13 @@ mod tests {
             Request::Unshare(0),
             Request::Unmap(u32::MAX),
             Request::Cancel(3),
+            Request::SetMapNotify {
+                id: 7,
+                notify: Notify {
+                    clear_byte: Some(20),
+                    event: Some(Port(3)),
+                },
+            },
             Request::CreateDomain(DomId(5)),
             Request::DestroyDomain(DomId(0x7fef)),
             Request::Stats,

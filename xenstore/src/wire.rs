@@ -30,7 +30,11 @@
 //! ```
 
 use crate::{DomId, Errno, Perm, TxId, WatchEvent};
-use std::fmt;
+use alloc::borrow::ToOwned;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use alloc::{format, vec};
+use core::fmt;
 use zerocopy::FromBytes;
 
 /// The size of a message header in bytes.
@@ -529,16 +533,16 @@ fn nul_strings(payload: &[u8]) -> Option<Vec<&[u8]>> {
 }
 
 fn utf8(bytes: &[u8]) -> Result<String, Errno> {
-    std::str::from_utf8(bytes)
+    core::str::from_utf8(bytes)
         .map(str::to_owned)
         .map_err(|_| Errno::EINVAL)
 }
 
-fn number<T: std::str::FromStr>(bytes: &[u8]) -> Result<T, Errno> {
+fn number<T: core::str::FromStr>(bytes: &[u8]) -> Result<T, Errno> {
     if bytes.is_empty() || !bytes.iter().all(u8::is_ascii_digit) {
         return Err(Errno::EINVAL);
     }
-    std::str::from_utf8(bytes)
+    core::str::from_utf8(bytes)
         .map_err(|_| Errno::EINVAL)?
         .parse()
         .map_err(|_| Errno::EINVAL)
@@ -565,7 +569,7 @@ fn path_arg(bytes: &[u8], kind: PathKind) -> Result<String, Errno> {
 }
 
 fn parse_perm(bytes: &[u8]) -> Result<Perm, Errno> {
-    std::str::from_utf8(bytes)
+    core::str::from_utf8(bytes)
         .map_err(|_| Errno::EINVAL)?
         .parse()
         .map_err(|_| Errno::EINVAL)
@@ -810,7 +814,7 @@ fn reply_strings(payload: &[u8], what: &str) -> crate::Result<Vec<String>> {
     parts
         .into_iter()
         .map(|p| {
-            std::str::from_utf8(p)
+            core::str::from_utf8(p)
                 .map(str::to_owned)
                 .map_err(|_| bad_reply(what))
         })
@@ -921,7 +925,7 @@ impl Reply {
             MsgType::DirectoryPart => {
                 let bad = || bad_reply("directory part");
                 let gen_end = p.iter().position(|b| *b == 0).ok_or_else(bad)?;
-                let generation = std::str::from_utf8(&p[..gen_end])
+                let generation = core::str::from_utf8(&p[..gen_end])
                     .ok()
                     .and_then(|s| s.parse().ok())
                     .ok_or_else(bad)?;
@@ -942,7 +946,11 @@ impl Reply {
                 } else {
                     names
                         .split(|b| *b == 0)
-                        .map(|n| std::str::from_utf8(n).map(str::to_owned).map_err(|_| bad()))
+                        .map(|n| {
+                            core::str::from_utf8(n)
+                                .map(str::to_owned)
+                                .map_err(|_| bad())
+                        })
                         .collect::<crate::Result<Vec<_>>>()?
                 };
                 Reply::DirectoryPart {
@@ -988,7 +996,7 @@ impl fmt::Display for MsgType {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "std"))]
 mod tests {
     use super::*;
     use crate::Access;

@@ -11,52 +11,10 @@ use std::process::ExitCode;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use tools::parse_size;
+use tools::cli::vchan_bench::Cli;
 use vchan::sim::SimXen;
 use vchan::{Address, RingSizes, Vchan};
 use xen_types::DomId;
-
-const USAGE: &str = "usage: vchan-bench [--bytes SIZE] [--ring SIZE] [--chunk SIZE] [--duplex]
-
-Moves SIZE bytes (default 1G) from a client in simulated domain 1 to a server in dom0 over a
-vchan with rings of at least --ring bytes each way (default 64k), in writes and reads of --chunk
-bytes (default 64k), checks every byte, and prints the throughput. --duplex sends SIZE bytes each
-way at once. Sizes take k, M, G suffixes (powers of 1024).";
-
-struct Options {
-    bytes: usize,
-    ring: usize,
-    chunk: usize,
-    duplex: bool,
-}
-
-fn parse_args() -> Result<Options, String> {
-    let mut options = Options {
-        bytes: 1 << 30,
-        ring: 64 << 10,
-        chunk: 64 << 10,
-        duplex: false,
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let mut value = |name: &str| args.next().ok_or_else(|| format!("{name} needs a value"));
-        match arg.as_str() {
-            "--bytes" => options.bytes = parse_size(&value("--bytes")?)?,
-            "--ring" => options.ring = parse_size(&value("--ring")?)?,
-            "--chunk" => options.chunk = parse_size(&value("--chunk")?)?,
-            "--duplex" => options.duplex = true,
-            "-h" | "--help" => {
-                println!("{USAGE}");
-                std::process::exit(0);
-            }
-            other => return Err(format!("unknown argument {other:?}\n\n{USAGE}")),
-        }
-    }
-    if options.chunk == 0 {
-        return Err("--chunk must be at least 1".into());
-    }
-    Ok(options)
-}
 
 /// A cheap, position-dependent byte stream both ends can compute.
 fn fill(buf: &mut [u8], offset: u64) {
@@ -107,7 +65,7 @@ fn rate(bytes: usize, elapsed: Duration) -> String {
     )
 }
 
-fn run(options: &Options) -> Result<(), String> {
+fn run(options: &Cli) -> Result<(), String> {
     let xen = SimXen::new();
     let dom0 = xen.domain(DomId::DOM0);
     let guest = xen
@@ -173,8 +131,11 @@ fn run(options: &Options) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    let outcome = parse_args().and_then(|options| run(&options));
-    match outcome {
+    let cli: Cli = match tools::parse_cli(tools::cli::plain_words) {
+        Ok(cli) => cli,
+        Err(status) => return status,
+    };
+    match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("vchan-bench: {message}");

@@ -19,34 +19,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::Duration;
 
-use conduit_vchan::{Connection, Connector, Endpoint, ListenOptions, Listener, Transport};
-use tools::{describe, parse_seconds, parse_size, platform, Platform};
+use conduit_vchan::{Connection, Connector, Endpoint, ListenOptions, Listener, Transport, Xen};
+use tools::cli::parse_domid;
+use tools::cli::vchan_cat::Cli;
+use tools::describe;
 use vchan::{Address, Backend, RingSizes, Vchan};
 use xen_types::DomId;
-
-const USAGE: &str = "\
-usage: vchan-cat [OPTIONS] -l DOMID PORT|PATH   serve client domain DOMID
-       vchan-cat [OPTIONS] DOMID PORT|PATH      connect to server domain DOMID
-       vchan-cat [OPTIONS] -l ENDPOINT          accept one connection on an endpoint name
-       vchan-cat [OPTIONS] ENDPOINT             connect to an endpoint name
-Copies standard input to the peer and the peer to standard output; exits 0 once the peer has
-closed and everything it sent is written. An integer PORT means data/vchan/<client>/<PORT> under
-the server's home. ENDPOINT is vchan://DOMAIN/PORT, vchan://DOMAIN/SERVICE, vchan://*/SERVICE
-(-l only), tcp://HOST:PORT, unix:///ABS/PATH or unix:REL (see vchan-proxy for TLS).
-options:
-  -N               at the end of standard input: DOMID form, close the channel (all of the
-                   input is delivered); ENDPOINT form, half-close it (the peer reads the end
-                   and may still answer; a libxenvchan peer sees the end only at the close)
-  --read-min SIZE  server: bytes it can receive without the client waiting (k/M suffixes)
-  --write-min SIZE server: bytes it can send without waiting (k/M suffixes)
-  --wait SECS      client: wait this long for the server to appear (default: DOMID form, fail
-                   at once; ENDPOINT form, 10 s, as a service answers through xenstore)
-examples:
-  vchan-cat -l 5 7 < file          serve domain 5 at integer port 7, send it a file
-  vchan-cat --wait 10 0 7 > copy   in domain 5: fetch it
-  vchan-cat -l 'vchan://*/svc'     answer one connection to the service svc
-  vchan-cat -N vchan://0/svc       in another domain: call it
-The simulated host is used when XENSIM_DIR is set (see `xensim run`), else real Xen.";
 
 /// How often a thread that may have to stop looks up from a wait.
 const POLL: Duration = Duration::from_millis(50);
@@ -67,56 +45,18 @@ enum Peer {
     Endpoint(Endpoint),
 }
 
-fn parse(args: Vec<String>) -> Result<Options, String> {
-    let mut listen = false;
-    let mut close_on_eof = false;
-    let mut sizes = RingSizes::default();
-    let mut sizes_given = false;
-    let mut wait = None;
-    let mut positional = Vec::new();
-    let mut args = args.into_iter();
-    while let Some(arg) = args.next() {
-        let (flag, inline) = match arg.split_once('=') {
-            Some((flag, value)) if flag.starts_with("--") => {
-                (flag.to_owned(), Some(value.to_owned()))
-            }
-            _ => (arg.clone(), None),
-        };
-        let mut value = |name: &str| {
-            inline
-                .clone()
-                .or_else(|| args.next())
-                .ok_or_else(|| format!("{name} needs a value"))
-        };
-        match flag.as_str() {
-            "-l" | "--listen" => listen = true,
-            "-N" => close_on_eof = true,
-            "--read-min" => {
-                sizes.server_read = parse_size(&value("--read-min")?)?;
-                sizes_given = true;
-            }
-            "--write-min" => {
-                sizes.server_write = parse_size(&value("--write-min")?)?;
-                sizes_given = true;
-            }
-            "--wait" => {
-                let text = value("--wait")?;
-                wait = Some(parse_seconds(&text).map_err(|e| format!("--wait: {e}"))?);
-            }
-            "--" => positional.extend(args.by_ref()),
-            other if other.starts_with('-') && other.len() > 1 => {
-                return Err(format!("unknown option {other:?}"))
-            }
-            _ => positional.push(arg),
-        }
-    }
-    let peer = match <[String; 2]>::try_from(positional) {
+/// The options, checked against each other and the form of the peer (a usage mistake is the
+/// `Err`).
+fn options(cli: Cli) -> Result<Options, String> {
+    let sizes_given = cli.read_min.is_some() || cli.write_min.is_some();
+    let defaults = RingSizes::default();
+    let sizes = RingSizes {
+        server_read: cli.read_min.unwrap_or(defaults.server_read),
+        server_write: cli.write_min.unwrap_or(defaults.server_write),
+    };
+    let peer = match <[String; 2]>::try_from(cli.peer) {
         Ok([domid, address]) => {
-            let domid = domid
-                .parse::<DomId>()
-                .ok()
-                .filter(|d| d.is_normal())
-                .ok_or_else(|| format!("{domid:?} is not a domain id"))?;
+            let domid = parse_domid(&domid)?;
             if address.is_empty() {
                 return Err("the PORT|PATH argument is empty".into());
             }
@@ -145,20 +85,20 @@ fn parse(args: Vec<String>) -> Result<Options, String> {
             ))
         }
     };
-    if !listen && sizes_given {
+    if !cli.listen && sizes_given {
         return Err(
             "--read-min and --write-min are for the server (-l): the server sizes the rings".into(),
         );
     }
-    if listen && wait.is_some() {
+    if cli.listen && cli.wait.is_some() {
         return Err("--wait is for the client: a server waits for its client anyway".into());
     }
     Ok(Options {
-        listen,
-        close_on_eof,
+        listen: cli.listen,
+        close_on_eof: cli.close_on_eof,
         sizes,
         sizes_given,
-        wait,
+        wait: cli.wait,
         peer,
     })
 }
@@ -374,20 +314,23 @@ fn run_endpoint(opts: &Options, endpoint: &Endpoint) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.iter().any(|a| a == "-h" || a == "--help") {
-        let _ = writeln!(std::io::stdout(), "{USAGE}");
-        return ExitCode::SUCCESS;
-    }
-    let outcome = parse(args)
+    let cli: Cli = match tools::parse_cli(tools::cli::plain_words) {
+        Ok(cli) => cli,
+        Err(status) => return status,
+    };
+    let outcome = options(cli)
         .map_err(|e| (format!("{e} (see 'vchan-cat --help')"), 2))
         .and_then(|opts| {
             let outcome = match &opts.peer {
                 Peer::Endpoint(endpoint) => run_endpoint(&opts, endpoint),
-                Peer::Domain { domid, address } => match platform().map_err(|e| (e, 1))? {
-                    Platform::Xensim(backend) => run(&backend, &opts, *domid, address),
-                    Platform::Xen(backend) => run(&backend, &opts, *domid, address),
-                },
+                Peer::Domain { domid, address } => {
+                    match Xen::from_env().map_err(|e| (e.to_string(), 1))? {
+                        Xen::Xensim(backend) => run(&backend, &opts, *domid, address),
+                        Xen::Real(backend) => run(&backend, &opts, *domid, address),
+                        // Never from the environment: the in-process simulation is made in code.
+                        Xen::Sim(backend) => run(&backend, &opts, *domid, address),
+                    }
+                }
             };
             outcome.map_err(|e| (e, 1))
         });

@@ -31,8 +31,14 @@ use std::process::{Child, Command, ExitCode, ExitStatus, Stdio};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
-use tools::{describe, platform, Platform};
+// The proxy row, in a file of its own beside this one.
+#[path = "vchan-perf/proxy.rs"]
+mod proxy;
+
+use conduit_vchan::Xen;
+use proxy::{Carrier, Rig};
+use tools::cli::vchan_perf::{Cli, Cmd, Mode, PeerRole, TableArgs};
+use tools::describe;
 use vchan::layout::{Layout, Side};
 use vchan::xensim::XensimDomain;
 use vchan::{Address, Backend, RingSizes, State, Vchan, VchanError};
@@ -52,132 +58,6 @@ const RINGS: [usize; 3] = [0, 64 << 10, 1 << 20];
 const WRITES: [usize; 2] = [4 << 10, 64 << 10];
 /// The ping-pong cell of the table: 64-byte messages over 64 KiB rings.
 const PINGPONG: (usize, usize) = (64 << 10, 64);
-
-const EXAMPLES: &str = "\
-Examples:
-  scripts/bench                                   build everything, print the table (~2 min)
-  scripts/bench --quick --svg target/bench.svg    a short run, plus a bar chart
-  xensim run --dir /tmp/xen --domid 0 -- vchan-perf table --c-peer ./vchan-perf-c --runs 5
-  vchan-perf peer server 5 1 65536 stream 65536 4000000000   # in dom0, serving domain 5
-  vchan-perf peer client 0 1 stream 65536 4000000000         # in domain 5: `stream BYTES NS`
-  vchan-perf report results.txt --svg results.svg             # lines gathered on real Xen";
-
-/// Measure vchan throughput and latency against libxenvchan and local baselines.
-#[derive(Parser)]
-#[command(name = "vchan-perf", version, after_help = EXAMPLES)]
-#[command(color = clap::ColorChoice::Never)]
-struct Cli {
-    #[command(subcommand)]
-    command: Cmd,
-}
-
-#[derive(Subcommand)]
-enum Cmd {
-    /// One end of one measurement (the protocol tests/c/vchan-perf.c shares).
-    #[command(subcommand)]
-    Peer(PeerRole),
-    /// Measure every cell on the simulated host and print the comparison table.
-    ///
-    /// Runs under `xensim run --domid 0` with domain 1 created (scripts/bench does both): each
-    /// vchan cell is a server in dom0 writing to a client in dom1.
-    Table(TableArgs),
-    /// Print the table from measurement lines gathered elsewhere (for example on real Xen).
-    ///
-    /// Lines: `IMPL RING_MIN MSG_SIZE stream BYTES NANOS` or
-    /// `IMPL RING_MIN MSG_SIZE pingpong ROUNDS P50_NS P99_NS`, IMPL being ours or c (or a
-    /// baseline: socketpair, pipe, tcp, memcpy). Blank lines and `#` comments are skipped; several
-    /// lines for one cell keep the best.
-    Report {
-        /// The file of measurement lines (`-` for standard input).
-        file: PathBuf,
-        /// Also write the figures as an SVG bar chart.
-        #[arg(long, value_name = "FILE")]
-        svg: Option<PathBuf>,
-    },
-}
-
-/// The two ends of a measurement.
-#[derive(Subcommand)]
-enum PeerRole {
-    /// Serve CLIENT_DOMID at data/vchan/CLIENT_DOMID/PORT: send the stream, or echo.
-    Server {
-        /// The client's domain.
-        #[arg(value_parser = parse_domid)]
-        client_domid: DomId,
-        /// The vchan port (the path data/vchan/CLIENT/PORT under this domain's home).
-        port: u32,
-        /// Minimum size of both rings in bytes (0: the in-page 1024/2048-byte rings).
-        ring_min: usize,
-        /// What to measure.
-        mode: Mode,
-        /// Bytes per write (stream) or per message (pingpong).
-        msg_size: usize,
-        /// Bytes to send (stream) or timed rounds (pingpong).
-        count: u64,
-    },
-    /// Connect to SERVER_DOMID's vchan; print the measurement on standard output.
-    Client {
-        /// The server's domain.
-        #[arg(value_parser = parse_domid)]
-        server_domid: DomId,
-        /// The vchan port.
-        port: u32,
-        /// What to measure.
-        mode: Mode,
-        /// Bytes per read (stream) or per message (pingpong).
-        msg_size: usize,
-        /// Bytes to receive (stream) or timed rounds (pingpong).
-        count: u64,
-    },
-}
-
-/// The two measurements.
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Mode {
-    /// Server to client throughput.
-    Stream,
-    /// Round-trip latency of one message.
-    Pingpong,
-}
-
-impl fmt::Display for Mode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Mode::Stream => "stream",
-            Mode::Pingpong => "pingpong",
-        })
-    }
-}
-
-/// Options of `table`.
-#[derive(Args)]
-struct TableArgs {
-    /// Runs per cell; the best is shown.
-    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
-    runs: u32,
-    /// A much shorter run (one short run per cell): checks that everything works.
-    #[arg(long)]
-    quick: bool,
-    /// Also write the figures as an SVG bar chart.
-    #[arg(long, value_name = "FILE")]
-    svg: Option<PathBuf>,
-    /// The C peer (tests/c/vchan-perf.c, compiled); without it the C columns say n/a.
-    #[arg(long, value_name = "PATH")]
-    c_peer: Option<PathBuf>,
-    /// The Rust peer (default: this executable).
-    #[arg(long, value_name = "PATH")]
-    peer_bin: Option<PathBuf>,
-    /// Log every run (its size and duration) on standard error.
-    #[arg(long, short)]
-    verbose: bool,
-}
-
-fn parse_domid(text: &str) -> Result<DomId, String> {
-    text.parse::<DomId>()
-        .ok()
-        .filter(|d| d.is_normal())
-        .ok_or_else(|| format!("{text:?} is not a domain id (0 to 32751)"))
-}
 
 // ------------------------------------------------------------------------------------------------
 // The measurement protocol, shared by the vchan peers and the in-process baselines.
@@ -337,8 +217,8 @@ fn pong(
 // ------------------------------------------------------------------------------------------------
 // The vchan peers.
 
-/// Run one end; a client returns its result line.
-fn peer<B: Backend>(backend: &B, role: &PeerRole) -> Result<Option<String>, String> {
+/// Run one end (or, looped back, both); a client returns its result line.
+fn peer<B: Backend + Sync>(backend: &B, role: &PeerRole) -> Result<Option<String>, String> {
     match *role {
         PeerRole::Server {
             client_domid,
@@ -347,82 +227,166 @@ fn peer<B: Backend>(backend: &B, role: &PeerRole) -> Result<Option<String>, Stri
             mode,
             msg_size,
             count,
-        } => {
-            check_msg(msg_size)?;
-            let sizes = RingSizes {
-                server_read: ring_min,
-                server_write: ring_min,
-            };
-            let vchan = Vchan::server(backend, client_domid, &Address::Port(port), sizes)
-                .map_err(|e| format!("cannot serve domain {client_domid}: {}", describe(&e)))?;
-            match vchan.wait_connected(Some(SERVER_WAIT)) {
-                Ok(State::Connected) => {}
-                Ok(State::PeerClosed) => return Err("the client closed at once".into()),
-                Ok(State::WaitingForPeer) | Err(VchanError::TimedOut) => {
-                    return Err(format!(
-                        "domain {client_domid} did not connect within {SERVER_WAIT:?}"
-                    ))
-                }
-                Err(e) => return Err(format!("waiting for the client: {}", describe(&e))),
-            }
-            match mode {
-                Mode::Stream => send_stream(|b| (&vchan).write_all(b), msg_size, count)?,
-                Mode::Pingpong => pong(
-                    |b| vchan.recv(b).map_err(io::Error::from),
-                    |b| vchan.send(b).map_err(io::Error::from),
-                    msg_size,
-                    count,
-                )?,
-            }
-            vchan
-                .close()
-                .map_err(|e| format!("cannot close: {}", describe(&e)))?;
-            Ok(None)
-        }
+        } => serve(backend, client_domid, port, ring_min, mode, msg_size, count).map(|()| None),
         PeerRole::Client {
             server_domid,
             port,
             mode,
             msg_size,
             count,
-        } => {
-            check_msg(msg_size)?;
-            let vchan = Vchan::client(
-                backend,
-                server_domid,
-                &Address::Port(port),
-                Some(CONNECT_WAIT),
-            )
-            .map_err(|e| {
-                format!(
-                    "cannot connect to domain {server_domid} port {port}: {}",
-                    describe(&e)
-                )
-            })?;
-            let line = match mode {
-                Mode::Stream => {
-                    let t = receive_stream(|b| Ok(vchan.read(b)?), msg_size, count)?;
-                    format!("stream {} {}", t.bytes, t.nanos)
-                }
-                Mode::Pingpong => {
-                    if count == 0 {
-                        return Err("a ping-pong needs at least one round".into());
-                    }
-                    let l = ping(
-                        |b| vchan.send(b).map_err(io::Error::from),
-                        |b| vchan.recv(b).map_err(io::Error::from),
-                        msg_size,
-                        count,
-                    )?;
-                    format!("pingpong {} {} {}", l.rounds, l.p50, l.p99)
-                }
-            };
-            vchan
-                .close()
-                .map_err(|e| format!("cannot close: {}", describe(&e)))?;
-            Ok(Some(line))
+        } => connect(backend, server_domid, port, mode, msg_size, count).map(Some),
+        PeerRole::Ops {
+            domid,
+            port,
+            ring_min,
+            msg_size,
+            count,
+        } => ops(backend, domid, port, ring_min, msg_size, count).map(Some),
+        PeerRole::Loopback {
+            domid,
+            port,
+            ring_min,
+            mode,
+            msg_size,
+            count,
+        } => thread::scope(|s| {
+            let server = s.spawn(|| serve(backend, domid, port, ring_min, mode, msg_size, count));
+            let line = connect(backend, domid, port, mode, msg_size, count);
+            let served = server
+                .join()
+                .unwrap_or_else(|_| Err("the server thread panicked".into()));
+            let line = line?;
+            served.map(|()| Some(line))
+        }),
+    }
+}
+
+/// Both ends in this thread, non-blocking: `count` rounds of a write and the reads that drain it
+/// (as the C peer's `ops`, for an instruction count of the calls themselves).
+fn ops<B: Backend>(
+    backend: &B,
+    domid: DomId,
+    port: u32,
+    ring_min: usize,
+    msg_size: usize,
+    count: u64,
+) -> Result<String, String> {
+    check_msg(msg_size)?;
+    let sizes = RingSizes {
+        server_read: ring_min,
+        server_write: ring_min,
+    };
+    let server = Vchan::server(backend, domid, &Address::Port(port), sizes)
+        .map_err(|e| format!("cannot serve: {}", describe(&e)))?;
+    let client = Vchan::client(backend, domid, &Address::Port(port), Some(CONNECT_WAIT))
+        .map_err(|e| format!("cannot connect: {}", describe(&e)))?;
+    server.set_nonblocking(true);
+    client.set_nonblocking(true);
+    let sent = pattern(msg_size);
+    let mut back = vec![0u8; msg_size];
+    let mut calls = 0u64;
+    for _ in 0..count {
+        let mut done = 0;
+        while done < msg_size {
+            let n = server.write(&sent[done..]).map_err(|e| describe(&e))?;
+            let m = client.read(&mut back).map_err(|e| describe(&e))?;
+            calls += 2;
+            if n == 0 || m != n || back[..n] != sent[done..done + n] {
+                return Err("a round lost or changed bytes".into());
+            }
+            done += n;
         }
     }
+    client.close().map_err(|e| describe(&e))?;
+    server.close().map_err(|e| describe(&e))?;
+    Ok(format!("ops {calls}"))
+}
+
+/// The server's side: serve `client_domid` at `port`, wait for it, then send the stream or echo.
+fn serve<B: Backend>(
+    backend: &B,
+    client_domid: DomId,
+    port: u32,
+    ring_min: usize,
+    mode: Mode,
+    msg_size: usize,
+    count: u64,
+) -> Result<(), String> {
+    check_msg(msg_size)?;
+    let sizes = RingSizes {
+        server_read: ring_min,
+        server_write: ring_min,
+    };
+    let vchan = Vchan::server(backend, client_domid, &Address::Port(port), sizes)
+        .map_err(|e| format!("cannot serve domain {client_domid}: {}", describe(&e)))?;
+    match vchan.wait_connected(Some(SERVER_WAIT)) {
+        Ok(State::Connected) => {}
+        Ok(State::PeerClosed) => return Err("the client closed at once".into()),
+        Ok(State::WaitingForPeer) | Err(VchanError::TimedOut) => {
+            return Err(format!(
+                "domain {client_domid} did not connect within {SERVER_WAIT:?}"
+            ))
+        }
+        Err(e) => return Err(format!("waiting for the client: {}", describe(&e))),
+    }
+    match mode {
+        Mode::Stream => send_stream(|b| (&vchan).write_all(b), msg_size, count)?,
+        Mode::Pingpong => pong(
+            |b| vchan.recv(b).map_err(io::Error::from),
+            |b| vchan.send(b).map_err(io::Error::from),
+            msg_size,
+            count,
+        )?,
+    }
+    vchan
+        .close()
+        .map_err(|e| format!("cannot close: {}", describe(&e)))
+}
+
+/// The client's side: connect, receive the stream or ping, and say what was measured.
+fn connect<B: Backend>(
+    backend: &B,
+    server_domid: DomId,
+    port: u32,
+    mode: Mode,
+    msg_size: usize,
+    count: u64,
+) -> Result<String, String> {
+    check_msg(msg_size)?;
+    let vchan = Vchan::client(
+        backend,
+        server_domid,
+        &Address::Port(port),
+        Some(CONNECT_WAIT),
+    )
+    .map_err(|e| {
+        format!(
+            "cannot connect to domain {server_domid} port {port}: {}",
+            describe(&e)
+        )
+    })?;
+    let line = match mode {
+        Mode::Stream => {
+            let t = receive_stream(|b| Ok(vchan.read(b)?), msg_size, count)?;
+            format!("stream {} {}", t.bytes, t.nanos)
+        }
+        Mode::Pingpong => {
+            if count == 0 {
+                return Err("a ping-pong needs at least one round".into());
+            }
+            let l = ping(
+                |b| vchan.send(b).map_err(io::Error::from),
+                |b| vchan.recv(b).map_err(io::Error::from),
+                msg_size,
+                count,
+            )?;
+            format!("pingpong {} {} {}", l.rounds, l.p50, l.p99)
+        }
+    };
+    vchan
+        .close()
+        .map_err(|e| format!("cannot close: {}", describe(&e)))?;
+    Ok(line)
 }
 
 fn check_msg(msg: usize) -> Result<(), String> {
@@ -433,9 +397,11 @@ fn check_msg(msg: usize) -> Result<(), String> {
 }
 
 fn run_peer(role: &PeerRole) -> Result<(), String> {
-    let line = match platform()? {
-        Platform::Xensim(backend) => peer(&backend, role)?,
-        Platform::Xen(backend) => peer(&backend, role)?,
+    let line = match Xen::from_env().map_err(|e| e.to_string())? {
+        Xen::Xensim(backend) => peer(&backend, role)?,
+        Xen::Real(backend) => peer(&backend, role)?,
+        // Never from the environment: the in-process simulation is made in code.
+        Xen::Sim(backend) => peer(&backend, role)?,
     };
     if let Some(line) = line {
         let mut out = io::stdout().lock();
@@ -455,6 +421,8 @@ fn run_peer(role: &PeerRole) -> Result<(), String> {
 enum Series {
     C,
     Ours,
+    CThreads,
+    OursThreads,
     Socketpair,
     Pipe,
     Tcp,
@@ -462,9 +430,11 @@ enum Series {
 }
 
 impl Series {
-    const ALL: [Series; 6] = [
+    const ALL: [Series; 8] = [
         Series::C,
         Series::Ours,
+        Series::CThreads,
+        Series::OursThreads,
         Series::Socketpair,
         Series::Pipe,
         Series::Tcp,
@@ -476,6 +446,8 @@ impl Series {
         match self {
             Series::C => "c",
             Series::Ours => "ours",
+            Series::CThreads => "c-threads",
+            Series::OursThreads => "ours-threads",
             Series::Socketpair => "socketpair",
             Series::Pipe => "pipe",
             Series::Tcp => "tcp",
@@ -488,6 +460,8 @@ impl Series {
         match self {
             Series::C => "C",
             Series::Ours => "ours",
+            Series::CThreads => "C thr",
+            Series::OursThreads => "ours thr",
             Series::Socketpair => "socketpair",
             Series::Pipe => "pipe",
             Series::Tcp => "TCP",
@@ -499,6 +473,8 @@ impl Series {
         match self {
             Series::C => "#4e79a7",
             Series::Ours => "#e15759",
+            Series::CThreads => "#a0cbe8",
+            Series::OursThreads => "#ff9d9a",
             Series::Socketpair => "#76b7b2",
             Series::Pipe => "#59a14f",
             Series::Tcp => "#edc948",
@@ -508,6 +484,33 @@ impl Series {
 
     fn from_token(token: &str) -> Option<Series> {
         Series::ALL.into_iter().find(|s| s.token() == token)
+    }
+
+    /// The C library's series that ours is compared with (in the same placement).
+    fn versus(self) -> Option<Series> {
+        match self {
+            Series::Ours => Some(Series::C),
+            Series::OursThreads => Some(Series::CThreads),
+            _ => None,
+        }
+    }
+
+    /// Whether both peers run in one process (threads), rather than one per domain.
+    fn threads(self) -> bool {
+        matches!(self, Series::CThreads | Series::OursThreads)
+    }
+
+    /// Whether the series is measured by vchan peers (rather than in process).
+    fn is_vchan(self) -> bool {
+        matches!(
+            self,
+            Series::C | Series::Ours | Series::CThreads | Series::OursThreads
+        )
+    }
+
+    /// Whether the C peer measures it.
+    fn is_c(self) -> bool {
+        matches!(self, Series::C | Series::CThreads)
     }
 }
 
@@ -678,11 +681,12 @@ fn render(head: &[String], rows: &[Vec<String>], left: usize) -> String {
 fn tables(results: &Results, columns: &[Series]) -> String {
     let mut out = String::new();
     if !results.stream.is_empty() {
-        let ratio = columns.contains(&Series::C) && columns.contains(&Series::Ours);
+        // A ratio column after each of ours whose C counterpart is shown.
+        let ratio = |s: &Series| s.versus().filter(|c| columns.contains(c));
         let mut head = vec!["ring".to_owned(), "write".to_owned()];
         for s in columns {
             head.push(s.label().to_owned());
-            if *s == Series::Ours && ratio {
+            if ratio(s).is_some() {
                 head.push("ours/C".to_owned());
             }
         }
@@ -691,8 +695,8 @@ fn tables(results: &Results, columns: &[Series]) -> String {
             let mut row = vec![size_label(ring), size_label(msg)];
             for s in columns {
                 row.push(best.get(s).map_or("n/a".into(), |v| number(*v)));
-                if *s == Series::Ours && ratio {
-                    row.push(match (best.get(&Series::Ours), best.get(&Series::C)) {
+                if let Some(c) = ratio(s) {
+                    row.push(match (best.get(s), best.get(&c)) {
                         (Some(o), Some(c)) => number(o / c),
                         _ => "n/a".into(),
                     });
@@ -740,8 +744,15 @@ fn legend(columns: &[Series]) -> String {
     let mut out = String::from("Columns:\n");
     for s in columns {
         let text = match s {
-            Series::C => "Debian's libxenvchan at both ends (tests/c/vchan-perf.c)",
-            Series::Ours => "vchan-rs at both ends (vchan-perf peer)",
+            Series::C => {
+                "Debian's libxenvchan at both ends (tests/c/vchan-perf.c): a server process in \
+                 dom0, a client process in domain 1"
+            }
+            Series::Ours => "vchan-rs at both ends (vchan-perf peer), placed as C",
+            Series::CThreads => {
+                "Debian's libxenvchan, both ends as two threads of one process in dom0 (loopback)"
+            }
+            Series::OursThreads => "vchan-rs, placed as C thr",
             Series::Socketpair => "a Unix socketpair (SOCK_STREAM), two threads of one process",
             Series::Pipe => "a pipe, two threads of one process",
             Series::Tcp => "TCP over 127.0.0.1 with TCP_NODELAY, two threads of one process",
@@ -751,8 +762,14 @@ fn legend(columns: &[Series]) -> String {
             }
         };
         let _ = writeln!(out, "  {:<10}  {text}", s.label());
-        if *s == Series::Ours && columns.contains(&Series::C) {
-            let _ = writeln!(out, "  {:<10}  ours divided by C", "ours/C");
+        if let Some(c) = s.versus().filter(|c| columns.contains(c)) {
+            let _ = writeln!(
+                out,
+                "  {:<10}  {} divided by {}",
+                "ours/C",
+                s.label(),
+                c.label()
+            );
         }
     }
     out
@@ -1175,15 +1192,21 @@ struct Runner {
 
 impl Runner {
     fn command(&self, series: Series, domid: u16, args: &[String]) -> Command {
-        let mut command = match (series, &self.c) {
-            (Series::C, Some(c)) => Command::new(c),
+        let mut command = match (series.is_c(), &self.c) {
+            (true, Some(c)) => Command::new(c),
             _ => {
                 let mut command = Command::new(&self.ours);
                 command.arg("peer");
                 command
             }
         };
-        // What `xensim run` sets: the domain, its xenstore socket, the stand-in libraries first.
+        command.args(args);
+        self.in_domain(command, domid)
+    }
+
+    /// `command` as `xensim run --domid DOMID` would run it: the domain, its xenstore socket,
+    /// the stand-in libraries first on the library path.
+    fn in_domain(&self, mut command: Command, domid: u16) -> Command {
         let lib = self.dir.join("lib");
         let mut library_path = OsString::from(&lib);
         if let Some(old) = std::env::var_os("LD_LIBRARY_PATH").filter(|p| !p.is_empty()) {
@@ -1195,7 +1218,6 @@ impl Runner {
             }
         }
         command
-            .args(args)
             .env(xensim::ENV_DIR, &self.dir)
             .env(xensim::ENV_DOMID, domid.to_string())
             .env(
@@ -1218,6 +1240,15 @@ impl Runner {
         let port = self.next_port;
         self.next_port = self.next_port.wrapping_add(1);
         let strings = |v: &[&dyn fmt::Display]| v.iter().map(|d| d.to_string()).collect::<Vec<_>>();
+        if series.threads() {
+            // Both ends in one process in dom0, serving itself.
+            let args = strings(&[&"loopback", &0, &port, &ring, &mode, &msg, &count]);
+            let both = Peer::spawn("loopback", self.command(series, 0, &args))?;
+            let line = both.finish(Instant::now() + RUN_LIMIT)?;
+            return Record::parse(&format!("{} {ring} {msg} {}", series.token(), line.trim()))
+                .map(|r| r.figure)
+                .map_err(|e| format!("the loopback peer printed {:?}: {e}", line.trim()));
+        }
         let server_args = strings(&[&"server", &1, &port, &ring, &mode, &msg, &count]);
         let client_args = strings(&[&"client", &0, &port, &mode, &msg, &count]);
         let server = Peer::spawn("server", self.command(series, 0, &server_args))?;
@@ -1315,7 +1346,7 @@ fn stream_baseline(series: Series, ring: usize, msg: usize, count: u64) -> Resul
             local_stream(a, b, msg, count)
         }
         Series::Memcpy => Ok(memcpy_limit(ring, msg, count)),
-        Series::C | Series::Ours => unreachable!("vchan series are measured by their peers"),
+        _ => unreachable!("vchan series are measured by their peers"),
     }
 }
 
@@ -1371,8 +1402,8 @@ fn pingpong_baseline(series: Series, msg: usize, rounds: u64) -> Result<Latency,
 fn first_count(series: Series, ring: usize, quick: bool) -> u64 {
     let mb = match (series, ring) {
         (Series::Memcpy, _) => 1024,
-        (Series::C | Series::Ours, 0) => 8,
-        (Series::C | Series::Ours, r) if r < 1 << 20 => 128,
+        (s, 0) if s.is_vchan() => 8,
+        (s, r) if s.is_vchan() && r < 1 << 20 => 128,
         _ => 256,
     };
     let bytes = mb << 20;
@@ -1429,9 +1460,9 @@ fn progress(text: &str) {
 /// Every cell of the table: the vchan pairs, then the baselines.
 fn measure_all(plan: &Plan, runner: &mut Runner) -> Result<Results, String> {
     let mut results = Results::default();
-    let vchans: Vec<Series> = [Series::C, Series::Ours]
+    let vchans: Vec<Series> = Series::ALL
         .into_iter()
-        .filter(|s| *s == Series::Ours || runner.c.is_some())
+        .filter(|s| s.is_vchan() && (!s.is_c() || runner.c.is_some()))
         .collect();
     let bytes_limits = |msg: usize| (16 * msg as u64, 1 << 38, msg as u64);
     let mut add = |series, (ring, msg), figure| {
@@ -1525,11 +1556,13 @@ fn measure_all(plan: &Plan, runner: &mut Runner) -> Result<Results, String> {
     for series in [
         Series::C,
         Series::Ours,
+        Series::CThreads,
+        Series::OursThreads,
         Series::Socketpair,
         Series::Pipe,
         Series::Tcp,
     ] {
-        if series == Series::C && !vchans.contains(&series) {
+        if series.is_vchan() && !vchans.contains(&series) {
             continue;
         }
         let what = format!(
@@ -1540,7 +1573,7 @@ fn measure_all(plan: &Plan, runner: &mut Runner) -> Result<Results, String> {
         );
         let kept = plan.calibrated(&what, first_rounds, rounds_limits, |rounds| {
             let l = match series {
-                Series::C | Series::Ours => {
+                s if s.is_vchan() => {
                     match runner.pair(series, ring, Mode::Pingpong, msg, rounds)? {
                         Figure::Pingpong(l) => l,
                         Figure::Stream(_) => return Err("the client printed a stream line".into()),
@@ -1565,13 +1598,15 @@ fn measure_all(plan: &Plan, runner: &mut Runner) -> Result<Results, String> {
 }
 
 fn table(args: &TableArgs) -> Result<(), String> {
-    let dir = std::env::var_os(xensim::ENV_DIR)
-        .map(PathBuf::from)
-        .ok_or_else(|| {
-            "`table` runs on the simulated host: start it as `xensim run --dir DIR --domid 0 -- \
-             vchan-perf table` with domain 1 created (scripts/bench does all of this)"
-                .to_owned()
-        })?;
+    let dir =
+        match Xen::from_env() {
+            Ok(Xen::Xensim(host)) => host.dir().to_owned(),
+            _ => return Err(
+                "`table` runs on the simulated host: start it as `xensim run --dir DIR --domid 0 \
+                 -- vchan-perf table` with domain 1 created (scripts/bench does all of this)"
+                    .to_owned(),
+            ),
+        };
     if !xenstore::daemon::socket_path(&dir, DomId(1)).exists() {
         return Err(format!(
             "domain 1 does not exist on the simulated host in {}: create it with \
@@ -1602,7 +1637,19 @@ fn table(args: &TableArgs) -> Result<(), String> {
         verbose: args.verbose,
     };
     let started = Instant::now();
-    let results = measure_all(&plan, &mut runner)?;
+    let results = match args.proxy_only {
+        true => Results::default(),
+        false => measure_all(&plan, &mut runner)?,
+    };
+    let proxy_bin = match &args.proxy_bin {
+        Some(p) => p.clone(),
+        None => runner.ours.with_file_name("vchan-proxy"),
+    };
+    let c_proxy = args.c_proxy.clone().or_else(|| {
+        let debian = PathBuf::from("/usr/lib/xen-4.17/bin/vchan-socket-proxy");
+        debian.is_file().then_some(debian)
+    });
+    let proxies = measure_proxies(&plan, &mut runner, &proxy_bin, c_proxy.as_deref())?;
     progress(&format!(
         "measured in {:.0} s",
         started.elapsed().as_secs_f64()
@@ -1635,10 +1682,14 @@ fn table(args: &TableArgs) -> Result<(), String> {
         );
     }
     out.push('\n');
-    out.push_str(&legend(&columns));
-    out.push('\n');
-    out.push_str(&tables(&results, &columns));
-    if !args.quick {
+    if !args.proxy_only {
+        out.push_str(&legend(&columns));
+        out.push('\n');
+        out.push_str(&tables(&results, &columns));
+        out.push('\n');
+    }
+    out.push_str(&proxy_table(&proxies));
+    if !args.quick && !args.proxy_only {
         progress("idle connected pair");
         let (idle, cpu) = idle_cpu()?;
         let _ = writeln!(
@@ -1652,12 +1703,111 @@ fn table(args: &TableArgs) -> Result<(), String> {
     io::stdout()
         .write_all(out.as_bytes())
         .map_err(|e| format!("cannot write standard output: {e}"))?;
-    if let Some(path) = &args.svg {
+    if let Some(path) = args.svg.as_ref().filter(|_| !args.proxy_only) {
         let title = "vchan-perf: vchan-rs and libxenvchan on the simulated Xen host";
         let subtitle = format!("{}; {}; {runs}", machine(), utc_now());
         write_svg(path, &svg(&results, &columns, title, &subtitle))?;
     }
     Ok(())
+}
+
+/// The proxy row's write size.
+const PROXY_WRITE: usize = 64 << 10;
+
+/// The proxy rows: the best throughput of each carrier (GB/s), `None` where it could not run.
+fn measure_proxies(
+    plan: &Plan,
+    runner: &mut Runner,
+    proxy_bin: &Path,
+    c_proxy: Option<&Path>,
+) -> Result<Vec<(Carrier, Option<f64>)>, String> {
+    if !proxy_bin.is_file() {
+        return Err(format!(
+            "{} does not exist: build it (cargo build --release -p tools) or give --proxy-bin",
+            proxy_bin.display()
+        ));
+    }
+    let mut rows = Vec::new();
+    for carrier in [
+        Carrier::Direct,
+        Carrier::Ours,
+        Carrier::OursBigRings,
+        Carrier::Xen,
+    ] {
+        if carrier == Carrier::Xen && c_proxy.is_none() {
+            rows.push((carrier, None));
+            continue;
+        }
+        let what = format!("proxy row: {}", carrier.label());
+        let rig =
+            Rig::start(runner, carrier, proxy_bin, c_proxy).map_err(|e| format!("{what}: {e}"))?;
+        let mb: u64 = match carrier {
+            Carrier::Direct => 512,
+            Carrier::Ours => 128,
+            Carrier::OursBigRings => 512,
+            Carrier::Xen => 4,
+        };
+        let first = if plan.quick {
+            (mb << 20) / 16
+        } else {
+            mb << 20
+        };
+        let limits = (16 * PROXY_WRITE as u64, 1 << 36, PROXY_WRITE as u64);
+        let kept = plan.calibrated(&what, first, limits, |count| {
+            let t = rig.run(PROXY_WRITE, count)?;
+            Ok((t, t.nanos as f64 / 1e9))
+        })?;
+        let best = kept
+            .iter()
+            .map(|t| t.bytes as f64 / t.nanos.max(1) as f64)
+            .fold(None, |best: Option<f64>, v| {
+                Some(best.map_or(v, |b| b.max(v)))
+            });
+        if let Some(gbs) = best {
+            progress(&format!("{what}: {} GB/s", number(gbs)));
+        }
+        rows.push((carrier, best));
+    }
+    Ok(rows)
+}
+
+/// The proxy rows as a table, with each carrier next to the direct socket, and ours next to
+/// Xen's.
+fn proxy_table(rows: &[(Carrier, Option<f64>)]) -> String {
+    let get = |c: Carrier| rows.iter().find(|(k, _)| *k == c).and_then(|(_, v)| *v);
+    let direct = get(Carrier::Direct);
+    let head = [
+        "through".to_owned(),
+        "GB/s".to_owned(),
+        "vs direct".to_owned(),
+    ];
+    let ratio = |v: Option<f64>, of: Option<f64>| match (v, of) {
+        (Some(v), Some(of)) if of > 0.0 => number(v / of),
+        _ => "n/a".into(),
+    };
+    let mut table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|(c, v)| {
+            vec![
+                c.label().to_owned(),
+                v.map_or("n/a".into(), number),
+                ratio(*v, direct),
+            ]
+        })
+        .collect();
+    table.push(vec![
+        "ours divided by Xen's".to_owned(),
+        ratio(get(Carrier::Ours), get(Carrier::Xen)),
+        String::new(),
+    ]);
+    let mut out = format!(
+        "A stream through a proxy pair, {} writes: a Unix socket -> the carrier -> a Unix socket\n\
+         (the server side's rings: ours 64 KiB by default, vchan-socket-proxy's the in-page\n\
+         1024/2048 it asks for; a ring's worth moves per wake-up, so bigger rings carry more):\n\n",
+        size_label(PROXY_WRITE)
+    );
+    out.push_str(&render(&head, &table, 1));
+    out
 }
 
 /// CPU time used so far by every thread of this process, from the scheduler's own accounting
@@ -1758,7 +1908,7 @@ fn report(file: &Path, svg_path: Option<&Path>) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
-    let cli: Cli = match tools::parse_cli("vchan-perf") {
+    let cli: Cli = match tools::parse_cli(tools::cli::clap_words) {
         Ok(cli) => cli,
         Err(status) => return status,
     };

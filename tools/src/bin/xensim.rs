@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
 use nix::sys::signal::{SigSet, Signal};
+use tools::cli::xensim::{Cli, Cmd, HostDir};
 use tools::describe;
 use xen_types::DomId;
 use xensim::toolstack::{self, ToolstackError};
@@ -22,20 +23,6 @@ use xensim::{Host, HostControl};
 use xenstore::client::Client;
 use xenstore::daemon::{self, Daemon};
 use xenstore::local::LocalStore;
-
-const USAGE: &str = "\
-usage: xensim serve   --dir DIR
-       xensim create  --dir DIR --domid N [--name NAME]
-       xensim destroy --dir DIR --domid N
-       xensim run     --dir DIR --domid N -- CMD [ARGS...]
-       xensim stats   --dir DIR
-serve    run the simulated host in the foreground (until SIGINT or SIGTERM); dom0 exists
-create   create domain N (xenstore: introduced, /local/domain/N/{domid,name})
-destroy  destroy domain N: its processes are killed, their unmap notifications fire and their
-         grants, ports and xenstore home are reclaimed
-run      run CMD as domain N (XENSIM_DIR, XENSIM_DOMID, XENSTORED_PATH and LD_LIBRARY_PATH set)
-stats    print what the host holds (domains, handles, ports, grants, mappings)
-The stand-in C libraries are taken from the directory of this executable, or $XENSIM_LIB_DIR.";
 
 const SHIMS: [&str; 2] = ["libxengnttab", "libxenevtchn"];
 
@@ -59,73 +46,16 @@ fn runtime(message: impl Into<String>) -> Failure {
     }
 }
 
-#[derive(Default)]
-struct Options {
-    dir: Option<PathBuf>,
-    domid: Option<DomId>,
-    name: Option<String>,
-    command: Vec<OsString>,
-}
-
-fn parse(args: Vec<OsString>, allow: &[&str], wants_command: bool) -> Result<Options, Failure> {
-    let mut opts = Options::default();
-    let mut args = args.into_iter();
-    while let Some(arg) = args.next() {
-        let text = arg.to_string_lossy().into_owned();
-        if text == "--" && wants_command {
-            opts.command = args.collect();
-            break;
-        }
-        let (flag, inline) = match text.split_once('=') {
-            Some((flag, value)) if flag.starts_with("--") => {
-                (flag.to_owned(), Some(OsString::from(value)))
-            }
-            _ => (text.clone(), None),
-        };
-        if !allow.contains(&flag.as_str()) {
-            return Err(usage(format!("unexpected argument {text:?}")));
-        }
-        let value = match inline.or_else(|| args.next()) {
-            Some(v) => v,
-            None => return Err(usage(format!("{flag} needs a value"))),
-        };
-        match flag.as_str() {
-            "--dir" => opts.dir = Some(PathBuf::from(value)),
-            "--domid" => {
-                let text = value.to_string_lossy();
-                let domid = text
-                    .parse::<DomId>()
-                    .ok()
-                    .filter(|d| d.is_normal())
-                    .ok_or_else(|| {
-                        usage(format!("--domid {text:?} is not a domain id (0 to 32751)"))
-                    })?;
-                opts.domid = Some(domid);
-            }
-            "--name" => opts.name = Some(value.to_string_lossy().into_owned()),
-            _ => return Err(usage(format!("unexpected argument {text:?}"))),
-        }
-    }
-    if wants_command && opts.command.is_empty() {
-        return Err(usage("run needs a command after --"));
-    }
-    Ok(opts)
-}
-
-fn need_dir(opts: &Options) -> Result<PathBuf, Failure> {
-    let dir = opts.dir.clone().ok_or_else(|| usage("--dir is required"))?;
-    // Absolute, so the paths handed to programs keep working from any working directory.
-    if dir.is_absolute() {
-        Ok(dir)
+/// The host's directory, absolute, so that the paths handed to programs keep working from any
+/// working directory.
+fn host_dir(host: &HostDir) -> Result<PathBuf, Failure> {
+    if host.dir.is_absolute() {
+        Ok(host.dir.clone())
     } else {
         std::env::current_dir()
-            .map(|cwd| cwd.join(&dir))
-            .map_err(|e| runtime(format!("cannot resolve {}: {e}", dir.display())))
+            .map(|cwd| cwd.join(&host.dir))
+            .map_err(|e| runtime(format!("cannot resolve {}: {e}", host.dir.display())))
     }
-}
-
-fn need_domid(opts: &Options) -> Result<DomId, Failure> {
-    opts.domid.ok_or_else(|| usage("--domid is required"))
 }
 
 fn control(dir: &Path) -> Result<HostControl, Failure> {
@@ -143,7 +73,6 @@ fn dom0_store(dir: &Path) -> Result<Client, Failure> {
     })
 }
 
-/// `/local/domain/N/{domid,name}`, owned by N, as a toolstack writes them.
 /// Where the stand-in libraries were built: `$XENSIM_LIB_DIR`, else next to this executable.
 fn shim_dir() -> Result<PathBuf, Failure> {
     let candidates: Vec<PathBuf> = match std::env::var_os("XENSIM_LIB_DIR") {
@@ -197,8 +126,8 @@ fn block_signals() -> Result<SigSet, Failure> {
     Ok(set)
 }
 
-fn serve(opts: &Options) -> Result<(), Failure> {
-    let dir = need_dir(opts)?;
+fn serve(host: &HostDir) -> Result<(), Failure> {
+    let dir = host_dir(host)?;
     let signals = block_signals()?;
     let host = Host::bind(&dir)
         .map_err(|e| runtime(format!("cannot start the host in {}: {e}", dir.display())))?;
@@ -245,21 +174,16 @@ fn toolstack_failure(e: ToolstackError) -> Failure {
     }
 }
 
-fn create(opts: &Options) -> Result<(), Failure> {
-    let dir = need_dir(opts)?;
-    let domid = need_domid(opts)?;
-    let name = opts
-        .name
-        .clone()
-        .unwrap_or_else(|| format!("domain-{domid}"));
+fn create(host: &HostDir, domid: DomId, name: Option<String>) -> Result<(), Failure> {
+    let dir = host_dir(host)?;
+    let name = name.unwrap_or_else(|| format!("domain-{domid}"));
     let host = control(&dir)?;
     let store = dom0_store(&dir)?;
     toolstack::create_domain(&host, &store, domid, &name).map_err(toolstack_failure)
 }
 
-fn destroy(opts: &Options) -> Result<(), Failure> {
-    let dir = need_dir(opts)?;
-    let domid = need_domid(opts)?;
+fn destroy(host: &HostDir, domid: DomId) -> Result<(), Failure> {
+    let dir = host_dir(host)?;
     if domid == DomId::DOM0 {
         return Err(usage("dom0 cannot be destroyed"));
     }
@@ -268,9 +192,8 @@ fn destroy(opts: &Options) -> Result<(), Failure> {
     toolstack::destroy_domain(&host, &store, domid).map_err(toolstack_failure)
 }
 
-fn run(opts: Options) -> Result<(), Failure> {
-    let dir = need_dir(&opts)?;
-    let domid = need_domid(&opts)?;
+fn run(host: &HostDir, domid: DomId, command: Vec<OsString>) -> Result<(), Failure> {
+    let dir = host_dir(host)?;
     let exists = control(&dir)?
         .domain_exists(domid)
         .map_err(|e| runtime(e.to_string()))?;
@@ -285,7 +208,7 @@ fn run(opts: Options) -> Result<(), Failure> {
         library_path.push(":");
         library_path.push(old);
     }
-    let mut words = opts.command.into_iter();
+    let mut words = command.into_iter();
     let program = words
         .next()
         .ok_or_else(|| usage("run needs a command after --"))?;
@@ -302,8 +225,8 @@ fn run(opts: Options) -> Result<(), Failure> {
     )))
 }
 
-fn stats(opts: &Options) -> Result<(), Failure> {
-    let dir = need_dir(opts)?;
+fn stats(host: &HostDir) -> Result<(), Failure> {
+    let dir = host_dir(host)?;
     let s = control(&dir)?.stats().map_err(|e| runtime(e.to_string()))?;
     // The asking connection is not counted.
     let _ = writeln!(
@@ -319,26 +242,20 @@ fn stats(opts: &Options) -> Result<(), Failure> {
 }
 
 fn main() -> ExitCode {
-    let mut args: Vec<OsString> = std::env::args_os().skip(1).collect();
-    if args.is_empty() {
-        let _ = writeln!(
-            std::io::stderr(),
-            "xensim: missing command: serve, create, destroy, run or stats (see 'xensim --help')"
-        );
-        return ExitCode::from(2);
-    }
-    let command = args.remove(0).to_string_lossy().into_owned();
-    let outcome = match command.as_str() {
-        "-h" | "--help" | "help" => {
-            let _ = writeln!(std::io::stdout(), "{USAGE}");
-            Ok(())
-        }
-        "serve" => parse(args, &["--dir"], false).and_then(|o| serve(&o)),
-        "create" => parse(args, &["--dir", "--domid", "--name"], false).and_then(|o| create(&o)),
-        "destroy" => parse(args, &["--dir", "--domid"], false).and_then(|o| destroy(&o)),
-        "run" => parse(args, &["--dir", "--domid"], true).and_then(run),
-        "stats" => parse(args, &["--dir"], false).and_then(|o| stats(&o)),
-        other => Err(usage(format!("unknown command {other:?}"))),
+    let cli: Cli = match tools::parse_cli(tools::cli::xensim::word) {
+        Ok(cli) => cli,
+        Err(status) => return status,
+    };
+    let outcome = match cli.command {
+        Cmd::Serve { host } => serve(&host),
+        Cmd::Create { host, domid, name } => create(&host, domid, name),
+        Cmd::Destroy { host, domid } => destroy(&host, domid),
+        Cmd::Run {
+            host,
+            domid,
+            command,
+        } => run(&host, domid, command),
+        Cmd::Stats { host } => stats(&host),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -8,37 +8,20 @@ use std::io::Write;
 use std::os::unix::fs::FileTypeExt;
 use std::process::ExitCode;
 use std::time::Duration;
+use tools::cli::xs::{Cli, Cmd};
 use tools::describe;
 use xenstore::client::{daemon_socket_path, Client};
 use xenstore::{Errno, Perm, TxId, XenStore, XenstoreError};
 
-const USAGE: &str = "\
-usage: xs read PATH
-       xs write PATH VALUE
-       xs ls [-p] [PATH]       (recursive listing, like xenstore-ls; -p shows permissions)
-       xs rm PATH
-       xs chmod PATH PERM...   (PERM: n|r|w|b followed by a domid, owner first, e.g. n0 r5)
-       xs watch PATH [-n COUNT]
-The daemon is found via $XENSTORED_PATH, else $XENSTORED_RUNDIR/socket, else /dev/xen/xenbus.";
-
-/// A failure worth one line on stderr, with the exit status to use.
+/// A failure worth one line on stderr and exit status 1 (usage mistakes are clap's to find).
 struct Failure {
     message: String,
-    status: u8,
 }
 
 impl Failure {
-    fn usage(message: impl Into<String>) -> Failure {
-        Failure {
-            message: format!("{} (see 'xs --help')", message.into()),
-            status: 2,
-        }
-    }
-
     fn runtime(message: impl Into<String>) -> Failure {
         Failure {
             message: message.into(),
-            status: 1,
         }
     }
 }
@@ -126,79 +109,41 @@ fn ls(
     Ok(())
 }
 
-fn run(args: &[String]) -> Result<(), Failure> {
-    let Some((command, rest)) = args.split_first() else {
-        return Err(Failure::usage("missing command"));
-    };
-    let rest: Vec<&str> = rest.iter().map(String::as_str).collect();
+fn run(command: Cmd) -> Result<(), Failure> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let write_err = |e: std::io::Error| Failure::runtime(format!("cannot write output: {e}"));
-    match (command.as_str(), rest.as_slice()) {
-        ("-h" | "--help" | "help", []) => {
-            writeln!(out, "{USAGE}").map_err(write_err)?;
-        }
-        ("read", [path]) => {
+    match command {
+        Cmd::Read { path } => {
             let value = connect()?
-                .read(TxId::NONE, path)
-                .map_err(|e| failed("read", path, &e))?;
+                .read(TxId::NONE, &path)
+                .map_err(|e| failed("read", &path, &e))?;
             out.write_all(&value)
                 .and_then(|()| out.write_all(b"\n"))
                 .map_err(write_err)?;
         }
-        ("write", [path, value]) => {
+        Cmd::Write { path, value } => {
             connect()?
-                .write(TxId::NONE, path, value.as_bytes())
-                .map_err(|e| failed("write", path, &e))?;
+                .write(TxId::NONE, &path, value.as_bytes())
+                .map_err(|e| failed("write", &path, &e))?;
         }
-        ("ls", args) => {
-            let (with_perms, args) = match args {
-                ["-p", rest @ ..] => (true, rest),
-                rest => (false, rest),
-            };
-            let path = match args {
-                [] => "/",
-                [p] if !p.starts_with('-') => p,
-                _ => return Err(Failure::usage("ls takes [-p] and at most one PATH")),
-            };
-            ls(&connect()?, path, 0, with_perms, &mut out)?;
-        }
-        ("rm", [path]) => {
+        Cmd::Ls { perms, path } => ls(&connect()?, &path, 0, perms, &mut out)?,
+        Cmd::Rm { path } => {
             connect()?
-                .rm(TxId::NONE, path)
-                .map_err(|e| failed("remove", path, &e))?;
+                .rm(TxId::NONE, &path)
+                .map_err(|e| failed("remove", &path, &e))?;
         }
-        ("chmod", [path, perms @ ..]) if !perms.is_empty() => {
-            let perms = perms
-                .iter()
-                .map(|p| {
-                    p.parse::<Perm>()
-                        .map_err(|_| Failure::usage(format!("invalid permission {p:?}")))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
+        Cmd::Chmod { path, perms } => {
             connect()?
-                .set_perms(TxId::NONE, path, &perms)
-                .map_err(|e| failed("set permissions of", path, &e))?;
+                .set_perms(TxId::NONE, &path, &perms)
+                .map_err(|e| failed("set permissions of", &path, &e))?;
         }
-        ("watch", args) => {
-            let (path, count) = match args {
-                [path] => (*path, None),
-                [path, "-n", n] | ["-n", n, path] => {
-                    let n: u64 = n
-                        .parse()
-                        .map_err(|_| Failure::usage(format!("invalid count {n:?}")))?;
-                    (*path, Some(n))
-                }
-                _ => return Err(Failure::usage("watch takes PATH and optionally -n COUNT")),
-            };
-            if path.starts_with('-') {
-                return Err(Failure::usage(format!("unknown option {path:?}")));
-            }
+        Cmd::Watch { path, count } => {
             let client = connect()?;
             let token = format!("xs-watch-{}", std::process::id());
             client
-                .watch(path, &token)
-                .map_err(|e| failed("watch", path, &e))?;
+                .watch(&path, &token)
+                .map_err(|e| failed("watch", &path, &e))?;
             let mut seen = 0u64;
             loop {
                 if count.is_some_and(|c| seen >= c) {
@@ -212,37 +157,24 @@ fn run(args: &[String]) -> Result<(), Failure> {
                         seen += 1;
                     }
                     Ok(_) => {}
-                    Err(e) => return Err(failed("watch", path, &e)),
+                    Err(e) => return Err(failed("watch", &path, &e)),
                 }
             }
         }
-        ("read" | "write" | "rm" | "chmod", _) => {
-            return Err(Failure::usage(format!(
-                "wrong number of arguments for {command}"
-            )));
-        }
-        (other, _) => return Err(Failure::usage(format!("unknown command {other:?}"))),
     }
     Ok(())
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = match std::env::args_os()
-        .skip(1)
-        .map(|a| a.into_string())
-        .collect()
-    {
-        Ok(args) => args,
-        Err(bad) => {
-            report(&format!("argument {bad:?} is not valid UTF-8"));
-            return ExitCode::from(2);
-        }
+    let cli: Cli = match tools::parse_cli(tools::cli::xs::word) {
+        Ok(cli) => cli,
+        Err(status) => return status,
     };
-    match run(&args) {
+    match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(f) => {
             report(&f.message);
-            ExitCode::from(f.status)
+            ExitCode::FAILURE
         }
     }
 }

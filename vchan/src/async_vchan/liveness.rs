@@ -22,11 +22,30 @@ use crate::channel::LIVENESS_CHECK;
 use crate::error::{Op, Result, VchanError};
 
 /// The timer of the liveness look, and the look in flight.
-#[derive(Default)]
 pub(super) struct LivenessTimer {
-    timer: Option<AsyncFd<Timer>>,
+    timer: AsyncFd<Timer>,
     armed: bool,
     look: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl LivenessTimer {
+    /// A disarmed timer, registered with the current runtime (made with the endpoint, so that
+    /// sleeping allocates nothing).
+    pub(super) fn new() -> std::io::Result<LivenessTimer> {
+        let fd = TimerFd::new(
+            ClockId::CLOCK_MONOTONIC,
+            TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
+        )?;
+        // SAFETY: the registration owns the timer, whose fd stays open and the same until the
+        // registration (with it) is dropped.
+        #[allow(unsafe_code)]
+        let registered = unsafe { AsyncFd::register_with_interest(Timer(fd), Interest::READABLE) };
+        Ok(LivenessTimer {
+            timer: registered.map_err(|e| e.into_parts().1)?,
+            armed: false,
+            look: None,
+        })
+    }
 }
 
 /// A timerfd, as the runtime polls it.
@@ -58,25 +77,6 @@ impl<B: Backend> Io<B> {
             *look = None;
             return Ok(Poll::Ready(()));
         }
-        let timer = match timer {
-            Some(timer) => timer,
-            None => {
-                let fd = TimerFd::new(
-                    ClockId::CLOCK_MONOTONIC,
-                    TimerFlags::TFD_NONBLOCK | TimerFlags::TFD_CLOEXEC,
-                )
-                .map_err(timer_error)?;
-                // SAFETY: the registration owns the timer, whose fd stays open and the same
-                // until the registration (with it) is dropped.
-                #[allow(unsafe_code)]
-                let registered =
-                    unsafe { AsyncFd::register_with_interest(Timer(fd), Interest::READABLE) };
-                timer.insert(registered.map_err(|e| VchanError::Backend {
-                    op: Op::Register,
-                    source: e.into_parts().1,
-                })?)
-            }
-        };
         if !*armed {
             timer
                 .get_ref()

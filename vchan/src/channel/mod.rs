@@ -35,7 +35,9 @@ use xen_types::{DomId, Port};
 
 use crate::abi;
 pub use crate::error::ChannelError;
-use crate::platform::{EventChannels, GrantMap, GrantShare, Platform, Store, StoreError, TxId};
+use crate::platform::{
+    EventChannels, GrantMap, GrantShare, Platform, TxId, XenStore, XenstoreError,
+};
 #[cfg(not(vchan_loom))]
 pub use crate::ring::Chunks;
 pub use crate::ring::Notify;
@@ -124,6 +126,44 @@ pub enum Look {
     Final,
 }
 
+/// What an operation waits for, for a driver that spins between looks ([`Reader::next_look`],
+/// [`Writer::next_look`]): bytes of data to read, or of room to write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Want {
+    /// Any bytes: a stream's read or write, when the peer is answering (see [`batched`]).
+    ///
+    /// [`batched`]: Want::batched
+    Stream,
+    /// A quarter of the ring: a stream's read or write in a one-way flow, which lets the peer
+    /// get ahead (the final look still takes any bytes).
+    Batch,
+    /// This many at once, or nothing: a packet's `recv` or `send`.
+    Packet(usize),
+}
+
+impl Want {
+    /// What to wait for when the peer is not answering this end but streaming one way: a batch
+    /// for a stream, the same for a packet.
+    pub fn batched(self) -> Want {
+        match self {
+            Want::Stream | Want::Batch => Want::Batch,
+            Want::Packet(len) => Want::Packet(len),
+        }
+    }
+
+    /// Whether `n` bytes (of data or of room) in a ring of `capacity` are enough for a look.
+    fn met_by(self, n: usize, capacity: usize) -> bool {
+        match self {
+            Want::Stream => n > 0,
+            Want::Batch => n > 0 && n >= (capacity / 4).min(BATCH),
+            Want::Packet(len) => n >= len,
+        }
+    }
+}
+
+/// The most a batch waits for (see [`Want::Batch`]).
+const BATCH: usize = 64 << 10;
+
 /// What an operation came to.
 #[derive(Debug, PartialEq, Eq)]
 #[must_use = "a step may carry an event owed to the peer"]
@@ -157,7 +197,7 @@ pub struct Liveness {
 
 impl Liveness {
     /// Look at the peer's home (one store read): false, and remembered, if it is gone.
-    pub fn look<S: Store + ?Sized>(&self, store: &S) -> bool {
+    pub fn look<S: XenStore + ?Sized>(&self, store: &S) -> bool {
         match store.read(TxId::NONE, &self.home) {
             Err(e) if e.errno() == Some(xenstore::Errno::ENOENT) => {
                 // ORDERING: Release pairs with the Acquire load in `is_gone`; the flag carries
@@ -317,12 +357,16 @@ impl<M: AsSharedRegion> Reader<M> {
         Ok(self.ring.available()?)
     }
 
-    /// For a driver that spins between looks: which look an operation wanting `wanted` bytes
-    /// should make next, if one would now get somewhere: a quick one if the bytes are there (or
-    /// the ring is corrupt: the operation reports it), the final one if the end is known (which
-    /// only the final look settles); `None` while neither.
-    pub fn next_look(&self, link: &Link<M>, wanted: usize) -> Option<Look> {
-        if self.ring.available().map_or(true, |n| n >= wanted.max(1)) {
+    /// For a driver that spins between looks: which look an operation wanting `want` should make
+    /// next, if one would now get somewhere: a quick one if the bytes are there (or the ring is
+    /// corrupt: the operation reports it), the final one if the end is known (which only the
+    /// final look settles); `None` while neither.
+    pub fn next_look(&self, link: &Link<M>, want: Want) -> Option<Look> {
+        if self
+            .ring
+            .available()
+            .map_or(true, |n| want.met_by(n, self.capacity()))
+        {
             Some(Look::Quick)
         } else if link.read_is_over().unwrap_or(true) {
             Some(Look::Final)
@@ -334,6 +378,7 @@ impl<M: AsSharedRegion> Reader<M> {
     /// Read what is available, up to `buf.len()` (at least one byte): `Done(0)` is the end of
     /// the stream (the peer closed, or shut down its writing side, and everything it wrote has
     /// been read).
+    #[inline]
     pub fn read(
         &mut self,
         link: &Link<M>,
@@ -414,6 +459,7 @@ impl<M: AsSharedRegion> Reader<M> {
     /// The decision shared by every read: try; on a final look ask for an event, try again, and
     /// settle the end (re-checking the ring after seeing it, so data written just before a close
     /// is never lost).
+    #[inline]
     fn step<T>(
         &mut self,
         link: &Link<M>,
@@ -482,18 +528,22 @@ impl<M: AsSharedRegion> Writer<M> {
         self.shut
     }
 
-    /// For a driver that spins between looks: which look an operation wanting room for `wanted`
-    /// bytes should make next, if one would now get somewhere (see [`Reader::next_look`]).
-    /// Writing being over is settled by a quick look as well.
-    pub fn next_look(&self, link: &Link<M>, wanted: usize) -> Option<Look> {
+    /// For a driver that spins between looks: which look an operation wanting room for `want`
+    /// should make next, if one would now get somewhere (see [`Reader::next_look`]). Writing
+    /// being over is settled by a quick look as well.
+    pub fn next_look(&self, link: &Link<M>, want: Want) -> Option<Look> {
         (self.shut
-            || self.ring.space().map_or(true, |n| n >= wanted.max(1))
+            || self
+                .ring
+                .space()
+                .map_or(true, |n| want.met_by(n, self.capacity()))
             || link.peer_closed().unwrap_or(true))
         .then_some(Look::Quick)
     }
 
     /// Write as much of `buf` as fits (at least one byte). `PeerClosed` once the peer has gone,
     /// `ShutDown` after [`shutdown`](Self::shutdown).
+    #[inline]
     pub fn write(
         &mut self,
         link: &Link<M>,
@@ -603,6 +653,7 @@ impl<M: AsSharedRegion> Writer<M> {
     }
 
     /// The decision shared by every write.
+    #[inline]
     fn step<T>(
         &mut self,
         link: &Link<M>,
@@ -690,8 +741,7 @@ pub type ReaderOf<P> = Reader<Memory<P>>;
 /// The writing half of platform `P`'s endpoints.
 pub type WriterOf<P> = Writer<Memory<P>>;
 /// The error of platform `P`'s endpoints.
-pub type ErrorOf<P> =
-    crate::error::Error<<P as Platform>::DeviceError, crate::platform::StoreErrorOf<P>>;
+pub type ErrorOf<P> = crate::error::Error<<P as Platform>::DeviceError>;
 
 /// The grant-sharing or grant-mapping handle an endpoint opened.
 enum Device<P: Platform> {
@@ -717,7 +767,7 @@ impl<P: Platform> Hold<P> {
 
     /// Remove a server's xenstore keys now, rather than at close: once its client has connected,
     /// nobody else should find them. Idempotent; a client has nothing to remove.
-    pub fn unpublish(&mut self) -> Result<(), crate::platform::StoreErrorOf<P>> {
+    pub fn unpublish(&mut self) -> Result<(), XenstoreError> {
         if let Some(publication) = &self.publication {
             // Kept on failure: the close tries again.
             publication.withdraw(&*self.store)?;
@@ -1048,13 +1098,22 @@ mod tests {
         assert_eq!(cwrite.drained(&clink), Ok(true));
         let _ = done(cwrite.write(&clink, b"xyz", Look::Quick));
         assert_eq!(cwrite.drained(&clink), Ok(false));
-        assert_eq!(sread.next_look(&slink, 3), Some(Look::Quick));
-        assert_eq!(sread.next_look(&slink, 4), None);
-        let _ = done(sread.read(&slink, &mut [0u8; 3], Look::Quick));
+        // Three bytes: enough for a stream and a 3-byte packet; not for a 4-byte packet, nor
+        // for a batch (a quarter of the server's 1024-byte in-page ring) until 256 are there.
+        assert_eq!(sread.next_look(&slink, Want::Stream), Some(Look::Quick));
+        assert_eq!(sread.next_look(&slink, Want::Packet(3)), Some(Look::Quick));
+        assert_eq!(sread.next_look(&slink, Want::Packet(4)), None);
+        assert_eq!(sread.next_look(&slink, Want::Batch), None);
+        let _ = done(cwrite.write(&clink, &[7; 252], Look::Quick));
+        assert_eq!(sread.next_look(&slink, Want::Batch), None);
+        let _ = done(cwrite.write(&clink, &[7; 1], Look::Quick));
+        assert_eq!(sread.next_look(&slink, Want::Batch), Some(Look::Quick));
+        let _ = done(sread.read(&slink, &mut [0u8; 256], Look::Quick));
         assert_eq!(cwrite.drained(&clink), Ok(true));
+        assert_eq!(sread.next_look(&slink, Want::Stream), None);
         clink.mark_exited();
         assert_eq!(
-            sread.next_look(&slink, 1),
+            sread.next_look(&slink, Want::Stream),
             Some(Look::Final),
             "only the final look ends"
         );

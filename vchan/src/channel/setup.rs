@@ -16,8 +16,8 @@ use crate::abi;
 use crate::error::{Error, Op};
 use crate::layout::{Layout, Placement, Side};
 use crate::platform::{
-    self, Access, EventChannels, GrantMap, GrantShare, GrantedPages, Perm, Platform, Store,
-    StoreError, TxId,
+    Access, EventChannels, GrantMap, GrantShare, GrantedPages, Perm, Platform, TxId, XenStore,
+    XenstoreError,
 };
 use crate::ring::{Consumer, ControlPage, Producer, RingGeometry, Role};
 use xen_types::memory::AsSharedRegion;
@@ -37,13 +37,13 @@ pub struct Publication {
 impl Publication {
     /// Write each `(key, value)` of `entries` at `path/key` with permissions `perms`, in one
     /// transaction (retried while it conflicts), noting the ancestors of `path` it creates.
-    pub fn publish<S: Store + ?Sized>(
+    pub fn publish<S: XenStore>(
         store: &S,
         path: &str,
         entries: &[(&str, &str)],
         perms: &[Perm],
-    ) -> Result<Publication, S::Error> {
-        let created = platform::transaction(store, |tx| {
+    ) -> Result<Publication, XenstoreError> {
+        let created = store.transaction(|tx| {
             let created = missing_ancestors(store, tx, path)?;
             for (key, value) in entries {
                 let key = alloc::format!("{path}/{key}");
@@ -65,8 +65,8 @@ impl Publication {
 
     /// Remove the keys and, if now empty, the directories publishing created, in one
     /// transaction. Idempotent.
-    pub fn withdraw<S: Store + ?Sized>(&self, store: &S) -> Result<(), S::Error> {
-        platform::transaction(store, |tx| {
+    pub fn withdraw<S: XenStore>(&self, store: &S) -> Result<(), XenstoreError> {
+        store.transaction(|tx| {
             match store.rm(tx, &self.path) {
                 Ok(()) => {}
                 Err(e) if e.errno() == Some(Errno::ENOENT) => {}
@@ -86,11 +86,11 @@ impl Publication {
 }
 
 /// The ancestors of `path` that do not exist yet, deepest first, up to the first that does.
-fn missing_ancestors<S: Store + ?Sized>(
+fn missing_ancestors<S: XenStore>(
     store: &S,
     tx: TxId,
     path: &str,
-) -> Result<Vec<String>, S::Error> {
+) -> Result<Vec<String>, XenstoreError> {
     let mut missing = Vec::new();
     let mut current = path;
     while let Some(cut) = current.rfind('/') {
@@ -403,14 +403,15 @@ fn join<P: Platform>(
         .bind_interdomain(server, remote_port)
         .map_err(Error::backend(Op::BindPort))?;
     events.unmask(port).map_err(Error::backend(Op::Unmask))?;
-    let notify = UnmapNotify {
-        clear_byte: Some(abi::CLI_LIVE),
-        event: Some(port),
-    };
+    // Mapped without the unmap notification: it is set once we have joined (below). Set now, a
+    // failed attempt would clear the live byte of a server that is still waiting, or of another
+    // client that has it, as it unmaps.
     let control = mapper
-        .map_grant_refs(server, &[ring_ref], true, Some(notify))
+        .map_grant_refs(server, &[ring_ref], true, None)
         .map_err(Error::backend(Op::MapControlPage))?;
-    let control = Memory::<P>::Mapped(Arc::new(control));
+    let control = Arc::new(control);
+    let control_mapping = Arc::clone(&control);
+    let control = Memory::<P>::Mapped(control);
     check_len(&control, abi::PAGE_SIZE, Op::MapControlPage)?;
     let page = ControlPage::new(control.clone());
 
@@ -456,8 +457,19 @@ fn join<P: Platform>(
     let prod = page.index_relaxed(abi::LEFT_PROD);
     let (reader, writer) = halves(&layout, Role::Client, &page, data, (cons, prod));
     // Check the indices we inherited before announcing ourselves.
-    reader.data_ready()?;
-    writer.buffer_space()?;
+    reader.available()?;
+    writer.space()?;
+    // Joined: from here on our death must reach the server, as our live byte cleared and an
+    // event, whatever kills us. (Between this and the next line a crash would clear a byte we
+    // have not set yet: the server reads a client that came and went.)
+    let notify = UnmapNotify {
+        clear_byte: Some(abi::CLI_LIVE),
+        event: Some(port),
+    };
+    mapper
+        .set_unmap_notify(&control_mapping, notify)
+        .map_err(Error::backend(Op::ArmUnmapNotify))?;
+    drop(control_mapping);
     page.set_live(abi::CLI_LIVE, abi::LIVE_CONNECTED);
     page.set_notify(abi::SRV_NOTIFY, abi::NOTIFY_WRITE);
     events

@@ -15,6 +15,12 @@
 //!
 //! `qemu-peer devices` exercises the `/dev/xen` backends directly, in dom0 against itself.
 //!
+//! `qemu-peer guest-selftest GUEST` is dom0's half of the unikernel guest's platform self-test
+//! (its `selftest 0` job): grants and event channels both ways, through xenstore.
+//!
+//! `qemu-peer pattern BYTES` writes the unikernel guest's stream to stdout: BYTES bytes, byte i
+//! being `i % 251` (what its `send` job and `http` job's `/bytes/N` produce).
+//!
 //! ```text
 //! qemu-peer conduit-serve ENDPOINT COUNT EXPECTED_PEER
 //! qemu-peer conduit-call ENDPOINT FILE COUNT
@@ -24,9 +30,20 @@
 //! established it (the owner xenstored gave the request), and echoes each until the client's
 //! half-close; the caller makes COUNT connections at once, sends FILE on each, half-closes and
 //! compares the echo.
+//!
+//! ```text
+//! qemu-peer conduit-burst-serve ENDPOINT COUNT EXPECTED_PEER
+//! qemu-peer conduit-burst-call ENDPOINT COUNT
+//! ```
+//! A burst of connects from a guest, bound by xenstored's quotas for guests (10 transactions,
+//! 128 watches at once): the caller starts COUNT connects at once, each sends its number and
+//! half-closes; the server answers each connection as it comes with that number's body
+//! ([`burst_body`]) and the caller compares. The server's rings sit in the control page (one
+//! grant per connection: gntalloc's default limit is 1024), and bodies are small (emulation).
 #![forbid(unsafe_code)]
 
 mod devices;
+mod guest;
 
 use std::error::Error;
 use std::fs;
@@ -86,6 +103,8 @@ fn run(args: &[String]) -> Res {
             }
         }
         "devices" => devices::check(),
+        "guest-selftest" => guest::selftest(arg(&args, 1, "guest domid")?.parse()?),
+        "pattern" => guest::pattern(arg(&args, 1, "byte count")?.parse()?),
         "xenstore" => xenstore_check(arg(&args, 1, "dom0|guest")? == "guest"),
         "server" => {
             let client: DomId = arg(&args, 1, "client domid")?.parse()?;
@@ -131,6 +150,17 @@ fn run(args: &[String]) -> Res {
             let data = fs::read(arg(&args, 2, "file")?)?;
             let count: usize = arg(&args, 3, "count")?.parse()?;
             conduit_call(&endpoint, &data, count)
+        }
+        "conduit-burst-serve" => {
+            let endpoint: conduit_vchan::Endpoint = arg(&args, 1, "endpoint")?.parse()?;
+            let count: usize = arg(&args, 2, "count")?.parse()?;
+            let expected: DomId = arg(&args, 3, "expected peer")?.parse()?;
+            conduit_burst_serve(&endpoint, count, expected)
+        }
+        "conduit-burst-call" => {
+            let endpoint: conduit_vchan::Endpoint = arg(&args, 1, "endpoint")?.parse()?;
+            let count: usize = arg(&args, 2, "count")?.parse()?;
+            conduit_burst_call(&endpoint, count)
         }
         other => Err(format!("unknown command {other:?}").into()),
     }
@@ -234,6 +264,121 @@ fn call_once(
         }
         Ok(())
     })
+}
+
+/// The body the burst's server answers connection number `n` with: 16 KiB that differ for
+/// every `n` (a byte pattern seeded by it).
+fn burst_body(n: u64) -> Vec<u8> {
+    let mut state = n.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..16 * 1024)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
+
+/// Accept `count` connections, each from `expected`, answering each on a thread of its own as
+/// it comes: read the number it sends, answer with its body.
+fn conduit_burst_serve(endpoint: &conduit_vchan::Endpoint, count: usize, expected: DomId) -> Res {
+    let options = conduit_vchan::ListenOptions::new()
+        .request_timeout(CONNECT_WAIT)
+        .ring_sizes(RingSizes {
+            server_read: 1024,
+            server_write: 2048,
+        })
+        .xen(conduit_vchan::Xen::Real(XenDomain::new()));
+    let listener = conduit_vchan::Listener::bind_with(endpoint, options)?;
+    eprintln!("conduit-burst: listening on {endpoint}");
+    let answered: Vec<Result<(), String>> = std::thread::scope(|s| {
+        let mut answering = Vec::new();
+        for _ in 0..count {
+            let (mut conn, peer) = match listener.accept() {
+                Ok(accepted) => accepted,
+                Err(e) => return vec![Err(format!("accept: {e}"))],
+            };
+            if peer != conduit_vchan::Peer::Vchan(expected) {
+                return vec![Err(format!(
+                    "a connection from {peer}, expected domain {expected}"
+                ))];
+            }
+            answering.push(s.spawn(move || -> Result<(), String> {
+                let mut request = String::new();
+                conn.read_to_string(&mut request)
+                    .map_err(|e| format!("read: {e}"))?;
+                let n: u64 = request
+                    .parse()
+                    .map_err(|_| format!("a request {request:?} that is no number"))?;
+                conn.write_all(&burst_body(n))
+                    .map_err(|e| format!("answer {n}: {e}"))?;
+                conn.shutdown_write()
+                    .map_err(|e| format!("answer {n}: {e}"))
+            }));
+        }
+        answering
+            .into_iter()
+            .map(|a| {
+                a.join()
+                    .unwrap_or_else(|_| Err("an answer panicked".into()))
+            })
+            .collect()
+    });
+    for outcome in answered {
+        outcome?;
+    }
+    eprintln!("conduit-burst: answered {count} connections from domain {expected}");
+    Ok(())
+}
+
+/// Start `count` connects to `endpoint` at once; each sends its number, half-closes and checks
+/// the body it gets back. Fails unless all succeed; says how many did, and how long it took.
+fn conduit_burst_call(endpoint: &conduit_vchan::Endpoint, count: usize) -> Res {
+    let connector = conduit_vchan::Connector::new()
+        .xen(conduit_vchan::Xen::Real(XenDomain::new()))
+        .timeout(CONNECT_WAIT);
+    let started = Instant::now();
+    let outcomes: Vec<Result<(), String>> = std::thread::scope(|s| {
+        let calls: Vec<_> = (0..count as u64)
+            .map(|n| {
+                let connector = &connector;
+                s.spawn(move || -> Result<(), String> {
+                    let mut conn = connector
+                        .connect(endpoint)
+                        .map_err(|e| format!("connect {n}: {}", conduit_vchan::describe(&e)))?;
+                    conn.write_all(n.to_string().as_bytes())
+                        .and_then(|()| conn.shutdown_write())
+                        .map_err(|e| format!("connection {n}: write: {e}"))?;
+                    let mut body = Vec::new();
+                    conn.read_to_end(&mut body)
+                        .map_err(|e| format!("connection {n}: read: {e}"))?;
+                    match body == burst_body(n) {
+                        true => Ok(()),
+                        false => Err(format!(
+                            "connection {n}: {} bytes, not its body",
+                            body.len()
+                        )),
+                    }
+                })
+            })
+            .collect();
+        calls
+            .into_iter()
+            .map(|c| c.join().unwrap_or_else(|_| Err("a caller panicked".into())))
+            .collect()
+    });
+    let failed: Vec<&String> = outcomes.iter().filter_map(|o| o.as_ref().err()).collect();
+    eprintln!(
+        "conduit-burst: {} of {count} connects at once to {endpoint} succeeded, bodies checked, in \
+         {:.1} s",
+        count - failed.len(),
+        started.elapsed().as_secs_f64()
+    );
+    match failed.first() {
+        None => Ok(()),
+        Some(first) => Err(format!("{} failed, the first: {first}", failed.len()).into()),
+    }
 }
 
 /// Expected (read, write) ring capacities.
