@@ -1,5 +1,5 @@
-// Shared by both stand-in libraries' build scripts (`include!`d): link a cdylib with Xen's
-// symbol versions.
+// Shared by the build scripts of the stand-in libraries and of the drop-in libxenvchan
+// (`include!`d): link a cdylib with Xen's symbol versions and soname.
 //
 // rustc hands the linker its own anonymous version script (the exported-symbols list), and an
 // anonymous version tag cannot be combined with named ones: GNU ld rejects the pair and lld
@@ -22,8 +22,9 @@ done
 exec ld.bfd "$@"
 "#;
 
-/// Link the cdylib as `<library>.so.1` with the version script `<library>.map` beside Cargo.toml.
-fn link_with_xen_versions(library: &str) {
+/// Link the cdylib with the soname `soname` (`libxenevtchn.so.1`, `libxenvchan.so.4.17`) and
+/// the version script `<library>.map` beside Cargo.toml.
+fn link_with_xen_versions(library: &str, soname: &str) {
     let manifest = PathBuf::from(
         std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
     );
@@ -44,5 +45,5 @@ fn link_with_xen_versions(library: &str) {
         "cargo:rustc-cdylib-link-arg=-Wl,--version-script={}",
         script.display()
     );
-    println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,{library}.so.1");
+    println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,{soname}");
 }

@@ -3,5 +3,5 @@
 include!("../link_with_xen_versions.rs");
 
 fn main() {
-    link_with_xen_versions("libxenevtchn");
+    link_with_xen_versions("libxenevtchn", "libxenevtchn.so.1");
 }

@@ -3,5 +3,5 @@
 include!("../link_with_xen_versions.rs");
 
 fn main() {
-    link_with_xen_versions("libxengnttab");
+    link_with_xen_versions("libxengnttab", "libxengnttab.so.1");
 }

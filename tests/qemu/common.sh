@@ -115,3 +115,21 @@ wait_key() {
     echo "no $1 after 180 s"
     return 1
 }
+
+# dropin CMD...: run CMD on the drop-in libxenvchan (tests/qemu/run.sh puts it in /dropin).
+dropin() { LD_LIBRARY_PATH=/dropin "$@"; }
+
+# The vchan-socket-proxy checks carry the first 512 KiB of the payload: the proxy serves with the
+# 1024- and 2048-byte rings in the control page, an event per ring-full each way, which under
+# emulation on a busy machine takes minutes for 3 MiB.
+SMALL_PAYLOAD=/payload-small.bin
+head -c 524288 $PAYLOAD >$SMALL_PAYLOAD
+SMALL_SHA=$(sha256sum <$SMALL_PAYLOAD | cut -d' ' -f1)
+
+# recv_check_small CMD...: recv_check against the small payload.
+recv_check_small() {
+    "$@" >/tmp/received || return 1
+    got=$(sha256sum </tmp/received | cut -d' ' -f1)
+    rm -f /tmp/received
+    [ "$got" = "$SMALL_SHA" ] || { echo "sha256 $got, expected $SMALL_SHA"; return 1; }
+}

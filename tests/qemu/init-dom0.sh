@@ -396,6 +396,48 @@ if [ -n "$D" ]; then
     kill $PROXY
     wait $PROXY || { echo "FAIL proxy-dom0 (exit $?)"; cat /tmp/proxy-dom0.log; }
 
+    # The drop-in libxenvchan on real Xen. A probe serving on it (its handle's fields, a
+    # notify through ctrl->event with the real libxenevtchn, every descriptor close-on-exec,
+    # flags rewritten between calls) talks to the probe on Debian's library in the guest.
+    dropin_fields() {
+        dropin timeout 120 vchan-probe server "$1" "data/vchan/$1/64" 0 0 fields >/tmp/fields ||
+            return 1
+        for want in "is_open 2" "notify-through-event 0" "fd_for_select matches" "cloexec all" \
+            "is_open-connected 1" "nonblocking-read 0" "blocking-recv 6 second" \
+            "read-after-close -1 EPIPE" "is_open-after-close 0" "done"; do
+            grep -q "^$want" /tmp/fields || {
+                echo "no '$want' from the probe:"
+                cat /tmp/fields
+                return 1
+            }
+        done
+    }
+    result dropin-fields dropin_fields $D
+    # Xen's vchan-socket-proxy on the drop-in, stdin/stdout as its other end, in both modes:
+    # server mode receiving from our vchan-cat and sending to a C client on Debian's library in
+    # the guest; client mode (libxl's way to a stub domain's QMP) receiving from our server and
+    # sending to a C server on Debian's library. An fd held open read-write on a fifo is an input
+    # that never ends.
+    # proxy_send MODE DOMID PATH PORT: the proxy sending the small payload; its input ends once
+    # the guest says it has every byte. (vchan-socket-proxy, on either library, never exits if
+    # its input ends while its last bytes wait to fit the ring: it writes them and then waits
+    # for an event nobody sends. With the input held open until everything has arrived, it ends
+    # with nothing left to write, and closes.) The input is made here, inside the background
+    # job: the shell gives a background job /dev/null, whatever the caller redirected.
+    proxy_send() {
+        { cat $SMALL_PAYLOAD; wait_key /local/domain/$2/data/dropin-received-$4; } |
+            dropin timeout 180 vchan-socket-proxy -m "$1" "$2" "$3" - >/dev/null
+    }
+    mkfifo /tmp/idle
+    result dropin-proxy-server-ours recv_check_small dropin timeout 120 \
+        vchan-socket-proxy -m server $D data/vchan/$D/60 - 0<>/tmp/idle
+    side dropin-proxy-server-c proxy_send server $D data/vchan/$D/61 61
+    wait
+    result dropin-proxy-client-ours recv_check_small dropin timeout 120 \
+        vchan-socket-proxy -m client $D /local/domain/$D/data/vchan/0/62 - 0<>/tmp/idle
+    side dropin-proxy-client-c proxy_send client $D /local/domain/$D/data/vchan/0/63 63
+    wait
+
     # The benchmark, dom0 to domU: dom0 serves (and writes), the guest reads and reports.
     echo "$BENCH_CELLS" | while read -r impl port ring mode msg count; do
         side "bench-$impl-$port" timeout 300 $(bench_prog "$impl") server $D "$port" "$ring" "$mode" "$msg" "$count"

@@ -59,6 +59,43 @@ wait $PROXY || { echo "FAIL proxy-domu (exit $?)"; cat /tmp/proxy-domu.log; }
 kill $WEB
 wait $WEB || echo "FAIL http-server-local (exit $?)"
 
+# The drop-in libxenvchan's checks, in dom0's order: the other end of each, on Debian's library
+# or ours (vchan-cat).
+dropin_fields_client() {
+    wait_key /local/domain/0/data/vchan/$ME/64/event-channel || return 1
+    timeout 120 vchan-probe client 0 /local/domain/0/data/vchan/$ME/64 fields >/tmp/fields-c ||
+        return 1
+    grep -qx "sent second" /tmp/fields-c || { cat /tmp/fields-c; return 1; }
+}
+side dropin-fields dropin_fields_client
+wait
+side dropin-proxy-server-ours send_client 0 60 $SMALL_PAYLOAD
+wait
+# c_recv PORT ARGS...: vchan-nc ARGS on Debian's library, receiving the small payload from
+# dom0's proxy: once every byte is there, tell dom0, which then ends the proxy's input (the proxy
+# then closes, and vchan-nc ends); print what arrived.
+c_recv() {
+    port=$1
+    shift
+    timeout 180 vchan-nc "$@" </dev/null >/tmp/got-$port &
+    nc=$!
+    for _ in $(seq 1 900); do
+        [ "$(wc -c </tmp/got-$port)" -ge "$(wc -c <$SMALL_PAYLOAD)" ] && break
+        sleep 0.2
+    done
+    xenstore-write data/dropin-received-$port 1
+    wait $nc || return 1
+    cat /tmp/got-$port
+}
+c_recv_client() {
+    wait_key /local/domain/0/data/vchan/$ME/$1/event-channel || return 1
+    c_recv "$1" 0 /local/domain/0/data/vchan/$ME/$1
+}
+result dropin-proxy-server-c recv_check_small c_recv_client 61
+side dropin-proxy-client-ours send_server 0 62 $SMALL_PAYLOAD
+wait
+result dropin-proxy-client-c recv_check_small c_recv 63 -l 0 data/vchan/0/63 0 0
+
 echo "$BENCH_CELLS" | while read -r impl port ring mode msg count; do
     result "bench-$impl-$port" bench_client "$impl" 0 "$port" "$ring" "$mode" "$msg" "$count"
 done

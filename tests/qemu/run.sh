@@ -35,6 +35,8 @@ EXPECTED=(
     bench-ours-40 bench-c-41 bench-ours-42 bench-c-43 bench-ours-44 bench-c-45
     destroy-dom0-server destroy-dom0-client destroy-released
     rust-loopback
+    dropin-fields dropin-proxy-server-ours dropin-proxy-server-c
+    dropin-proxy-client-ours dropin-proxy-client-c
 )
 
 say() { echo "qemu-tier: $*" >&2; }
@@ -159,6 +161,11 @@ build_programs() {
     mkdir -p "$WORK"
     gcc -O2 -Wall -Wextra -Werror -o "$WORK/vchan-peer" "$HERE/c/vchan-peer.c" -lxenvchan -lxenstore
     gcc -O2 -Wall -o "$WORK/vchan-perf-c" "$ROOT/tests/c/vchan-perf.c" -lxenvchan -lxenstore
+    say "building the drop-in libxenvchan (release) and its C probes"
+    DROPIN_DIR=$("$ROOT/scripts/libxenvchan" | tail -n1)
+    gcc -O2 -Wall -o "$WORK/vchan-nc" "$ROOT/tests/c/vchan-nc.c" -lxenvchan -lxenstore
+    gcc -O2 -Wall -o "$WORK/vchan-probe" "$ROOT/tests/c/vchan-probe.c" -lxenvchan -lxenstore \
+        -lxenevtchn
 }
 
 # ---- 4. The initramfs images --------------------------------------------------------------------
@@ -198,6 +205,12 @@ base_image() {
     copy_prog "$HTTP_CLIENT_BIN" "$IMG/bin/http-client"
     copy_prog "$WORK/vchan-perf-c" "$IMG/bin/vchan-perf-c"
     copy_prog "$XROOT/usr/bin/xenstore" "$IMG/usr/bin/xenstore"
+    # The drop-in libxenvchan, alone in /dropin (LD_LIBRARY_PATH=/dropin puts it in front of
+    # Debian's), Xen's vchan-socket-proxy that runs on it, and two C programs on either library.
+    copy_prog "$DROPIN_DIR/libxenvchan.so.4.17" "$IMG/dropin/libxenvchan.so.4.17"
+    copy_prog "$XROOT/$XEN_BIN/vchan-socket-proxy" "$IMG/$XEN_BIN/vchan-socket-proxy"
+    copy_prog "$WORK/vchan-nc" "$IMG/bin/vchan-nc"
+    copy_prog "$WORK/vchan-probe" "$IMG/bin/vchan-probe"
     local t
     for t in read write ls rm; do ln -s xenstore "$IMG/usr/bin/xenstore-$t"; done
 }

@@ -1,7 +1,7 @@
 //! `vchan-perf`: `table --quick` on a simulated host of its own prints every row with a positive
 //! figure in every cell and writes an SVG; `report` turns measurement lines into the same table.
-//! Speed is never asserted. The C columns are measured when gcc and libxen-dev are installed, and
-//! must say n/a otherwise.
+//! Speed is never asserted. The C columns (Debian's library and our drop-in under the same C
+//! program) are measured when gcc and libxen-dev are installed, and must say n/a otherwise.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
@@ -73,6 +73,24 @@ fn build_c_peer(out_dir: &Path) -> Option<PathBuf> {
         String::from_utf8_lossy(&output.stderr)
     );
     Some(out)
+}
+
+/// The drop-in libxenvchan's directory (scripts/libxenvchan, in this test's profile), for its
+/// column: built only when the C peer is there to run on it.
+fn build_dropin() -> PathBuf {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/libxenvchan");
+    let mut command = Command::new(script);
+    if profile_dir().file_name().is_some_and(|n| n != "release") {
+        command.arg("--debug");
+    }
+    let output = command.output().expect("run scripts/libxenvchan");
+    assert!(
+        output.status.success(),
+        "scripts/libxenvchan failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    PathBuf::from(stdout.lines().last().expect("the directory, as the last line").trim())
 }
 
 /// A simulated host with domain 1 in a directory of its own; stopped and removed on drop.
@@ -205,6 +223,7 @@ fn quick_table_has_every_row_and_a_positive_figure_in_every_cell() {
         .arg(&svg);
     if let Some(c) = &c_peer {
         command.arg("--c-peer").arg(c);
+        command.arg("--dropin").arg(build_dropin());
     }
     let out = output_within(command, Duration::from_secs(120));
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -220,6 +239,8 @@ fn quick_table_has_every_row_and_a_positive_figure_in_every_cell() {
         columns,
         [
             "C",
+            "drop-in",
+            "drop-in/C",
             "ours",
             "ours/C",
             "C thr",
@@ -236,7 +257,8 @@ fn quick_table_has_every_row_and_a_positive_figure_in_every_cell() {
             let cells = row(&stdout, ring, write);
             assert_eq!(cells.len(), columns.len(), "{ring} / {write}: {cells:?}");
             for (name, cell) in columns.iter().zip(&cells) {
-                let c_column = matches!(*name, "C" | "ours/C" | "C thr");
+                let c_column =
+                    matches!(*name, "C" | "drop-in" | "drop-in/C" | "ours/C" | "C thr");
                 if c_column && c_peer.is_none() {
                     assert_eq!(*cell, "n/a", "{ring} / {write} {name} without a C peer");
                 } else {
@@ -250,6 +272,7 @@ fn quick_table_has_every_row_and_a_positive_figure_in_every_cell() {
         columns,
         [
             "C",
+            "drop-in",
             "ours",
             "C thr",
             "ours thr",
@@ -260,7 +283,7 @@ fn quick_table_has_every_row_and_a_positive_figure_in_every_cell() {
     );
     let cells = row(&stdout, "64 KiB", "64 B");
     for (name, cell) in columns.iter().zip(&cells) {
-        if matches!(*name, "C" | "C thr") && c_peer.is_none() {
+        if matches!(*name, "C" | "drop-in" | "C thr") && c_peer.is_none() {
             assert_eq!(*cell, "n/a");
             continue;
         }

@@ -445,6 +445,14 @@ impl<M: AsSharedRegion> Consumer<M> {
         self.end.ring.size as usize
     }
 
+    /// Where the ring lies: the owner of the region that holds its bytes, and the ring's
+    /// geometry in it (a driver that must name the ring's address to others, such as the C
+    /// ABI's `struct libxenvchan_ring`, takes it from here; the bytes are reached only through
+    /// this half).
+    pub fn placement(&self) -> (&M, RingGeometry) {
+        (&self.end.data, self.end.ring)
+    }
+
     /// Our consumer index: where the next byte is read from.
     pub fn index(&self) -> u32 {
         self.cons
@@ -623,6 +631,11 @@ impl<M: AsSharedRegion> Producer<M> {
     /// The ring's size in bytes.
     pub fn capacity(&self) -> usize {
         self.end.ring.size as usize
+    }
+
+    /// Where the ring lies (see [`Consumer::placement`]).
+    pub fn placement(&self) -> (&M, RingGeometry) {
+        (&self.end.data, self.end.ring)
     }
 
     /// Free space in bytes: the peer's consumer index is read once and checked.

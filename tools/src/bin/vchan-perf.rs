@@ -420,6 +420,7 @@ fn run_peer(role: &PeerRole) -> Result<(), String> {
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 enum Series {
     C,
+    Dropin,
     Ours,
     CThreads,
     OursThreads,
@@ -430,8 +431,9 @@ enum Series {
 }
 
 impl Series {
-    const ALL: [Series; 8] = [
+    const ALL: [Series; 9] = [
         Series::C,
+        Series::Dropin,
         Series::Ours,
         Series::CThreads,
         Series::OursThreads,
@@ -445,6 +447,7 @@ impl Series {
     fn token(self) -> &'static str {
         match self {
             Series::C => "c",
+            Series::Dropin => "dropin",
             Series::Ours => "ours",
             Series::CThreads => "c-threads",
             Series::OursThreads => "ours-threads",
@@ -459,6 +462,7 @@ impl Series {
     fn label(self) -> &'static str {
         match self {
             Series::C => "C",
+            Series::Dropin => "drop-in",
             Series::Ours => "ours",
             Series::CThreads => "C thr",
             Series::OursThreads => "ours thr",
@@ -472,6 +476,7 @@ impl Series {
     fn color(self) -> &'static str {
         match self {
             Series::C => "#4e79a7",
+            Series::Dropin => "#f28e2b",
             Series::Ours => "#e15759",
             Series::CThreads => "#a0cbe8",
             Series::OursThreads => "#ff9d9a",
@@ -489,9 +494,17 @@ impl Series {
     /// The C library's series that ours is compared with (in the same placement).
     fn versus(self) -> Option<Series> {
         match self {
-            Series::Ours => Some(Series::C),
+            Series::Dropin | Series::Ours => Some(Series::C),
             Series::OursThreads => Some(Series::CThreads),
             _ => None,
+        }
+    }
+
+    /// The heading of the column that divides this series by [`versus`](Series::versus).
+    fn ratio_label(self) -> &'static str {
+        match self {
+            Series::Dropin => "drop-in/C",
+            _ => "ours/C",
         }
     }
 
@@ -504,13 +517,13 @@ impl Series {
     fn is_vchan(self) -> bool {
         matches!(
             self,
-            Series::C | Series::Ours | Series::CThreads | Series::OursThreads
+            Series::C | Series::Dropin | Series::Ours | Series::CThreads | Series::OursThreads
         )
     }
 
-    /// Whether the C peer measures it.
+    /// Whether the C peer measures it (on Debian's library or on the drop-in).
     fn is_c(self) -> bool {
-        matches!(self, Series::C | Series::CThreads)
+        matches!(self, Series::C | Series::Dropin | Series::CThreads)
     }
 }
 
@@ -537,7 +550,7 @@ impl Record {
             .first()
             .and_then(|w| Series::from_token(w))
             .ok_or_else(|| {
-                "it does not start with ours, c, socketpair, pipe, tcp or memcpy".to_owned()
+                "it does not start with ours, c, dropin, socketpair, pipe, tcp or memcpy".to_owned()
             })?;
         let num = |i: usize| -> Result<u64, String> {
             let w = words.get(i).ok_or("it is too short")?;
@@ -687,7 +700,7 @@ fn tables(results: &Results, columns: &[Series]) -> String {
         for s in columns {
             head.push(s.label().to_owned());
             if ratio(s).is_some() {
-                head.push("ours/C".to_owned());
+                head.push(s.ratio_label().to_owned());
             }
         }
         let mut rows = Vec::new();
@@ -748,6 +761,10 @@ fn legend(columns: &[Series]) -> String {
                 "Debian's libxenvchan at both ends (tests/c/vchan-perf.c): a server process in \
                  dom0, a client process in domain 1"
             }
+            Series::Dropin => {
+                "the same C program on our drop-in libxenvchan.so.4.17 (libxenvchan/) at both \
+                 ends, placed as C"
+            }
             Series::Ours => "vchan-rs at both ends (vchan-perf peer), placed as C",
             Series::CThreads => {
                 "Debian's libxenvchan, both ends as two threads of one process in dom0 (loopback)"
@@ -766,7 +783,7 @@ fn legend(columns: &[Series]) -> String {
             let _ = writeln!(
                 out,
                 "  {:<10}  {} divided by {}",
-                "ours/C",
+                s.ratio_label(),
                 s.label(),
                 c.label()
             );
@@ -1187,6 +1204,9 @@ struct Runner {
     dir: PathBuf,
     ours: PathBuf,
     c: Option<PathBuf>,
+    /// The directory of the drop-in `libxenvchan.so.4.17`, put first on the C peer's library
+    /// path for [`Series::Dropin`].
+    dropin: Option<PathBuf>,
     next_port: u32,
 }
 
@@ -1201,17 +1221,31 @@ impl Runner {
             }
         };
         command.args(args);
-        self.in_domain(command, domid)
+        let first = match series {
+            Series::Dropin => self.dropin.as_deref(),
+            _ => None,
+        };
+        self.in_domain(command, domid, first)
     }
 
     /// `command` as `xensim run --domid DOMID` would run it: the domain, its xenstore socket,
-    /// the stand-in libraries first on the library path.
-    fn in_domain(&self, mut command: Command, domid: u16) -> Command {
+    /// the stand-in libraries first on the library path (after `first`, if given).
+    fn in_domain(&self, mut command: Command, domid: u16, first: Option<&Path>) -> Command {
         let lib = self.dir.join("lib");
-        let mut library_path = OsString::from(&lib);
+        let mut library_path = OsString::new();
+        if let Some(first) = first {
+            library_path.push(first);
+            library_path.push(":");
+        }
+        library_path.push(&lib);
         if let Some(old) = std::env::var_os("LD_LIBRARY_PATH").filter(|p| !p.is_empty()) {
             if std::env::split_paths(&old).next().as_deref() == Some(lib.as_path()) {
-                library_path = old;
+                library_path.clear();
+                if let Some(first) = first {
+                    library_path.push(first);
+                    library_path.push(":");
+                }
+                library_path.push(old);
             } else {
                 library_path.push(":");
                 library_path.push(old);
@@ -1463,6 +1497,7 @@ fn measure_all(plan: &Plan, runner: &mut Runner) -> Result<Results, String> {
     let vchans: Vec<Series> = Series::ALL
         .into_iter()
         .filter(|s| s.is_vchan() && (!s.is_c() || runner.c.is_some()))
+        .filter(|s| *s != Series::Dropin || runner.dropin.is_some())
         .collect();
     let bytes_limits = |msg: usize| (16 * msg as u64, 1 << 38, msg as u64);
     let mut add = |series, (ring, msg), figure| {
@@ -1555,6 +1590,7 @@ fn measure_all(plan: &Plan, runner: &mut Runner) -> Result<Results, String> {
     let secs = |l: &Latency| l.rounds as f64 * l.p50 as f64 / 1e9;
     for series in [
         Series::C,
+        Series::Dropin,
         Series::Ours,
         Series::CThreads,
         Series::OursThreads,
@@ -1624,10 +1660,22 @@ fn table(args: &TableArgs) -> Result<(), String> {
             return Err(format!("{} does not exist", path.display()));
         }
     }
+    if let Some(dir) = &args.dropin {
+        if args.c_peer.is_none() {
+            return Err("--dropin runs the C peer on the drop-in: give --c-peer too".to_owned());
+        }
+        if !dir.join("libxenvchan.so.4.17").is_file() {
+            return Err(format!(
+                "{} holds no libxenvchan.so.4.17 (scripts/libxenvchan prints the directory)",
+                dir.display()
+            ));
+        }
+    }
     let mut runner = Runner {
         dir,
         ours,
         c: args.c_peer.clone(),
+        dropin: args.dropin.clone(),
         next_port: std::process::id().wrapping_mul(1000),
     };
     let plan = Plan {
@@ -1679,6 +1727,11 @@ fn table(args: &TableArgs) -> Result<(), String> {
         let _ = writeln!(
             out,
             "No C peer was given (--c-peer): the C columns say n/a."
+        );
+    } else if runner.dropin.is_none() {
+        let _ = writeln!(
+            out,
+            "No drop-in library was given (--dropin): its columns say n/a."
         );
     }
     out.push('\n');

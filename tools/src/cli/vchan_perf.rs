@@ -163,6 +163,10 @@ pub struct TableArgs {
     /// The C peer (tests/c/vchan-perf.c, compiled); without it the C columns say n/a.
     #[arg(long, value_name = "PATH")]
     pub c_peer: Option<PathBuf>,
+    /// The directory of our drop-in libxenvchan.so.4.17 (what scripts/libxenvchan prints): the
+    /// C peer also runs on it, in a column of its own; without it, that column says n/a.
+    #[arg(long, value_name = "DIR")]
+    pub dropin: Option<PathBuf>,
     /// The Rust peer (default: this executable).
     #[arg(long, value_name = "PATH")]
     pub peer_bin: Option<PathBuf>,

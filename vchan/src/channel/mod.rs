@@ -341,12 +341,18 @@ impl<M: AsSharedRegion> Reader<M> {
         self.ring.capacity()
     }
 
+    /// Where the ring this half reads lies: the owner of its region and its geometry there.
+    pub fn placement(&self) -> (&M, crate::ring::RingGeometry) {
+        self.ring.placement()
+    }
+
     /// Bytes ready to read now; also asks the peer for an event when it writes more.
     pub fn data_ready(&self) -> Result<usize, ChannelError> {
         Ok(self.ring.request_and_recheck()?)
     }
 
-    /// Bytes ready to read now, asking the peer for nothing.
+    /// Bytes ready to read now, asking nothing of the peer (a look that only checks the ring:
+    /// corrupt indices are an error).
     pub fn available(&self) -> Result<usize, ChannelError> {
         Ok(self.ring.available()?)
     }
@@ -502,12 +508,17 @@ impl<M: AsSharedRegion> Writer<M> {
         self.ring.capacity()
     }
 
+    /// Where the ring this half writes lies: the owner of its region and its geometry there.
+    pub fn placement(&self) -> (&M, crate::ring::RingGeometry) {
+        self.ring.placement()
+    }
+
     /// Bytes that can be written now; also asks the peer for an event when it frees more.
     pub fn buffer_space(&self) -> Result<usize, ChannelError> {
         Ok(self.ring.request_and_recheck()?)
     }
 
-    /// Bytes that can be written now, asking the peer for nothing.
+    /// Bytes that can be written now, asking nothing of the peer (see [`Reader::available`]).
     pub fn space(&self) -> Result<usize, ChannelError> {
         Ok(self.ring.space()?)
     }

@@ -107,7 +107,7 @@ impl Rig {
             &format!("vchan://1/{port}"),
         ]);
         rig.files.push(front.clone());
-        let mut dom0 = runner.in_domain(dom0, 0);
+        let mut dom0 = runner.in_domain(dom0, 0, None);
         let mut child = dom0
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -213,7 +213,7 @@ impl Drop for Rig {
 fn spawn(runner: &Runner, command: Command, domid: u16) -> Result<Child, String> {
     let program = command.get_program().to_owned();
     runner
-        .in_domain(command, domid)
+        .in_domain(command, domid, None)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
