@@ -117,6 +117,13 @@ impl Waiting {
     }
 }
 
+/// C threads share one handle: what it holds must be safe to share (the compiler checks it
+/// here, as nothing else would: the C side reaches it through raw pointers).
+const _: () = {
+    const fn shared<T: Send + Sync>() {}
+    shared::<Dropin>();
+};
+
 /// One open channel, as the C API drives it.
 pub struct Dropin {
     link: LinkOf<Libs>,
@@ -335,7 +342,11 @@ impl Dropin {
         let mut written = 0;
         while written < buf.len() {
             let rest = &buf[written..];
-            let room = rest.len().min(lock(&self.writer).capacity());
+            // The spin waits for a batch of room (a quarter of the ring, at most 64 KiB), or for
+            // what is left if less: not for all of a write as large as the ring, which would
+            // spin its whole budget unless the reader emptied the ring.
+            let capacity = lock(&self.writer).capacity();
+            let room = rest.len().min((capacity / 4).clamp(1, 64 << 10));
             match self.drive(mode, Want::Room(room), |look| {
                 self.write_step(rest, look, mode)
             }) {

@@ -7,7 +7,7 @@
 //!
 //! Each handle type owns its C handle and closes it on drop; a grant or a mapping holds its
 //! handle (an `Arc`) and releases itself on drop. Every call that fails returns the `errno` the C
-//! library set, read at once. This module and `ctrl` are the only places with `unsafe`.
+//! library set, read at once. This module, `ctrl` and `exports` (the C entry points) are the only places with `unsafe`.
 
 use std::ffi::{c_char, c_int, c_uint, c_ulong, c_void, CStr, CString};
 use std::io;
@@ -235,6 +235,12 @@ pub struct Events {
     handle: NonNull<XenevtchnHandle>,
 }
 
+// SAFETY: libxenevtchn's calls on one handle may come from any thread, at once (each is one
+// ioctl or read on its fd); the driver lets one thread at a time take events.
+unsafe impl Send for Events {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for Events {}
+
 impl Events {
     fn open(logger: *mut c_void) -> io::Result<Events> {
         // SAFETY: `logger` is what the caller passed to libxenvchan (NULL or its logger, which
@@ -359,6 +365,12 @@ pub struct Granted {
     count: usize,
     refs: Vec<GrantRef>,
 }
+
+// SAFETY: the pages are only reached through `SharedRegion` views (atomics and raw copies,
+// never references); the handle is an `Arc<ShareHandle>`, itself `Send + Sync`.
+unsafe impl Send for Granted {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for Granted {}
 
 impl Granted {
     /// The sharing handle, for `ctrl->gntshr`.
@@ -497,10 +509,15 @@ pub struct Mapped {
     remote: DomId,
     refs: Vec<GrantRef>,
     /// A second mapping of the same single page, made with the unmap notification
-    /// ([`GrantMap::set_unmap_notify`]); unmapped after the first, so the notification comes
-    /// when this value goes.
+    /// ([`GrantMap::set_unmap_notify`]); unmapped first when this value goes, which runs the
+    /// notification.
     notifier: Mutex<Option<NonNull<u8>>>,
 }
+
+// SAFETY: as for `Granted`; the second mapping is behind a mutex.
+unsafe impl Send for Mapped {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for Mapped {}
 
 impl Mapped {
     /// The mapping handle, for `ctrl->gnttab`.
@@ -511,6 +528,19 @@ impl Mapped {
 
 impl Drop for Mapped {
     fn drop(&mut self) {
+        let notifier = self
+            .notifier
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(notifier) = notifier {
+            // SAFETY: a one-page mapping `xengnttab_map_grant_ref_notify` returned on the same
+            // handle; never handed out, so nothing reaches it. Unmapping it runs the
+            // notification: first, as soon after the close's own clearing of the live byte as
+            // can be (a server that takes its next client meanwhile must not see that client's
+            // byte cleared by this one's late notification).
+            unsafe { xengnttab_unmap(self.handle.0.as_ptr(), notifier.as_ptr().cast(), 1) };
+        }
         // SAFETY: `base` and `count` are what a `xengnttab_map_*` call returned on the handle we
         // hold; nothing reaches the pages any more (the core drops its views first).
         unsafe {
@@ -520,17 +550,6 @@ impl Drop for Mapped {
                 self.count as u32,
             )
         };
-        let notifier = self
-            .notifier
-            .get_mut()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
-        if let Some(notifier) = notifier {
-            // SAFETY: a one-page mapping `xengnttab_map_grant_ref_notify` returned on the same
-            // handle; never handed out, so nothing reaches it. Unmapping it runs the
-            // notification.
-            unsafe { xengnttab_unmap(self.handle.0.as_ptr(), notifier.as_ptr().cast(), 1) };
-        }
     }
 }
 
@@ -610,8 +629,8 @@ impl GrantMap for Mapper {
     }
 
     /// libxengnttab sets a notification only while it maps (`xengnttab_map_grant_ref_notify`),
-    /// so the page is mapped a second time with it, and that mapping lives as long as `mapping`
-    /// (unmapped after it): the notification runs when the first would have run it.
+    /// so the page is mapped a second time with it, and that mapping lives as long as `mapping`:
+    /// the notification runs when `mapping` goes (or the process dies), as if set on it.
     fn set_unmap_notify(&self, mapping: &Mapped, notify: UnmapNotify) -> io::Result<()> {
         let einval = || io::Error::from_raw_os_error(libc::EINVAL);
         let [gref] = mapping.refs[..] else {
@@ -625,12 +644,14 @@ impl GrantMap for Mapper {
         if notifier.is_some() {
             return Err(io::Error::from_raw_os_error(libc::EBUSY));
         }
+        // gntdev clears the byte through the mapping: a read-only one cannot carry it.
+        if notify.clear_byte.is_some() && !mapping.writable {
+            return Err(einval());
+        }
         let offset = notify
             .clear_byte
             .map_or(Ok(NO_NOTIFY), |b| u32::try_from(b).map_err(|_| einval()))?;
         let port = notify.event.map_or(NO_NOTIFY, |p| p.0);
-        // Read-only suffices when no byte is to be cleared; gntdev clears it through the
-        // mapping, so then it must be writable.
         let prot = libc::PROT_READ
             | if mapping.writable {
                 libc::PROT_WRITE
@@ -681,6 +702,10 @@ pub fn store_errno(e: &XenstoreError) -> nix::errno::Errno {
 
 struct Connection(NonNull<XsHandle>);
 
+// SAFETY: a libxenstore connection may be used from any thread (the library locks its own
+// state); `KeyStore` hands it to one call at a time, under its mutex.
+unsafe impl Send for Connection {}
+
 impl Drop for Connection {
     fn drop(&mut self) {
         // SAFETY: the handle came from `xs_open` and is closed once, here.
@@ -728,7 +753,10 @@ impl KeyStore {
                 // SAFETY: flags 0: a read-write connection, found as libxenstore finds it
                 // (`XENSTORED_PATH`, the daemon's socket, `/dev/xen/xenbus`).
                 let raw = unsafe { xs_open(0) };
-                let handle = NonNull::new(raw).ok_or_else(failure)?;
+                // A failure to connect is this process's (no socket, no device): never a
+                // wire error name, which a caller could take for the daemon's answer (an
+                // `ENOENT` here is not "no such node").
+                let handle = NonNull::new(raw).ok_or_else(|| XenstoreError::Io(last_error()))?;
                 *connection = Some(Connection(handle));
                 handle
             }

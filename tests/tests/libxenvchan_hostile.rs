@@ -446,3 +446,35 @@ fn a_blocking_read_ends_when_the_peer_domain_is_gone() {
     host.assert_clean();
     dropin::assert_no_server_keys(&host);
 }
+
+/// A drop-in client killed while connected (SIGKILL: no close runs) still tells its server, as
+/// its unmap notification (armed once it joined) clears its live byte and sends an event. Its
+/// domain lives on, so nothing else can end the server's blocking read: without the
+/// notification the read waits for ever (here, until its timeout).
+#[test]
+fn a_killed_dropin_client_is_seen_closed_by_its_server() {
+    let host = Host::start("dropin-killed", &[CLIENT.0]);
+    let dom0 = XensimDomain::new(&host.dir, DomId::DOM0);
+    let port = 41;
+    let mut server =
+        Vchan::server(&dom0, CLIENT, &Address::Port(port), RingSizes::default()).unwrap();
+    let mut probe = probe_client(&host, Lib::Dropin, port, &["read-until-error"]);
+    assert_eq!(
+        server.wait_connected(Some(LIMIT)).unwrap(),
+        vchan::State::Connected
+    );
+    server.write_all(b"before").unwrap();
+    probe.kill().expect("kill the probe");
+    let killed = Instant::now();
+    wait_for(&mut probe, LIMIT, "the killed probe");
+    server.set_read_timeout(Some(LIMIT));
+    let mut buf = [0u8; 16];
+    assert_eq!(
+        server.read(&mut buf).expect("the end, not a timeout"),
+        0,
+        "the server read the end of the stream"
+    );
+    println!("the server saw the kill {:?} after", killed.elapsed());
+    server.close().unwrap();
+    host.assert_clean();
+}

@@ -90,7 +90,13 @@ fn build_dropin() -> PathBuf {
         String::from_utf8_lossy(&output.stderr)
     );
     let stdout = String::from_utf8_lossy(&output.stdout);
-    PathBuf::from(stdout.lines().last().expect("the directory, as the last line").trim())
+    PathBuf::from(
+        stdout
+            .lines()
+            .last()
+            .expect("the directory, as the last line")
+            .trim(),
+    )
 }
 
 /// A simulated host with domain 1 in a directory of its own; stopped and removed on drop.
@@ -257,8 +263,7 @@ fn quick_table_has_every_row_and_a_positive_figure_in_every_cell() {
             let cells = row(&stdout, ring, write);
             assert_eq!(cells.len(), columns.len(), "{ring} / {write}: {cells:?}");
             for (name, cell) in columns.iter().zip(&cells) {
-                let c_column =
-                    matches!(*name, "C" | "drop-in" | "drop-in/C" | "ours/C" | "C thr");
+                let c_column = matches!(*name, "C" | "drop-in" | "drop-in/C" | "ours/C" | "C thr");
                 if c_column && c_peer.is_none() {
                     assert_eq!(*cell, "n/a", "{ring} / {write} {name} without a C peer");
                 } else {
