@@ -16,8 +16,9 @@ use vchan::sim::SimXen;
 use vchan::{Address, RingSizes, Vchan};
 use xen_types::DomId;
 
-/// The stream's period: byte `i` is `i % PERIOD` (a prime, so it never lines up with a ring or a
-/// chunk, and a byte lost, doubled or moved shows).
+/// The stream's period: byte `i` is `i % PERIOD` (a prime, so it never lines up with a ring's or a
+/// chunk's power-of-two size). A lost or doubled byte changes every byte after it, and the
+/// reader also needs the exact count before the writer closes.
 const PERIOD: usize = 251;
 
 /// The stream, precomputed: `PERIOD` bytes more than a chunk, so that the `len` bytes from any
