@@ -102,7 +102,9 @@ impl<B: Backend> Vchan<B> {
     {
         self.check_deferred()?;
         let p = self.parts();
-        let deadline = self.deadline(way);
+        // Read the clock only once the first look is blocked: an operation the ring answers at
+        // once (the common case) costs no clock read, even with a timeout set.
+        let mut deadline = None;
         let nonblocking = self.nonblocking.load(Ordering::Relaxed);
         let mut look = Look::Quick;
         let mut next_check = None;
@@ -117,6 +119,10 @@ impl<B: Backend> Vchan<B> {
                     return Ok(value);
                 }
                 (Step::Blocked, Look::Quick) => {
+                    if !nonblocking && deadline.is_none() {
+                        // The timeout counts from here, before the spin.
+                        deadline = Some(self.deadline(way));
+                    }
                     look = if nonblocking {
                         // So the fd turns readable only for news after the final look.
                         self.waiter.take_pending(&p.events)?;
@@ -142,6 +148,7 @@ impl<B: Backend> Vchan<B> {
                     if nonblocking {
                         return Err(VchanError::WouldBlock.into());
                     }
+                    let deadline = *deadline.get_or_insert_with(|| self.deadline(way));
                     self.sleep(ticket, deadline, &mut next_check)?;
                     look = Look::Quick;
                 }
