@@ -6,79 +6,19 @@
 //! the writing thread is counted.
 
 mod support;
+// The counting global allocator vchan's allocation test uses.
+#[path = "../../vchan/tests/common/counting_alloc.rs"]
+mod counting_alloc;
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::io::{IoSlice, Read, Write};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, PoisonError};
 use std::thread;
 
 use conduit_vchan::{AsyncConnection, Connector, Endpoint, ListenOptions, Listener};
+use counting_alloc::Count;
 use support::pki::{server_name, Pki};
 use support::{pattern, Sim};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// Counts allocations (and reallocations) made by threads that have `COUNTED` set.
-struct Counting;
-
-thread_local! {
-    static COUNTED: Cell<bool> = const { Cell::new(false) };
-}
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
-
-fn counted() -> bool {
-    COUNTED.try_with(Cell::get).unwrap_or(false)
-}
-
-// SAFETY: every call is forwarded unchanged to the system allocator; the counter only observes.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if counted() {
-            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: the caller's contract for `alloc` is passed on unchanged.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: the caller's contract for `dealloc` is passed on unchanged.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if counted() {
-            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: the caller's contract for `realloc` is passed on unchanged.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
-
-/// Counts the allocations of this thread between its creation and [`Count::stop`]. One count
-/// at a time (another test's counted thread would add to the same total).
-struct Count {
-    _turn: std::sync::MutexGuard<'static, ()>,
-}
-
-impl Count {
-    fn start() -> Count {
-        static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner);
-        ALLOCATIONS.store(0, Ordering::SeqCst);
-        COUNTED.with(|c| c.set(true));
-        Count { _turn: turn }
-    }
-
-    fn stop(self) -> usize {
-        COUNTED.with(|c| c.set(false));
-        ALLOCATIONS.load(Ordering::SeqCst)
-    }
-}
 
 fn parse(name: &str) -> Endpoint {
     name.parse().unwrap()

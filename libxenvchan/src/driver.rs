@@ -18,10 +18,9 @@
 //! direction looks again instead (the C library lets one thread take the other's wake-up).
 
 use std::ffi::{c_char, c_int};
-use std::io;
 use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
 
 use nix::errno::Errno;
 use vchan::channel::{
@@ -31,11 +30,12 @@ use vchan::channel::{
 use vchan::layout::Side;
 use vchan::platform::EventChannels;
 use vchan::ring::{RingGeometry, Role};
+use vchan::spin::spin_until;
 use xen_types::memory::AsSharedRegion;
 use xen_types::Port;
 
 use crate::abi::{Libxenvchan, RingDescriptor, FLAG_IS_SERVER, LEFT_INDICES, RIGHT_INDICES};
-use crate::sys::{self, Events, Libs};
+use crate::sys::{self, io_errno, Events, Libs};
 
 /// The mode a call runs in, from the struct's flag bits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,18 +64,10 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// The `errno` of a failed library call (`EIO` if it left none).
-pub fn io_errno(e: &io::Error) -> Errno {
-    match e.raw_os_error() {
-        Some(raw) if raw != 0 => Errno::from_raw(raw),
-        _ => Errno::EIO,
-    }
-}
-
-/// The `errno` of a failed set-up. A layout the server cannot use is the caller's `EINVAL`; one
-/// the server wrote is the peer's doing, like every other piece of nonsense it publishes:
-/// `EPROTO`.
-pub fn setup_errno(e: &vchan::channel::ErrorOf<Libs>, role: Role) -> Errno {
+/// The `errno` of a failed set-up or call. A layout the server cannot use is the caller's
+/// `EINVAL`; one the server wrote is the peer's doing, like every other piece of nonsense it
+/// publishes or writes: `EPROTO`.
+pub fn vchan_errno(e: &vchan::channel::ErrorOf<Libs>, role: Role) -> Errno {
     use vchan::Error;
     match e {
         Error::Layout(_) if role == Role::Server => Errno::EINVAL,
@@ -138,6 +130,8 @@ pub struct Dropin {
     /// The errno of a notify that failed after its data was committed (the call reported its
     /// count): the next call reports it.
     deferred: AtomicI32,
+    /// What a blocking write's spin waits for, at most (`Want::batch_size` of the ring).
+    write_batch: usize,
     /// When `is_open` last looked at the peer's domain.
     last_look: Mutex<Instant>,
 }
@@ -154,7 +148,9 @@ impl Dropin {
             hold,
         } = channel;
         hold.store().disconnect();
+        let write_batch = channel::Want::batch_size(writer.capacity()).max(1);
         Dropin {
+            write_batch,
             link,
             reader: Mutex::new(reader),
             writer: Mutex::new(writer),
@@ -220,16 +216,14 @@ impl Dropin {
 
     /// A failure the core reported. Corruption is for good.
     fn fail(&self, e: ChannelError) -> Errno {
-        match e {
-            ChannelError::RingCorrupted(_) | ChannelError::BadLiveByte(_) => {
-                // ORDERING: a flag with no data behind it; each call reads it once.
-                self.corrupt.store(true, Ordering::Relaxed);
-                Errno::EPROTO
-            }
-            ChannelError::MessageTooLarge { .. } => Errno::EMSGSIZE,
-            ChannelError::PeerClosed | ChannelError::ShutDown => Errno::EPIPE,
-            _ => Errno::EIO,
+        if matches!(
+            e,
+            ChannelError::RingCorrupted(_) | ChannelError::BadLiveByte(_)
+        ) {
+            // ORDERING: a flag with no data behind it; each call reads it once.
+            self.corrupt.store(true, Ordering::Relaxed);
         }
+        vchan_errno(&e.into(), self.link.role())
     }
 
     /// What every data call checks first: a corrupt channel, a deferred notify failure.
@@ -342,11 +336,10 @@ impl Dropin {
         let mut written = 0;
         while written < buf.len() {
             let rest = &buf[written..];
-            // The spin waits for a batch of room (a quarter of the ring, at most 64 KiB), or for
-            // what is left if less: not for all of a write as large as the ring, which would
-            // spin its whole budget unless the reader emptied the ring.
-            let capacity = lock(&self.writer).capacity();
-            let room = rest.len().min((capacity / 4).clamp(1, 64 << 10));
+            // The spin waits for a batch of room, or for what is left if less: not for all of a
+            // write as large as the ring, which would spin its whole budget unless the reader
+            // emptied the ring.
+            let room = rest.len().min(self.write_batch);
             match self.drive(mode, Want::Room(room), |look| {
                 self.write_step(rest, look, mode)
             }) {
@@ -624,43 +617,13 @@ impl Dropin {
     }
 }
 
-/// How long a blocking call polls the ring before it asks the peer for an event and sleeps, as
-/// the Rust endpoint does: a peer on another CPU that keeps up answers well within this, and
-/// sleeping costs a system call on each side (a round trip to the host process under xensim).
-const SPIN_BUDGET: Duration = Duration::from_micros(50);
-
-/// Poll `ready` for up to `SPIN_BUDGET`; `None` once the budget is spent, and at once on a
-/// machine with one CPU, where the peer cannot run while we spin.
-fn spin_until(ready: impl Fn() -> Option<Look>) -> Option<Look> {
-    static MANY_CPUS: OnceLock<bool> = OnceLock::new();
-    let many =
-        *MANY_CPUS.get_or_init(|| std::thread::available_parallelism().is_ok_and(|n| n.get() > 1));
-    if !many {
-        return None;
-    }
-    let started = Instant::now();
-    loop {
-        for _ in 0..64 {
-            if let Some(look) = ready() {
-                return Some(look);
-            }
-            for _ in 0..8 {
-                std::hint::spin_loop();
-            }
-        }
-        if started.elapsed() >= SPIN_BUDGET {
-            return None;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use vchan::Error;
 
-    fn io(raw: i32) -> io::Error {
-        io::Error::from_raw_os_error(raw)
+    fn io(raw: i32) -> std::io::Error {
+        std::io::Error::from_raw_os_error(raw)
     }
 
     /// Each set-up failure has the errno a C caller can act on; none is left at 0.
@@ -711,7 +674,7 @@ mod tests {
             ),
         ];
         for (error, role, errno) in cases {
-            assert_eq!(setup_errno(&error, role), errno, "{error} ({role:?})");
+            assert_eq!(vchan_errno(&error, role), errno, "{error} ({role:?})");
         }
     }
 }

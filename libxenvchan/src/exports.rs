@@ -16,7 +16,7 @@ use xen_types::DomId;
 
 use crate::abi::Libxenvchan;
 use crate::ctrl::{CPath, Ctrl};
-use crate::driver::{setup_errno, Dropin};
+use crate::driver::{vchan_errno, Dropin};
 use crate::sys::Libs;
 
 /// Run `body`; on failure set `errno` and return `failed`. A panic is reported as `EIO`.
@@ -127,7 +127,7 @@ pub unsafe extern "C" fn libxenvchan_server_init(
             server_write: write_min,
         };
         let channel = channel::serve(&platform, client, &Address::Path(text.into()), sizes)
-            .map_err(|e| setup_errno(&e, Role::Server))?;
+            .map_err(|e| vchan_errno(&e, Role::Server))?;
         let driver = Dropin::new(channel);
         let fields = driver.fields(copy.as_ptr());
         Ok(Ctrl::into_raw(fields, driver, Some(copy)))
@@ -153,7 +153,7 @@ pub unsafe extern "C" fn libxenvchan_client_init(
         let (_, text) = unsafe { path(xs_path) }?;
         let platform = Libs::new(logger);
         let address = Address::Path(text.into());
-        let fail = |e| setup_errno(&e, Role::Client);
+        let fail = |e| vchan_errno(&e, Role::Client);
         let mut dial = Dial::new(&platform, server, &address).map_err(fail)?;
         // Once, without waiting: a server that has not published is `ENOENT`, as in C.
         let channel = dial

@@ -692,11 +692,16 @@ pub fn store_failure(e: io::Error) -> XenstoreError {
 pub fn store_errno(e: &XenstoreError) -> nix::errno::Errno {
     match e {
         XenstoreError::Errno(wire) => nix::errno::Errno::from_raw(wire.raw_os_error()),
-        XenstoreError::Io(io) => match io.raw_os_error() {
-            Some(raw) if raw != 0 => nix::errno::Errno::from_raw(raw),
-            _ => nix::errno::Errno::EIO,
-        },
+        XenstoreError::Io(io) => io_errno(io),
         XenstoreError::Protocol(_) => nix::errno::Errno::EPROTO,
+    }
+}
+
+/// The `errno` of a failed library call (`EIO` if it left none).
+pub fn io_errno(e: &io::Error) -> nix::errno::Errno {
+    match e.raw_os_error() {
+        Some(raw) if raw != 0 => nix::errno::Errno::from_raw(raw),
+        _ => nix::errno::Errno::EIO,
     }
 }
 

@@ -41,7 +41,7 @@
 use std::io;
 use std::os::fd::{AsFd, AsRawFd};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::task::{ready, Context, Poll, Waker};
 use std::time::Duration;
@@ -53,7 +53,7 @@ use xen_types::DomId;
 use crate::backend::Backend;
 use crate::channel::{Address, Channel, Hold, Notify, ReaderOf, RingSizes, State, Step, WriterOf};
 use crate::endpoint::Vchan;
-use crate::error::{Op, Result, VchanError};
+use crate::error::{Deferred, Op, Result, VchanError};
 use crate::ring::Role;
 
 mod liveness;
@@ -132,8 +132,7 @@ impl<B: Backend> AsyncVchan<B> {
                     wakers,
                     generation: AtomicU64::new(0),
                     liveness: Mutex::new(timer),
-                    deferred: Mutex::new(None),
-                    notify_failed: AtomicBool::new(false),
+                    deferred: Deferred::default(),
                 },
                 reader,
                 writer,

@@ -241,8 +241,10 @@ impl<'p, P: BarePlatform> BareVchan<'p, P> {
             return Err(e);
         }
         let platform = self.platform;
-        let deadline = self.timeout.map(|t| platform.now() + t);
-        let mut next_check = platform.now() + LIVENESS_CHECK;
+        let timeout = self.timeout;
+        // The deadline and the next liveness look, from the first time the call must wait: one
+        // the ring answers at once reads no clock.
+        let mut times = None;
         let mut look = Look::Quick;
         loop {
             let channel = self.channel_mut();
@@ -265,15 +267,18 @@ impl<'p, P: BarePlatform> BareVchan<'p, P> {
                 }
                 (Step::Blocked, Look::Final) => {
                     let now = platform.now();
+                    let (deadline, next_check) = times
+                        .get_or_insert_with(|| (timeout.map(|t| now + t), now + LIVENESS_CHECK));
                     if deadline.is_some_and(|d| now >= d) {
                         return Err(Error::TimedOut);
                     }
-                    let wake_by = deadline.map_or(next_check, |d| d.min(next_check));
+                    let wake_by = deadline.map_or(*next_check, |d| d.min(*next_check));
                     platform
                         .wait_event(&channel.events, channel.link.port(), Some(wake_by))
                         .map_err(Error::backend(Op::WaitForEvent))?;
-                    if platform.now() >= next_check {
-                        next_check = platform.now() + LIVENESS_CHECK;
+                    let woke = platform.now();
+                    if woke >= *next_check {
+                        *next_check = woke + LIVENESS_CHECK;
                         if let Some(liveness) = channel.link.liveness() {
                             liveness.look(&**channel.hold.store());
                         }

@@ -19,7 +19,7 @@ use crate::channel::{
     self, Address, Channel, ChannelError, Dial, Hold, LinkOf, Notify, ReaderOf, RingSizes, State,
     Step, Want, WriterOf,
 };
-use crate::error::{Op, Result, VchanError};
+use crate::error::{Deferred, Op, Result, VchanError};
 use crate::ring::Role;
 use crate::wait::Waiter;
 
@@ -45,9 +45,8 @@ pub struct Vchan<B: Backend> {
     turns: Turns,
     read_timeout: AtomicU64,
     write_timeout: AtomicU64,
-    /// Set when a notify failed after data was committed; reported by the next call.
-    notify_failed: AtomicBool,
-    deferred: Mutex<Option<VchanError>>,
+    /// A notify that failed after its data was committed; reported by the next call.
+    deferred: Deferred,
 }
 
 /// The core's parts, as this driver keeps them.
@@ -121,8 +120,7 @@ impl<B: Backend> Vchan<B> {
             turns: Turns::default(),
             read_timeout: AtomicU64::new(NO_TIMEOUT),
             write_timeout: AtomicU64::new(NO_TIMEOUT),
-            notify_failed: AtomicBool::new(false),
-            deferred: Mutex::new(None),
+            deferred: Deferred::default(),
         }
     }
 

@@ -292,6 +292,51 @@ impl core::error::Error for ChannelError {}
 #[cfg(feature = "std")]
 pub type VchanError = Error<std::io::Error>;
 
+/// A notify that failed after its operation's data was committed: the operation reported its
+/// count, so the error is kept here and reported by the next call (the C library's blocking
+/// write loses its position instead). Shared by the blocking and the async driver.
+#[cfg(feature = "std")]
+#[derive(Default)]
+pub(crate) struct Deferred {
+    /// Set with the error; the common case (nothing kept) costs one load.
+    failed: core::sync::atomic::AtomicBool,
+    error: std::sync::Mutex<Option<VchanError>>,
+}
+
+#[cfg(feature = "std")]
+impl Deferred {
+    /// Keep `error` for the next call.
+    pub(crate) fn keep(&self, error: VchanError) {
+        use core::sync::atomic::Ordering;
+        *self
+            .error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(error);
+        // ORDERING: Release pairs with the Acquire in `take`: whoever sees the flag finds the
+        // error stored.
+        self.failed.store(true, Ordering::Release);
+    }
+
+    /// The kept error, if any (and forget it).
+    pub(crate) fn take(&self) -> Result<()> {
+        use core::sync::atomic::Ordering;
+        // ORDERING: see `keep`. A load first, so that the common case writes nothing.
+        if !self.failed.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        self.failed.store(false, Ordering::Relaxed);
+        match self
+            .error
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+        {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
 /// Result alias for this crate's `std` endpoints.
 #[cfg(feature = "std")]
 pub type Result<T, E = VchanError> = core::result::Result<T, E>;

@@ -61,6 +61,8 @@ mod endpoint;
 #[cfg(feature = "sim")]
 pub mod sim;
 #[cfg(feature = "std")]
+pub mod spin;
+#[cfg(feature = "std")]
 mod wait;
 #[cfg(all(feature = "xen", target_os = "linux"))]
 pub mod xen;

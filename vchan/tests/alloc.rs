@@ -3,72 +3,16 @@
 //! make no heap allocation. A counting global allocator checks it, in its own test binary so no
 //! other test's allocations are counted.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Barrier, Mutex, PoisonError};
+use std::sync::Barrier;
 use std::thread;
 use std::time::Duration;
 
 mod common;
+#[path = "common/counting_alloc.rs"]
+mod counting_alloc;
 use common::Host;
+use counting_alloc::{allocations_during, count_this_thread, counting_this_thread};
 use vchan::RingSizes;
-
-/// Counts allocations (and reallocations) made by threads that have `COUNTED` set, so the test
-/// harness and tests running in parallel are not counted.
-struct Counting;
-
-thread_local! {
-    static COUNTED: Cell<bool> = const { Cell::new(false) };
-}
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
-
-fn counted() -> bool {
-    COUNTED.try_with(Cell::get).unwrap_or(false)
-}
-
-// SAFETY: every call is forwarded unchanged to the system allocator; the counter only observes.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if counted() {
-            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: the caller's contract for `alloc` is passed on unchanged.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: the caller's contract for `dealloc` is passed on unchanged.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        if counted() {
-            ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        }
-        // SAFETY: the caller's contract for `realloc` is passed on unchanged.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
-
-/// Allocations made by `work`, on this thread and any that call `count_this_thread` meanwhile.
-/// One test at a time measures (the others' counted threads would add to the same total).
-fn allocations_during(work: impl FnOnce()) -> usize {
-    static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(PoisonError::into_inner);
-    ALLOCATIONS.store(0, Ordering::SeqCst);
-    count_this_thread(true);
-    work();
-    count_this_thread(false);
-    ALLOCATIONS.load(Ordering::SeqCst)
-}
-
-fn count_this_thread(on: bool) {
-    COUNTED.with(|c| c.set(on));
-}
 
 #[test]
 fn read_write_send_and_recv_allocate_nothing_once_connected() {
@@ -230,7 +174,7 @@ fn the_async_driver_allocates_nothing_once_connected() {
     let (sink, out) = std::os::unix::net::UnixStream::pair().unwrap();
     let mut rounds = |n: usize| {
         // `allocations_during` counts from its start: not the set-up below.
-        let counting = COUNTED.with(Cell::get);
+        let counting = counting_this_thread();
         count_this_thread(false);
         // Unconstrained: tokio's own budget, spent by the test's socket reads, would defer a wake
         // into a list that grows once per `block_on` (tokio's allocation, not the driver's).

@@ -2,7 +2,7 @@
 //! drives the core's operations on the runtime.
 
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, Wake, Waker};
 
@@ -11,7 +11,7 @@ use tokio::io::unix::AsyncFd;
 use super::liveness::LivenessTimer;
 use crate::backend::Backend;
 use crate::channel::{ChannelError, LinkOf, Look, Notify, Step};
-use crate::error::{Op, Result, VchanError};
+use crate::error::{Deferred, Op, Result, VchanError};
 
 /// A file descriptor the runtime polls, owned elsewhere (the event channel's by the endpoint's
 /// handle, which `AsyncVchan` closes only after the registration is gone).
@@ -87,9 +87,8 @@ pub(super) struct Io<B: Backend> {
     /// Moves whenever events are taken (by either direction).
     pub(super) generation: AtomicU64,
     pub(super) liveness: Mutex<LivenessTimer>,
-    /// Set when a notify failed after data was committed; reported by the next call.
-    pub(super) deferred: Mutex<Option<VchanError>>,
-    pub(super) notify_failed: AtomicBool,
+    /// A notify that failed after its data was committed; reported by the next call.
+    pub(super) deferred: Deferred,
 }
 
 /// How many attempts one poll makes before it yields to the runtime.
@@ -130,27 +129,10 @@ impl<B: Backend> Io<B> {
     /// already committed).
     pub(super) fn notify(&self, notify: Notify) {
         if let Err(source) = self.link.send(&self.events, notify) {
-            *self.deferred.lock().unwrap_or_else(PoisonError::into_inner) =
-                Some(VchanError::Backend {
-                    op: Op::Notify,
-                    source,
-                });
-            self.notify_failed.store(true, Ordering::Release);
-        }
-    }
-
-    fn check_deferred(&self) -> Result<()> {
-        if !self.notify_failed.swap(false, Ordering::AcqRel) {
-            return Ok(());
-        }
-        match self
-            .deferred
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-        {
-            Some(e) => Err(e),
-            None => Ok(()),
+            self.deferred.keep(VchanError::Backend {
+                op: Op::Notify,
+                source,
+            });
         }
     }
 
@@ -173,7 +155,7 @@ impl<B: Backend> Io<B> {
         way: Way,
         mut op: impl FnMut(Look) -> std::result::Result<Step<T>, ChannelError>,
     ) -> Poll<Result<T>> {
-        self.check_deferred()?;
+        self.deferred.take()?;
         for _ in 0..MAX_RETRIES {
             let ticket = self.ticket();
             let outcome = self.attempt(&mut op);

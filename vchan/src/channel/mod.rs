@@ -151,11 +151,17 @@ impl Want {
         }
     }
 
+    /// The bytes a [`Batch`](Want::Batch) waits for in a ring of `capacity`: a quarter of it, at
+    /// most 64 KiB.
+    pub fn batch_size(capacity: usize) -> usize {
+        (capacity / 4).min(BATCH)
+    }
+
     /// Whether `n` bytes (of data or of room) in a ring of `capacity` are enough for a look.
     fn met_by(self, n: usize, capacity: usize) -> bool {
         match self {
             Want::Stream => n > 0,
-            Want::Batch => n > 0 && n >= (capacity / 4).min(BATCH),
+            Want::Batch => n > 0 && n >= Want::batch_size(capacity),
             Want::Packet(len) => n >= len,
         }
     }
@@ -521,11 +527,6 @@ impl<M: AsSharedRegion> Writer<M> {
     /// Bytes that can be written now, asking nothing of the peer (see [`Reader::available`]).
     pub fn space(&self) -> Result<usize, ChannelError> {
         Ok(self.ring.space()?)
-    }
-
-    /// Whether this half was shut down.
-    pub fn is_shut(&self) -> bool {
-        self.shut
     }
 
     /// For a driver that spins between looks: which look an operation wanting room for `want`

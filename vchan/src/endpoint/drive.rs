@@ -9,6 +9,7 @@ use super::{lock, Vchan};
 use crate::backend::Backend;
 use crate::channel::{Look, Notify, Step, Want, LIVENESS_CHECK};
 use crate::error::{Op, Result, VchanError};
+use crate::spin::spin_until;
 
 /// Which half an operation uses.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -100,7 +101,7 @@ impl<B: Backend> Vchan<B> {
     where
         R: From<E> + From<VchanError>,
     {
-        self.check_deferred()?;
+        self.deferred.take()?;
         let p = self.parts();
         // Read the clock only once the first look is blocked: an operation the ring answers at
         // once (the common case) costs no clock read, even with a timeout set.
@@ -208,54 +209,10 @@ impl<B: Backend> Vchan<B> {
     fn send_owed(&self, notify: Notify) {
         let p = self.parts();
         if let Err(source) = p.link.send(&p.events, notify) {
-            *lock(&self.deferred) = Some(VchanError::Backend {
+            self.deferred.keep(VchanError::Backend {
                 op: Op::Notify,
                 source,
             });
-            self.notify_failed.store(true, Ordering::Release);
-        }
-    }
-
-    pub(super) fn check_deferred(&self) -> Result<()> {
-        if !self.notify_failed.load(Ordering::Acquire) {
-            return Ok(());
-        }
-        self.notify_failed.store(false, Ordering::Relaxed);
-        match lock(&self.deferred).take() {
-            Some(e) => Err(e),
-            None => Ok(()),
-        }
-    }
-}
-
-/// How long a blocking call polls the ring before it asks the peer for an event and sleeps. A
-/// peer on another CPU that is keeping up answers well within this (a ring round trip takes
-/// well under a microsecond); one that does not costs us this much CPU before we sleep. Sleeping
-/// and waking through the event channel costs tens of microseconds on any backend.
-const SPIN_BUDGET: Duration = Duration::from_micros(50);
-
-/// Poll `ready` for up to `SPIN_BUDGET` until it has an answer; `None` once the budget is
-/// spent, and at once on a machine with one CPU, where the peer cannot make progress while we
-/// spin.
-fn spin_until<T>(ready: impl Fn() -> Option<T>) -> Option<T> {
-    static MANY_CPUS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let many =
-        *MANY_CPUS.get_or_init(|| std::thread::available_parallelism().is_ok_and(|n| n.get() > 1));
-    if !many {
-        return None;
-    }
-    let started = Instant::now();
-    loop {
-        for _ in 0..64 {
-            if let Some(answer) = ready() {
-                return Some(answer);
-            }
-            for _ in 0..8 {
-                std::hint::spin_loop();
-            }
-        }
-        if started.elapsed() >= SPIN_BUDGET {
-            return None;
         }
     }
 }
